@@ -1,0 +1,327 @@
+"""Mini-Vision-V2 image processor: any image a user may hand it -> MNIST-style `pixel_values` (B, 1, 28, 28).
+
+MNIST digits are white ink on black, size-normalised into a 20x20 box (aspect kept, anti-aliased) and centred
+in 28x28 by their centre of mass. Drawings, photos and scans are brought to the same form (the "MNIST protocol"):
+
+1. decode: PIL in any mode (L, RGB, RGBA, LA, P, I;16, CMYK, ...), numpy arrays, torch tensors, file paths, bytes
+2. `flatten_alpha`: transparent areas become background (a black-ink drawing on a transparent layer stays a digit)
+3. grayscale, then `invert` ("auto": invert when the border is light, i.e. dark ink on a light background)
+4. subtract the background level and stretch the ink to full white
+5. `crop_to_ink`: crop to the pixels brighter than `ink_threshold`
+6. `fit_size`: resize the crop so its longer side is 20 px (aspect kept, anti-aliased)
+7. `center_of_mass`: paste into 28x28 with the centre of mass at pixel (14, 14), MNIST's own mean
+8. normalise with MNIST's mean 0.1307 / std 0.3081
+
+Images that are already MNIST-like (28x28, opaque, dark background) skip steps 4-7 when `mnist_passthrough` is on,
+so MNIST's own images come out exactly as they went in. A blank image (no pixel above `ink_threshold`) becomes an
+all-background image: every value equals (0 - mean) / std; `has_ink()` tells such images apart.
+"""
+
+import io
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers.image_processing_backends import TorchvisionBackend
+from transformers.image_processing_base import BatchFeature
+from transformers.processing_utils import ImagesKwargs
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+# MNIST's mean centre of mass, in pixel-index coordinates, measured over the training set (13.99, 14.00).
+MNIST_CENTER = 14.0
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights PIL's convert("L") uses
+
+
+def to_pixel_values(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
+    """(B, 1, H, W) uint8 in [0, 255] or float in [0, 1] -> normalised float32. Training and inference share it."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    return (images.float() - mean) / std
+
+
+class MiniVisionImageProcessorKwargs(ImagesKwargs, total=False):
+    """Options of the MNIST protocol, each saved in preprocessor_config.json."""
+
+    mnist_passthrough: bool | None
+    flatten_alpha: bool | None
+    invert: str | None
+    crop_to_ink: bool | None
+    fit_size: int | None
+    center_of_mass: bool | None
+    ink_threshold: float | None
+    max_pixels: int | None
+
+
+class MiniVisionImageProcessor(TorchvisionBackend):
+    r"""
+    Image processor for Mini-Vision-V2 (see the module docstring for the MNIST protocol it applies).
+
+    Args:
+        size (`dict`, *optional*, defaults to `{"height": 28, "width": 28}`): output size.
+        do_normalize (`bool`, *optional*, defaults to `True`): normalise with `image_mean` / `image_std`.
+        image_mean (`float`, *optional*, defaults to 0.1307), image_std (`float`, *optional*, defaults to 0.3081).
+        mnist_passthrough (`bool`, *optional*, defaults to `True`): leave 28x28 opaque dark-background images as
+            they are (MNIST's own images), only rescaling them to [0, 1].
+        flatten_alpha (`bool`, *optional*, defaults to `True`): composite transparent pixels onto a background of the
+            opposite shade to the ink, so transparency never reads as ink.
+        invert (`str`, *optional*, defaults to `"auto"`): `"auto"` inverts when the border is light, `"always"`,
+            or `"never"`.
+        crop_to_ink (`bool`, *optional*, defaults to `True`): crop to the ink's bounding box.
+        fit_size (`int`, *optional*, defaults to 20): longer side of the digit after fitting (0 disables fitting).
+        center_of_mass (`bool`, *optional*, defaults to `True`): centre by centre of mass (else by bounding box).
+        ink_threshold (`float`, *optional*, defaults to 0.1): brightness in [0, 1], after background removal, above
+            which a pixel counts as ink; an image with none is blank.
+        max_pixels (`int`, *optional*, defaults to Pillow's `Image.MAX_IMAGE_PIXELS`): larger inputs are refused with
+            a `ValueError` (decompression-bomb guard, also applied to arrays and tensors).
+
+    Example:
+
+    ```python
+    >>> from PIL import Image
+    >>> from minivision_hf import MiniVisionImageProcessor
+    >>> processor = MiniVisionImageProcessor()
+    >>> canvas = Image.new("RGBA", (400, 400))  # transparent, as a sketchpad layer
+    >>> processor(canvas)["pixel_values"].shape
+    torch.Size([1, 1, 28, 28])
+    ```
+    """
+
+    valid_kwargs = MiniVisionImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+
+    size = {"height": 28, "width": 28}
+    do_normalize = True
+    image_mean = MNIST_MEAN
+    image_std = MNIST_STD
+    mnist_passthrough = True
+    flatten_alpha = True
+    invert = "auto"
+    crop_to_ink = True
+    fit_size = 20
+    center_of_mass = True
+    ink_threshold = 0.1
+    max_pixels = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.invert not in ("auto", "always", "never"):
+            raise ValueError(f"invert must be 'auto', 'always' or 'never', got {self.invert!r}")
+        if not 0.0 <= float(self.ink_threshold) < 1.0:
+            raise ValueError(f"ink_threshold must be in [0, 1), got {self.ink_threshold!r}")
+        if self.fit_size is None or not 0 <= int(self.fit_size) <= min(self.size.height, self.size.width):
+            raise ValueError(f"fit_size must be between 0 and the output size, got {self.fit_size!r}")
+
+    # ---- input structure -------------------------------------------------------------------------------------
+
+    def fetch_images(self, images):
+        """Opens file paths and encoded bytes with Pillow (its decompression-bomb limit applies)."""
+        if isinstance(images, (list, tuple)):
+            return [self.fetch_images(x) for x in images]
+        if isinstance(images, (str, os.PathLike, bytes, bytearray)):
+            return _open_image(images)
+        return images
+
+    def _prepare_images_structure(self, images, expected_ndims: int = 3):
+        """Flat list of single images. 4-D arrays/tensors are batches; 3-D ones are one image unless neither their
+        first nor last axis looks like channels (1-4), in which case they are a batch of grayscale images."""
+        images = self.fetch_images(images)
+        if isinstance(images, (list, tuple)):
+            flat = []
+            for image in images:
+                flat.extend(self._prepare_images_structure(image))
+            if not flat:
+                raise ValueError("no images given")
+            return flat
+        if isinstance(images, Image.Image):
+            return [images]
+        if isinstance(images, (np.ndarray, torch.Tensor)):
+            if images.ndim == 4:
+                return list(images)
+            if images.ndim == 3 and images.shape[0] not in (1, 2, 3, 4) and images.shape[-1] not in (1, 2, 3, 4):
+                return list(images)
+            if images.ndim in (2, 3):
+                return [images]
+            raise ValueError(f"an image array must have 2, 3 or 4 dimensions, got shape {tuple(images.shape)}")
+        raise TypeError(f"unsupported image type {type(images).__name__}: give PIL images, numpy arrays or tensors")
+
+    # ---- one image -------------------------------------------------------------------------------------------
+
+    def process_image(self, image, **kwargs) -> torch.Tensor:
+        """One raw image -> (1, 28, 28) float32 in [0, 1], white ink on black."""
+        opts = {k: kwargs.get(k) if kwargs.get(k) is not None else getattr(self, k) for k in self._protocol_keys}
+        size = kwargs.get("size") or self.size
+        ink, _ = self._to_mnist(image, (size.height, size.width), **opts)
+        return ink[None]
+
+    _protocol_keys = (
+        "mnist_passthrough", "flatten_alpha", "invert", "crop_to_ink", "fit_size", "center_of_mass",
+        "ink_threshold", "max_pixels",
+    )  # fmt: skip
+
+    def has_ink(self, images) -> list[bool]:
+        """For each image, whether it holds any ink (False for a blank canvas)."""
+        opts = {k: getattr(self, k) for k in self._protocol_keys}
+        size = (self.size.height, self.size.width)
+        return [self._to_mnist(image, size, **opts)[1] for image in self._prepare_images_structure(images)]
+
+    def _to_mnist(self, image, size, *, mnist_passthrough, flatten_alpha, invert, crop_to_ink, fit_size,
+                  center_of_mass, ink_threshold, max_pixels) -> tuple[torch.Tensor, bool]:  # fmt: skip
+        gray, alpha = _gray_and_alpha(image, max_pixels)
+        if alpha is not None and flatten_alpha and float(alpha.min()) < 1.0:
+            opaque = alpha > 0.5
+            if not bool(opaque.any()):
+                return torch.zeros(size), False
+            ink_is_dark = float(gray[opaque].mean()) < 0.5
+            background = 1.0 if ink_is_dark else 0.0
+            gray = gray * alpha + background * (1.0 - alpha)
+            alpha = None
+        border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+        light_background = float(border.median()) > 0.5
+        if invert == "always" or (invert == "auto" and light_background):
+            gray = 1.0 - gray
+
+        if mnist_passthrough and tuple(gray.shape) == tuple(size) and alpha is None and not light_background:
+            return gray, bool((gray > ink_threshold).any())
+
+        # Background removal and contrast stretch: a grey paper or a faint pen still gives white-on-black.
+        background_level = float(torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]]).median())
+        gray = (gray - background_level).clamp_(min=0.0)
+        peak = float(gray.max())
+        if peak <= 1e-6:
+            return torch.zeros(size), False
+        gray = gray / peak
+        mask = gray > ink_threshold
+        if not bool(mask.any()):
+            return torch.zeros(size), False
+
+        if crop_to_ink:
+            rows = torch.nonzero(mask.any(1)).flatten()
+            cols = torch.nonzero(mask.any(0)).flatten()
+            gray = gray[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+        if fit_size:
+            h, w = gray.shape
+            scale = fit_size / max(h, w)
+            new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+            gray = F.interpolate(gray[None, None], size=(new_h, new_w), mode="bilinear", antialias=True)[0, 0]
+            gray = (gray / gray.max().clamp(min=1e-6)).clamp_(0.0, 1.0)
+        return _paste_centered(gray, size, center_of_mass), True
+
+    # ---- batch -----------------------------------------------------------------------------------------------
+
+    def _preprocess(self, images, do_normalize, image_mean, image_std, return_tensors=None, **kwargs) -> BatchFeature:
+        pixel_values = torch.stack(images)
+        if do_normalize:
+            pixel_values = to_pixel_values(pixel_values, _scalar(image_mean), _scalar(image_std))
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+
+def _scalar(value) -> float:
+    return float(value[0]) if isinstance(value, (list, tuple)) else float(value)
+
+
+def _open_image(source) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        image.load()
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image refused: {err}") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"could not decode the image ({err}); give a PNG, JPEG, WebP, BMP or similar file") from err
+    return image
+
+
+def _check_pixels(height: int, width: int, max_pixels: int) -> None:
+    if height < 1 or width < 1:
+        raise ValueError(f"image is empty ({height}x{width})")
+    if max_pixels and height * width > max_pixels:
+        raise ValueError(
+            f"image of {width}x{height} = {height * width:,} pixels exceeds max_pixels={max_pixels:,} "
+            "(decompression-bomb guard); downscale it first"
+        )
+
+
+def _gray_and_alpha(image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Any single image -> (gray HxW float32 in [0, 1], alpha HxW in [0, 1] or None)."""
+    if isinstance(image, Image.Image):
+        _check_pixels(image.height, image.width, max_pixels)
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            alpha = torch.from_numpy(np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0)
+            gray = np.asarray(image.convert("RGBA").convert("L") if image.mode != "LA" else image.getchannel("L"))
+            return torch.from_numpy(gray.astype(np.float32) / 255.0), alpha
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            return _float_gray(torch.from_numpy(np.asarray(image).astype(np.float32))), None
+        if image.mode != "L":
+            image = image.convert("L")
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0), None
+
+    tensor = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"unsupported image type {type(image).__name__}")
+    tensor = tensor.detach().cpu()
+    if tensor.ndim == 3:
+        channels_first = tensor.shape[0] in (1, 2, 3, 4) and tensor.shape[-1] not in (1, 2, 3, 4)
+        channels_first = channels_first or (tensor.shape[0] in (1, 2, 3, 4) and isinstance(image, torch.Tensor))
+        if not channels_first:
+            tensor = tensor.permute(2, 0, 1)
+    elif tensor.ndim == 2:
+        tensor = tensor[None]
+    else:
+        raise ValueError(f"one image must have 2 or 3 dimensions, got shape {tuple(tensor.shape)}")
+    _check_pixels(tensor.shape[1], tensor.shape[2], max_pixels)
+    if tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255.0
+    elif tensor.dtype == torch.bool:
+        tensor = tensor.float()
+    elif tensor.dtype in (torch.uint16, torch.int16, torch.int32, torch.int64) or tensor.is_floating_point():
+        tensor = _float_gray(tensor.float())
+    else:
+        raise ValueError(f"unsupported image dtype {tensor.dtype}")
+    channels = tensor.shape[0]
+    if channels in (2, 4):
+        alpha, tensor = tensor[-1], tensor[:-1]
+    else:
+        alpha = None
+    if channels >= 3:
+        gray = sum(weight * tensor[i] for i, weight in enumerate(_LUMA))
+    else:
+        gray = tensor[0]
+    return gray.clamp(0.0, 1.0), alpha
+
+
+def _float_gray(values: torch.Tensor) -> torch.Tensor:
+    """Float or wide-integer pixels -> [0, 1], guessing the range from the data: <=1, <=255 or <=65535."""
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("image contains NaN or infinite values")
+    peak = float(values.max()) if values.numel() else 0.0
+    for limit in (1.0, 255.0, 65535.0):
+        if peak <= limit:
+            return values / limit
+    return values / peak
+
+
+def _paste_centered(digit: torch.Tensor, size: tuple[int, int], center_of_mass: bool) -> torch.Tensor:
+    """Paste `digit` into a black canvas of `size`, its centre of mass (or box centre) at MNIST's centre."""
+    out_h, out_w = size
+    h, w = digit.shape
+    if center_of_mass:
+        total = digit.sum()
+        cy = float((digit.sum(1) * torch.arange(h)).sum() / total)
+        cx = float((digit.sum(0) * torch.arange(w)).sum() / total)
+    else:
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+    top = round(MNIST_CENTER * out_h / 28 - cy)
+    left = round(MNIST_CENTER * out_w / 28 - cx)
+    canvas = torch.zeros(out_h, out_w)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + h, out_h), min(left + w, out_w)
+    if y1 > y0 and x1 > x0:
+        canvas[y0:y1, x0:x1] = digit[y0 - top : y1 - top, x0 - left : x1 - left]
+    return canvas
+
+
+__all__ = ["MiniVisionImageProcessor", "to_pixel_values", "MNIST_MEAN", "MNIST_STD"]

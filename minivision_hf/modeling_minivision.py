@@ -1,0 +1,145 @@
+"""Mini-Vision-V2: the seed's 0.82M-parameter MNIST CNN as a transformers model.
+
+    per block:  Conv2d(3x3, s1, p1) -> ReLU -> MaxPool(2) -> BatchNorm      (1->32, 32->64 channels)
+    head:       Flatten (3136) -> Linear(3136, 256) -> ReLU -> Dropout(0.3) -> Linear(256, 10)
+
+The forward pass applies MaxPool before ReLU: the two commute exactly (max is monotone, ReLU is a monotone
+max(x, 0)), so outputs are identical, and ReLU then touches 4x fewer elements (this memory-bound network spends
+more time in pooling/ReLU than in its convolutions on a CPU).
+"""
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+from .configuration_minivision import MiniVisionConfig
+
+
+class MiniVisionConvBlock(nn.Module):
+    """Conv -> ReLU -> MaxPool -> BatchNorm (computed as Conv -> MaxPool -> ReLU -> BatchNorm, same outputs)."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: MiniVisionConfig):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, config.kernel_size, config.stride, config.padding)
+        self.pool = nn.MaxPool2d(config.pool_size)
+        self.norm = nn.BatchNorm2d(out_channels, eps=config.batch_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.relu(self.pool(self.conv(hidden_states))))
+
+
+class MiniVisionPreTrainedModel(PreTrainedModel):
+    config_class = MiniVisionConfig
+    base_model_prefix = "minivision"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    # save_pretrained only records the class being saved; the Hub repo should answer all four Auto classes.
+    _auto_map = {
+        "AutoConfig": "configuration_minivision.MiniVisionConfig",
+        "AutoModel": "modeling_minivision.MiniVisionModel",
+        "AutoModelForImageClassification": "modeling_minivision.MiniVisionForImageClassification",
+        "AutoImageProcessor": "image_processing_minivision.MiniVisionImageProcessor",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a complete `auto_map` and the image processor's code file."""
+        self.config.auto_map = {**self._auto_map, **(getattr(self.config, "auto_map", None) or {})}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        processor_code = Path(__file__).with_name("image_processing_minivision.py")
+        if processor_code.exists() and kwargs.get("is_main_process", True):
+            shutil.copyfile(processor_code, Path(save_directory) / processor_code.name)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's own defaults, as the seed used (kaiming-uniform convs/linears, BatchNorm at identity).
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            module.reset_parameters()
+
+
+class MiniVisionModel(MiniVisionPreTrainedModel):
+    """The conv feature extractor: returns the last feature map and its flattened form as `pooler_output`."""
+
+    def __init__(self, config: MiniVisionConfig):
+        super().__init__(config)
+        channels = [config.num_channels, *config.conv_channels]
+        self.blocks = nn.ModuleList(
+            MiniVisionConvBlock(c_in, c_out, config) for c_in, c_out in zip(channels[:-1], channels[1:])
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {', '.join(map(str, expected))}), got {tuple(pixel_values.shape)}"
+                " - run images through MiniVisionImageProcessor first"
+            )
+
+        hidden_states = pixel_values
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for block in self.blocks:
+            hidden_states = block(hidden_states)
+            if output_hidden_states:
+                all_hidden_states = all_hidden_states + (hidden_states,)
+        pooled = hidden_states.flatten(1)
+
+        if not return_dict:
+            return tuple(v for v in (hidden_states, pooled, all_hidden_states) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_hidden_states
+        )
+
+
+class MiniVisionForImageClassification(MiniVisionPreTrainedModel):
+    """Feature extractor + classifier head; cross-entropy loss when `labels` are given."""
+
+    def __init__(self, config: MiniVisionConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.minivision = MiniVisionModel(config)
+        self.classifier = nn.Sequential(
+            nn.Linear(config.flat_features, config.hidden_size),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden_size, config.num_labels),
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.minivision(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.pooler_output)
+
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
+
+        if not return_dict:
+            output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+__all__ = ["MiniVisionPreTrainedModel", "MiniVisionModel", "MiniVisionForImageClassification"]
