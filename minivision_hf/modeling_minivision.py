@@ -86,7 +86,8 @@ class MiniVisionModel(MiniVisionPreTrainedModel):
         expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
-                f"pixel_values must have shape (batch, {', '.join(map(str, expected))}), got {tuple(pixel_values.shape)}"
+                f"pixel_values must have shape (batch, {', '.join(map(str, expected))}), "
+                f"got {tuple(pixel_values.shape)}"
                 " - run images through MiniVisionImageProcessor first"
             )
 

@@ -1,0 +1,1 @@
+minivision_hf/configuration_minivision.py

@@ -1,0 +1,1 @@
+minivision_hf/image_processing_minivision.py

@@ -1,0 +1,1 @@
+minivision_hf/modeling_minivision.py

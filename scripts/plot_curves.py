@@ -1,0 +1,97 @@
+"""Plot the training curves and the confusion matrix from a run record and an evaluation JSON.
+
+    python -m scripts.plot_curves --record records/run_record.json --eval records/eval_test.json --out assets/
+
+Writes train_loss.png, test_loss.png, test_accuracy.png, learning_rate.png and confusion_matrix.png.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--record", default="records/run_record.json", help="run_record.json written by scripts/train.py")
+    p.add_argument("--eval", default="records/eval_test.json", help="JSON written by scripts/evaluate.py")
+    p.add_argument("--out", default="assets", help="folder for the PNGs")
+    return p.parse_args(argv)
+
+
+def _curve(epochs: list[dict], key: str, title: str, ylabel: str, path: Path, best_epoch=None, log=False, pct=False):
+    xs = [r["epoch"] for r in epochs if key in r]
+    ys = [r[key] * (100 if pct else 1) for r in epochs if key in r]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5)
+    if best_epoch is not None and best_epoch in xs:
+        y = ys[xs.index(best_epoch)]
+        ax.scatter([best_epoch], [y], color="crimson", zorder=3, label=f"kept: epoch {best_epoch} ({y:.4g})")
+        ax.legend()
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_confusion(result: dict, path: Path) -> None:
+    matrix = np.asarray(result["confusion_matrix"])
+    labels = result["labels"]
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
+    off_diagonal = matrix.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    ax.imshow(off_diagonal, cmap="Reds")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            value = matrix[i, j]
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                        color="black" if i != j else "navy", fontweight="bold" if i == j else "normal")  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    ax.set_title(f"Confusion matrix, {result['num_samples']:,} test images: accuracy {result['accuracy']:.2%}\n"
+                 "(errors shaded; diagonal in blue)")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_all(record: dict, result: dict | None, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    epochs, best = record["epochs"], record.get("best_epoch") if record.get("kept") == "best" else None
+    name = f"Mini-Vision-V2, {record['recipe']} recipe"
+    paths = [out / "train_loss.png", out / "test_loss.png", out / "test_accuracy.png", out / "learning_rate.png"]
+    _curve(epochs, "train_loss", f"{name}: training loss (augmented)", "cross-entropy", paths[0], log=True)
+    _curve(epochs, "test_loss", f"{name}: test loss", "cross-entropy", paths[1], best, log=True)
+    _curve(epochs, "test_accuracy", f"{name}: test accuracy", "accuracy (%)", paths[2], best, pct=True)
+    _curve(epochs, "lr", f"{name}: learning rate per epoch", "learning rate", paths[3], log=True)
+    if result is not None:
+        paths.append(out / "confusion_matrix.png")
+        plot_confusion(result, paths[-1])
+    return paths
+
+
+def main(argv=None) -> list[Path]:
+    args = parse_args(argv)
+    record = json.loads(Path(args.record).read_text())
+    result = json.loads(Path(args.eval).read_text()) if args.eval and Path(args.eval).exists() else None
+    paths = plot_all(record, result, Path(args.out))
+    for path in paths:
+        print(f"wrote {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()

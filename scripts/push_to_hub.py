@@ -1,0 +1,479 @@
+"""Publish a Mini-Vision-V2 release to the Hugging Face Hub: the model repo, then its Gradio Space pinned to it.
+
+    python -m scripts.push_to_hub --repo-id NS/NAME [--space-id NS/NAME-demo] [--release DIR] [--private]
+        [--commit-message MSG] [--dry-run OUT_DIR]
+
+What goes up (staged in a temporary folder, never the repo root itself):
+- model repo NS/NAME: config.json, model.safetensors, preprocessor_config.json; the code files their `auto_map`
+  names (and what those import), copied from the minivision_hf/ package, the single source; README.md made from
+  the release's model_card.md; assets/ (images), records/ (run and evaluation JSON, TensorBoard events), onnx/.
+- Space NS/NAME-demo (Gradio): spaces_app/ minus caches, plus model_source.json
+  {"model": "NS/NAME", "revision": "<sha of the model commit just made>"} so the demo loads exactly that commit
+  (and, when the Hub allows it, Space variables MINIVISION_MODEL / MINIVISION_REVISION with the same values).
+
+Each repo gets ONE commit that mirrors the staged folder (remote files that are no longer staged are deleted,
+.gitattributes excepted). Before anything is sent, the script refuses when the staged model folder does not load
+with trust_remote_code=True in a fresh interpreter (offline, minivision_hf not importable) and classify an image,
+or when the accuracy/loss in the model card's model-index differ from records/eval_test.json.
+
+Token: HF_TOKEN or the saved login (`hf auth login`); never printed. HF_ENDPOINT is honoured (huggingface_hub
+reads it at import). `--dry-run OUT_DIR` writes OUT_DIR/model and OUT_DIR/space, runs the checks, lists the files
+and sends no request (no token needed). A failed upload says which repo was committed; rerunning is safe.
+Exit status: 0 done, 1 upload failed, 2 refused before sending anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = REPO_ROOT / "minivision_hf"  # the single source of the remote-code files
+DEFAULT_SPACE_SRC = REPO_ROOT / "spaces_app"
+
+REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+MODEL_CARD = "model_card.md"  # at the release root; becomes the repo's README.md
+EVAL_RECORD = "records/eval_test.json"  # top-level "accuracy" and "loss"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
+RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".txt", ".md", ".yaml", ".yml"}
+MODEL_SOURCE_FILE = "model_source.json"  # read by spaces_app/app.py when MINIVISION_MODEL is not set
+LOAD_CHECK_TIMEOUT_S = 300  # a fresh interpreter importing torch + transformers takes ~5 s here
+
+
+class ReleaseError(Exception):
+    """The release cannot be published as it is; nothing has been sent."""
+
+
+# -- staging ----------------------------------------------------------------------------------------------------
+
+
+def _skip(path: Path) -> bool:
+    return any(part.startswith(".") or part == "__pycache__" for part in path.parts) or path.suffix == ".pyc"
+
+
+def _copy_tree(src: Path, dst: Path, keep=lambda p: True) -> None:
+    """Copy the files under src that `keep` accepts (hidden files and caches never), keeping the layout."""
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_file() and not _skip(rel) and keep(path):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst / rel)
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ReleaseError(f"{out_dir} exists and is not empty: stage into an empty or new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _auto_map_modules(json_file: Path) -> set[str]:
+    """Module names in a config's auto_map: {"AutoModel": "modeling_x.Cls"} -> {"modeling_x"}."""
+    auto_map = json.loads(json_file.read_text()).get("auto_map") or {}
+    modules = set()
+    for refs in auto_map.values():
+        for ref in refs if isinstance(refs, list | tuple) else [refs]:
+            if ref:
+                modules.add(ref.split("--")[-1].rsplit(".", 1)[0])  # "repo--module.Class" names a remote repo
+    return modules
+
+
+def _with_relative_imports(source: Path) -> set[Path]:
+    """source and the sibling modules it imports relatively, recursively: what transformers fetches with it."""
+    found, todo = set(), [source]
+    while todo:
+        path = todo.pop()
+        if path in found:
+            continue
+        if not path.is_file():
+            raise ReleaseError(f"{path.name} is imported by the remote code but {path} does not exist")
+        found.add(path)
+        text = path.read_text(encoding="utf-8")
+        # the two forms transformers.dynamic_module_utils.get_relative_imports recognises
+        names = re.findall(r"^\s*import\s+\.(\S+)\s*$", text, flags=re.MULTILINE)
+        names += re.findall(r"^\s*from\s+\.(\S+)\s+import", text, flags=re.MULTILINE)
+        todo += [path.parent / f"{name}.py" for name in names]
+    return found
+
+
+def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_DIR) -> Path:
+    """Write the model repo's files from `release_dir` into `out_dir` (new or empty) and return it."""
+    release_dir, code_dir = Path(release_dir), Path(code_dir)
+    if not release_dir.is_dir():
+        raise ReleaseError(f"release folder {release_dir} does not exist")
+    missing = [name for name in REQUIRED_FILES if not (release_dir / name).is_file()]
+    if missing:
+        raise ReleaseError(f"release folder {release_dir} lacks {', '.join(missing)} (save_pretrained writes them)")
+    card = release_dir / MODEL_CARD
+    if not card.is_file():
+        raise ReleaseError(
+            f"no {MODEL_CARD} in {release_dir}: the model card (the repo's README.md, with the model-index results) "
+            "is generated with the release; create it before publishing"
+        )
+    out_dir = _prepare_out_dir(out_dir)
+    for name in REQUIRED_FILES:
+        shutil.copy2(release_dir / name, out_dir / name)
+    shutil.copy2(card, out_dir / "README.md")
+
+    modules = _auto_map_modules(release_dir / "config.json") | _auto_map_modules(
+        release_dir / "preprocessor_config.json"
+    )
+    if not modules:
+        raise ReleaseError(f"{release_dir}/config.json has no auto_map: the repo would not load as remote code")
+    code_files: set[Path] = set()
+    for module in sorted(modules):
+        source = code_dir / f"{module.replace('.', '/')}.py"
+        if not source.is_file():
+            raise ReleaseError(f"auto_map names {module}, but {source} does not exist")
+        code_files |= _with_relative_imports(source)
+    for source in sorted(code_files):
+        shutil.copy2(source, out_dir / source.name)
+        shipped = release_dir / source.name
+        if shipped.is_file() and shipped.read_bytes() != source.read_bytes():
+            print(f"note: {shipped} differs from {source}; staging the package's copy (the single source)")
+
+    if (release_dir / "assets").is_dir():
+        _copy_tree(release_dir / "assets", out_dir / "assets", lambda p: p.suffix.lower() in IMAGE_SUFFIXES)
+    if (release_dir / "records").is_dir():
+        _copy_tree(
+            release_dir / "records",
+            out_dir / "records",
+            lambda p: p.suffix.lower() in RECORD_SUFFIXES or p.name.startswith("events.out.tfevents"),
+        )
+    if (release_dir / "onnx").is_dir():
+        _copy_tree(release_dir / "onnx", out_dir / "onnx")
+    return out_dir
+
+
+def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | None) -> Path:
+    """Write the Space's files from `space_src` into `out_dir` (new or empty), pinned to model_id@revision."""
+    from huggingface_hub.repocard import metadata_load
+
+    space_src = Path(space_src)
+    readme = space_src / "README.md"
+    if not readme.is_file():
+        raise ReleaseError(f"{space_src} has no README.md (a Space's settings live in its YAML header)")
+    try:
+        settings = metadata_load(readme) or {}
+    except Exception as e:
+        raise ReleaseError(f"{readme}: unreadable YAML header: {e}") from None
+    if settings.get("sdk") != "gradio":
+        raise ReleaseError(f"{readme}: the YAML header must say `sdk: gradio` (found {settings.get('sdk')!r})")
+    app_file = settings.get("app_file", "app.py")
+    if not (space_src / app_file).is_file():
+        raise ReleaseError(f"{space_src} has no {app_file} (the README's app_file)")
+    if not (space_src / "requirements.txt").is_file():
+        print(f"note: {space_src} has no requirements.txt; the Space will only have the SDK's packages")
+    out_dir = _prepare_out_dir(out_dir)
+    _copy_tree(space_src, out_dir)
+    write_model_source(out_dir, model_id, revision)
+    return out_dir
+
+
+def write_model_source(space_dir: Path, model_id: str, revision: str | None) -> None:
+    source = {"model": model_id, "revision": revision}
+    (Path(space_dir) / MODEL_SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
+
+
+# -- checks -----------------------------------------------------------------------------------------------------
+
+# Runs in a fresh `python -I` (no PYTHONPATH, no cwd on sys.path) with HF_HUB_OFFLINE=1. A meta-path finder refuses
+# minivision_hf, so the check also holds when the package is pip-installed (editable) in the environment.
+_LOAD_CHECK = r"""
+import importlib.abc, json, sys
+
+class _NoPackage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "minivision_hf":
+            raise ModuleNotFoundError(f"{name} is blocked: the release must load as remote code", name=name)
+
+sys.meta_path.insert(0, _NoPackage())
+
+import torch
+from PIL import Image, ImageDraw
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+folder = sys.argv[1]
+model, info = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+if bad:
+    sys.exit(f"model.safetensors does not match the model code: {bad}")
+model.eval()
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+image = Image.new("L", (28, 28), 0)
+ImageDraw.Draw(image).line([(14, 4), (14, 23)], fill=255, width=3)  # a "1", white ink on black as in MNIST
+with torch.no_grad():
+    logits = model(**processor(image, return_tensors="pt")).logits
+classify = pipeline("image-classification", model=folder, trust_remote_code=True)
+out = classify(image, top_k=len(model.config.id2label))
+labels = set(model.config.id2label.values())
+ok = (
+    logits.shape == (1, len(labels))
+    and bool(torch.isfinite(logits).all())
+    and {o["label"] for o in out} == labels
+    and all(0.0 <= o["score"] <= 1.0 for o in out)
+    and abs(sum(o["score"] for o in out) - 1.0) < 1e-3
+    and out[0]["label"] == model.config.id2label[int(logits.argmax())]
+)
+print("LOAD_CHECK " + json.dumps({
+    "ok": ok, "model_class": type(model).__name__, "model_module": type(model).__module__,
+    "processor_class": type(processor).__name__, "top": out[0], "labels": sorted(labels),
+}))
+"""
+
+
+def check_release(staged_dir: Path) -> dict:
+    """Load the staged model folder as remote code in a fresh interpreter and classify one image; return a summary.
+
+    Raises ReleaseError when it does not load, its weights do not match the code, or its outputs are malformed.
+    """
+    staged_dir = Path(staged_dir).resolve()
+    with tempfile.TemporaryDirectory(prefix="minivision-load-check-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_"))}
+        env.update(HF_HUB_OFFLINE="1", HF_HOME=str(Path(tmp) / "hf_home"), TRANSFORMERS_VERBOSITY="error")
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-I", "-c", _LOAD_CHECK, str(staged_dir)],
+                cwd=tmp,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=LOAD_CHECK_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            raise ReleaseError(f"load check of {staged_dir} took more than {LOAD_CHECK_TIMEOUT_S} s") from None
+    result = next(
+        (line[len("LOAD_CHECK ") :] for line in proc.stdout.splitlines() if line.startswith("LOAD_CHECK ")), None
+    )
+    if proc.returncode != 0 or result is None:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise ReleaseError(
+            f"the staged model does not load with trust_remote_code=True in a fresh interpreter "
+            f"(offline, minivision_hf not importable):\n{tail}"
+        )
+    summary = json.loads(result)
+    if not summary["ok"] or not summary["model_module"].startswith("transformers_modules"):
+        raise ReleaseError(f"the staged model loads but misbehaves: {summary}")
+    return summary
+
+
+def _decimals(value: float) -> int:
+    text = repr(float(value))
+    return len(text.split(".")[1]) if "." in text and "e" not in text else 12
+
+
+def _same_number(card_value, record_value: float, min_decimals: int) -> bool:
+    """The card's value equals the record's up to the card's rounding, which must keep at least `min_decimals`
+    decimals: 0.9921 stands for 0.99213, but 0.99 does not (YAML drops trailing zeros, hence the minimum)."""
+    try:
+        card_value = float(card_value)
+    except (TypeError, ValueError):
+        return False
+    tolerance = 0.5 * 10 ** -max(_decimals(card_value), min_decimals) + 1e-12
+    return math.isclose(card_value, record_value, abs_tol=tolerance)
+
+
+def check_card_numbers(staged_dir: Path) -> dict[str, float]:
+    """Compare the model card's model-index accuracy and loss with records/eval_test.json; return the record.
+
+    Raises ReleaseError when the record is missing, the card lacks either metric, or a number differs beyond
+    rounding to 4 decimals (accuracy may also be a percentage, rounded to 2 decimals).
+    """
+    from huggingface_hub import ModelCard
+
+    staged_dir = Path(staged_dir)
+    record_file = staged_dir / EVAL_RECORD
+    if not record_file.is_file():
+        raise ReleaseError(f"no {EVAL_RECORD} in the release: the card's numbers cannot be checked")
+    try:
+        record = json.loads(record_file.read_text())
+        numbers = {"accuracy": float(record["accuracy"]), "loss": float(record["loss"])}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ReleaseError(f"{EVAL_RECORD} needs numeric top-level 'accuracy' and 'loss' ({e!r})") from None
+    try:
+        results = ModelCard.load(staged_dir / "README.md").data.eval_results or []
+    except Exception as e:
+        raise ReleaseError(f"{MODEL_CARD}: unreadable metadata: {e}") from None
+    if any(r.dataset_split == "test" for r in results):
+        results = [r for r in results if r.dataset_split == "test"]
+    problems = []
+    for metric, expected in numbers.items():
+        found = [r.metric_value for r in results if r.metric_type == metric]
+        if not found:
+            problems.append(f"{metric}: not in the card's model-index (expected {expected})")
+        for value in found:
+            as_percent = metric == "accuracy" and _same_number(value, 100 * expected, min_decimals=2)
+            if not (_same_number(value, expected, min_decimals=4) or as_percent):
+                problems.append(f"{metric}: card says {value}, {EVAL_RECORD} says {expected}")
+    if problems:
+        raise ReleaseError(f"{MODEL_CARD} disagrees with {EVAL_RECORD}:\n  " + "\n  ".join(problems))
+    return numbers
+
+
+# -- upload -----------------------------------------------------------------------------------------------------
+
+
+def _list_files(title: str, folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    print(f"{title} ({len(files)} files, {sum(p.stat().st_size for p in files):,} bytes):")
+    for path in files:
+        print(f"  {path.stat().st_size:>12,}  {path.relative_to(folder).as_posix()}")
+
+
+def _redact(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def _status(error: BaseException) -> int | None:
+    """The HTTP status of a huggingface_hub error; None for anything else (e.g. a dropped connection)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = getattr(error, "response", None) if isinstance(error, HfHubHTTPError) else None
+    return None if response is None else response.status_code
+
+
+def _describe(error: BaseException, token: str | None) -> str:
+    status = _status(error)
+    if status == 401:
+        return "token rejected (HTTP 401): use a valid write token in HF_TOKEN or `hf auth login`"
+    if status is not None:
+        url = error.response.request.url
+        detail = f"HTTP {status} from {error.response.request.method} {url.copy_with(query=None)}"
+        server_message = (getattr(error, "server_message", None) or "").strip()
+        return _redact(f"{detail}: {server_message}" if server_message else detail, token)
+    return _redact(f"{type(error).__name__}: {' '.join(str(error).split())}", token)
+
+
+def push(
+    model_dir: Path,
+    space_dir: Path,
+    repo_id: str,
+    space_id: str,
+    token: str,
+    private: bool,
+    commit_message: str,
+) -> int:
+    """Create both repos if needed and commit each in one go; report what was committed. Returns an exit status."""
+    from huggingface_hub import HfApi, constants
+
+    api = HfApi(token=token)
+    done: list[str] = []
+    step = f"model repo {repo_id}"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        model_commit = api.upload_folder(
+            repo_id=repo_id, folder_path=model_dir, commit_message=commit_message, delete_patterns="*"
+        )
+        done.append(f"model repo {repo_id} at {model_commit.oid} ({model_commit.commit_url})")
+        print(f"published model repo {repo_id} at {model_commit.oid}\n  {model_commit.commit_url}")
+
+        step = f"Space {space_id}"
+        write_model_source(space_dir, repo_id, model_commit.oid)
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        space_commit = api.upload_folder(
+            repo_id=space_id,
+            repo_type="space",
+            folder_path=space_dir,
+            commit_message=f"{commit_message} (demo of {repo_id}@{model_commit.oid[:12]})",
+            delete_patterns="*",
+        )
+        done.append(f"Space {space_id} at {space_commit.oid} ({space_commit.commit_url})")
+        print(f"published Space {space_id} at {space_commit.oid}\n  {space_commit.commit_url}")
+    except Exception as e:
+        print(f"ERROR: publishing the {step} to {constants.ENDPOINT} failed: {_describe(e, token)}", file=sys.stderr)
+        for line in done:
+            print(f"  committed:     {line}", file=sys.stderr)
+        print(
+            f"  NOT committed: {step} (Hub commits are atomic: nothing of it, or all if only the answer was lost)",
+            file=sys.stderr,
+        )
+        if not done:
+            print(f"  NOT committed: Space {space_id} (not attempted)", file=sys.stderr)
+        if _status(e) == 401:
+            print("Fix the token, then rerun the same command.", file=sys.stderr)
+        else:
+            print(
+                "Rerun the same command to retry: existing repos are reused, unchanged files are not sent again.",
+                file=sys.stderr,
+            )
+        return 1
+
+    # Best effort: Space variables win over model_source.json in the app, and carry the same pin.
+    try:
+        api.add_space_variable(space_id, "MINIVISION_MODEL", repo_id)
+        api.add_space_variable(space_id, "MINIVISION_REVISION", model_commit.oid)
+        print(f"set Space variables MINIVISION_MODEL={repo_id} MINIVISION_REVISION={model_commit.oid}")
+    except Exception as e:
+        print(f"note: Space variables not set ({_describe(e, token)}); the Space reads {MODEL_SOURCE_FILE}")
+    print(f"done: {repo_id}@{model_commit.oid} and its Space {space_id}@{space_commit.oid}")
+    return 0
+
+
+# -- command line -----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo-id", required=True, help="model repo to publish to, NAMESPACE/NAME")
+    parser.add_argument("--space-id", default=None, help="Gradio Space for the demo (default: REPO_ID + '-demo')")
+    parser.add_argument("--release", default=str(REPO_ROOT), help="release folder (default: the repo root)")
+    parser.add_argument("--space-src", default=str(DEFAULT_SPACE_SRC), help="Space sources (default: spaces_app/)")
+    parser.add_argument("--private", action="store_true", help="create missing repos as private (default: public)")
+    parser.add_argument(
+        "--commit-message", default="Publish Mini-Vision-V2 release", help="model commit title (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        metavar="OUT_DIR",
+        default=None,
+        help="stage into OUT_DIR/model and OUT_DIR/space, check, send nothing",
+    )
+    args = parser.parse_args(argv)
+    space_id = args.space_id or f"{args.repo_id}-demo"
+    for repo in (args.repo_id, space_id):
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            parser.error(f"repo ids are NAMESPACE/NAME, got {repo!r}")
+
+    with tempfile.TemporaryDirectory(prefix="minivision-push-") as tmp:
+        out = Path(args.dry_run) if args.dry_run else Path(tmp)
+        token = None
+        try:
+            model_dir = stage_model_repo(Path(args.release), out / "model")
+            space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None)
+            numbers = check_card_numbers(model_dir)
+            print(f"model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, loss {numbers['loss']}")
+            if not args.dry_run:
+                from huggingface_hub import constants, get_token
+
+                if constants.HF_HUB_OFFLINE:
+                    raise ReleaseError("HF_HUB_OFFLINE is set: unset it to publish (or use --dry-run)")
+                token = get_token()
+                if not token:
+                    raise ReleaseError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")
+            summary = check_release(model_dir)
+            print(
+                f"load check passed: {summary['model_class']} from remote code, "
+                f"labels {','.join(summary['labels'])}, top prediction {summary['top']['label']}"
+            )
+        except ReleaseError as e:
+            print(f"REFUSED, nothing was sent: {_redact(str(e), token)}", file=sys.stderr)
+            return 2
+        _list_files(f"model repo {args.repo_id}", model_dir)
+        _list_files(f"Space {space_id}", space_dir)
+        if args.dry_run:
+            print(f"dry run: staged in {out}; nothing was sent ({MODEL_SOURCE_FILE} gets the revision at push time)")
+            return 0
+        return push(model_dir, space_dir, args.repo_id, space_id, token, args.private, args.commit_message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

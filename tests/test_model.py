@@ -1,0 +1,114 @@
+"""MiniVisionConfig and the model: validation, shapes, loss, gradients, parameter count, save/load."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+import minivision_hf as mv
+
+
+def test_config_defaults_are_the_seed_table():
+    config = mv.MiniVisionConfig()
+    assert (config.num_channels, config.image_size, config.conv_channels) == (1, 28, [32, 64])
+    assert (config.kernel_size, config.stride, config.padding, config.pool_size) == (3, 1, 1, 2)
+    assert (config.hidden_size, config.dropout, config.flat_features) == (256, 0.3, 3136)
+    assert config.num_labels == 10
+    assert config.id2label == {i: str(i) for i in range(10)}
+    assert config.label2id == {str(i): i for i in range(10)}
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"kernel_size": 0}, "kernel_size"),
+        ({"conv_channels": []}, "conv_channels"),
+        ({"conv_channels": [32, -1]}, "conv_channels"),
+        ({"hidden_size": 2.5}, "hidden_size"),
+        ({"padding": -1}, "padding"),
+        ({"image_size": 3, "conv_channels": [8, 8, 8]}, "image_size"),
+        ({"num_labels": 1}, "num_labels"),
+    ],
+)
+def test_config_rejects_invalid_values(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        mv.MiniVisionConfig(**kwargs)
+
+
+def test_config_round_trip(tmp_path):
+    config = mv.MiniVisionConfig(conv_channels=[8, 16], hidden_size=32, dropout=0.1)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, mv.MiniVisionConfig)
+    ignore = {"_name_or_path", "transformers_version"}
+    assert {k: v for k, v in loaded.to_dict().items() if k not in ignore} == {
+        k: v for k, v in config.to_dict().items() if k not in ignore
+    }
+
+
+def test_parameter_count_matches_the_seed():
+    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig())
+    assert model.num_parameters() == 824_650  # 0.82M, the seed card's figure
+    # conv1 320 + bn1 64 + conv2 18,496 + bn2 128 + fc1 803,072 + fc2 2,570
+    assert sum(p.numel() for p in model.minivision.parameters()) == 320 + 64 + 18_496 + 128
+
+
+def test_forward_shapes_loss_and_backward():
+    torch.manual_seed(0)
+    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig())
+    pixel_values = torch.randn(5, 1, 28, 28)
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    out = model(pixel_values=pixel_values, labels=labels, output_hidden_states=True)
+    assert out.logits.shape == (5, 10)
+    assert [tuple(h.shape) for h in out.hidden_states] == [(5, 1, 28, 28), (5, 32, 14, 14), (5, 64, 7, 7)]
+    expected = torch.nn.functional.cross_entropy(out.logits, labels)
+    assert torch.allclose(out.loss, expected)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert model(pixel_values=pixel_values, return_dict=False)[0].shape == (5, 10)
+
+
+def test_block_order_is_conv_relu_pool_bn():
+    """The forward pools before ReLU (cheaper); it must equal the seed's Conv -> ReLU -> MaxPool -> BN exactly."""
+    torch.manual_seed(0)
+    block = mv.modeling_minivision.MiniVisionConvBlock(1, 32, mv.MiniVisionConfig()).eval()
+    x = torch.randn(4, 1, 28, 28)
+    seed_order = block.norm(block.pool(torch.relu(block.conv(x))))
+    assert torch.equal(block(x), seed_order)
+
+
+def test_tiny_config_and_wrong_input_shape():
+    config = mv.MiniVisionConfig(conv_channels=[4], hidden_size=8, image_size=16, num_labels=3)
+    model = mv.MiniVisionForImageClassification(config)
+    assert model(torch.randn(2, 1, 16, 16)).logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="pixel_values must have shape"):
+        model(torch.randn(2, 3, 16, 16))
+
+
+def test_save_load_round_trip_gives_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(model(x).logits, loaded(x).logits)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(base, mv.MiniVisionModel)
+    assert torch.equal(base(x).pooler_output, model.minivision(x).pooler_output)
+
+
+def test_save_pretrained_writes_complete_auto_map_and_code(tmp_path):
+    import json
+
+    mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).save_pretrained(tmp_path)
+    mv.MiniVisionImageProcessor().save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
+    for target in auto_map.values():
+        assert (tmp_path / f"{target.split('.')[0]}.py").exists()
+    processor_map = json.loads((tmp_path / "preprocessor_config.json").read_text())["auto_map"]
+    assert processor_map == {"AutoImageProcessor": "image_processing_minivision.MiniVisionImageProcessor"}

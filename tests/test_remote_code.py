@@ -1,0 +1,75 @@
+"""Auto classes and pipeline: in-package (registered) and as Hub remote code in a fresh process."""
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
+
+import minivision_hf as mv
+from tests.conftest import run_fresh
+
+
+@pytest.fixture(scope="module")
+def saved_release(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("release")
+    torch.manual_seed(0)
+    mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).save_pretrained(folder)
+    mv.MiniVisionImageProcessor().save_pretrained(folder)
+    return folder
+
+
+def test_auto_classes_in_package(saved_release):
+    assert isinstance(
+        AutoModelForImageClassification.from_pretrained(saved_release), mv.MiniVisionForImageClassification
+    )
+    assert isinstance(AutoModel.from_pretrained(saved_release), mv.MiniVisionModel)
+    assert isinstance(AutoImageProcessor.from_pretrained(saved_release), mv.MiniVisionImageProcessor)
+
+
+def test_pipeline_in_package(saved_release):
+    clf = pipeline("image-classification", model=str(saved_release), trust_remote_code=False)
+    assert isinstance(clf.model, mv.MiniVisionForImageClassification)
+    canvas = Image.new("RGBA", (300, 300))
+    ImageDraw.Draw(canvas).line([(150, 40), (150, 260)], fill=(0, 0, 0, 255), width=18)
+    top3 = clf(canvas, top_k=3)
+    assert len(top3) == 3 and all(r["label"] in [str(i) for i in range(10)] for r in top3)
+    everything = clf(canvas, top_k=10)
+    assert sorted(r["label"] for r in everything) == [str(i) for i in range(10)]
+    assert abs(sum(r["score"] for r in everything) - 1) < 1e-4
+    batch = clf([canvas, Image.new("L", (28, 28))], top_k=2)
+    assert len(batch) == 2 and all(len(r) == 2 for r in batch)
+
+
+@pytest.mark.slow
+def test_remote_code_in_a_fresh_process(saved_release, tmp_path):
+    """With only transformers installed (minivision_hf blocked), trust_remote_code loads everything from the folder."""
+    result = run_fresh(
+        f"""
+        import json, torch
+        from PIL import Image
+        from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification,
+                                  pipeline)
+        path = {str(saved_release)!r}
+        kinds = {{}}
+        for cls in (AutoConfig, AutoModel, AutoModelForImageClassification, AutoImageProcessor):
+            obj = cls.from_pretrained(path, trust_remote_code=True)
+            kinds[cls.__name__] = [type(obj).__name__, type(obj).__module__]
+        model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True).eval()
+        torch.manual_seed(1)
+        x = torch.randn(2, 1, 28, 28)
+        logits = model(x).logits.tolist()
+        clf = pipeline("image-classification", model=path, trust_remote_code=True)
+        out = clf([Image.new("RGBA", (200, 200)), Image.new("L", (28, 28))], top_k=3)
+        print(json.dumps({{"kinds": kinds, "logits": logits, "pipeline": out}}))
+        """,
+        cwd=tmp_path,
+    )
+    assert result["kinds"]["AutoModel"][0] == "MiniVisionModel"
+    assert result["kinds"]["AutoModelForImageClassification"][0] == "MiniVisionForImageClassification"
+    assert result["kinds"]["AutoImageProcessor"][0] == "MiniVisionImageProcessor"
+    assert all(module.startswith("transformers_modules") for _, module in result["kinds"].values())
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 28, 28)
+    local = AutoModelForImageClassification.from_pretrained(saved_release).eval()
+    assert torch.allclose(torch.tensor(result["logits"]), local(x).logits, atol=1e-5)
+    assert len(result["pipeline"]) == 2 and len(result["pipeline"][0]) == 3

@@ -1,0 +1,176 @@
+"""Training (scripts/train.py through transformers.Trainer), evaluation, the data layer and the model card."""
+
+import json
+import math
+
+import datasets
+import pytest
+import torch
+import yaml
+
+from minivision_hf.data import BatchCollator, decode_to_uint8, load_mnist, plain_transform, random_shift_rotate
+from minivision_hf.training import RECIPES, lr_factor
+from scripts import evaluate, make_model_card, train
+
+TINY_ARGS = ["--max-eval-samples", "128", "--no-progress", "--save-total-limit", "3"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny_dir, tmp_path_factory):
+    """7 epochs of 8 steps (512 samples, batch 64): StepLR halves after epochs 3 and 6."""
+    out = tmp_path_factory.mktemp("smoke")
+    record = train.main(["--dataset", str(tiny_dir), "--output-dir", str(out), "--epochs", "7", "--batch-size", "64",
+                         *TINY_ARGS])  # fmt: skip
+    return out, record
+
+
+def test_smoke_run_saves_a_loadable_release(smoke_run):
+    out, record = smoke_run
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_minivision.py",
+                 "run_record.json"):  # fmt: skip
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    on_disk = json.loads((out / "run_record.json").read_text())
+    assert on_disk["global_step"] == 7 * 8 and on_disk["steps_per_epoch"] == 8
+    assert on_disk["seed"] == 42 and on_disk["versions"]["transformers"] and "commit" in on_disk["git"]
+    assert [e["epoch"] for e in on_disk["epochs"]] == list(range(1, 8))
+    assert all({"train_loss", "test_loss", "test_accuracy", "lr", "wall_s"} <= set(e) for e in on_disk["epochs"])
+    # 512 real digits for 7 epochs: well above chance, and the loss went down
+    assert on_disk["epochs"][-1]["train_loss"] < on_disk["epochs"][0]["train_loss"]
+    assert on_disk["final_eval"]["accuracy"] > 0.5
+
+
+def test_learning_rate_halves_exactly_at_epoch_boundaries(smoke_run):
+    out, record = smoke_run
+    assert [e["lr"] for e in record["epochs"]] == pytest.approx([0.01] * 3 + [0.005] * 3 + [0.0025])
+    # The TensorBoard scalars Trainer logged at each epoch end: the rate that epoch's last step (1-based) used.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    lrs = {e.step: e.value for e in events.Scalars("train/learning_rate")}
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(0.01 * 0.5 ** ((step - 1) // 24)), step
+    assert sorted(lrs) == [8, 16, 24, 32, 40, 48, 56]
+    assert {"eval/loss", "eval/accuracy", "train/loss"} <= set(events.Tags()["scalars"])
+
+
+def test_schedule_is_per_epoch_whatever_the_accumulation(tiny_dir, tmp_path):
+    record = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--epochs", "4",
+                         "--batch-size", "64", "--grad-accum", "2", *TINY_ARGS])  # fmt: skip
+    assert record["steps_per_epoch"] == 8 and record["per_device_batch"] == 32  # 512 / (32 x 2)
+    assert [e["lr"] for e in record["epochs"]] == pytest.approx([0.01, 0.01, 0.01, 0.005])
+
+
+def test_lr_factor_shapes():
+    seed, plus = RECIPES["seed"], RECIPES["plus"]
+    assert [lr_factor(s, 10, seed) for s in (0, 29, 30, 59, 60)] == [1, 1, 0.5, 0.5, 0.25]
+    assert lr_factor(0, 10, plus) == pytest.approx(1 / 20)  # warm-up from ~0
+    assert lr_factor(19, 10, plus) == pytest.approx(1.0)
+    assert lr_factor(plus.epochs * 10, 10, plus) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_resume_continues_step_and_schedule(tiny_dir, tmp_path):
+    common = ["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--epochs", "4", "--batch-size", "64",
+              *TINY_ARGS]  # fmt: skip
+    first = train.main([*common, "--max-steps", "16"])  # "interrupted" after 2 of 4 epochs
+    assert first["global_step"] == 16
+    resumed = train.main([*common, "--resume"])
+    assert resumed["resumed"] is True
+    assert resumed["global_step"] == 32
+    state = json.loads(max(tmp_path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+                       .joinpath("trainer_state.json").read_text())  # fmt: skip
+    assert state["global_step"] == 32
+    logged = [e for e in state["log_history"] if "learning_rate" in e]
+    assert logged[-1]["learning_rate"] == pytest.approx(0.01 * 0.5 ** ((32 - 1) // 24))
+
+
+def test_evaluate_script_on_fixture(smoke_run, tiny_dir, tmp_path):
+    out, _ = smoke_run
+    result = evaluate.main(["--model", str(out), "--dataset", str(tiny_dir), "--output", str(tmp_path / "e.json"),
+                            "--no-progress"])  # fmt: skip
+    on_disk = json.loads((tmp_path / "e.json").read_text())
+    assert on_disk["accuracy"] == result["accuracy"] and on_disk["loss"] == result["loss"]
+    matrix = torch.tensor(on_disk["confusion_matrix"])
+    assert matrix.sum() == on_disk["num_samples"] == 256
+    assert on_disk["accuracy"] == pytest.approx(matrix.trace().item() / 256)
+    assert on_disk["errors"] == 256 - matrix.trace().item()
+    assert set(on_disk["per_class_accuracy"]) == {str(i) for i in range(10)}
+
+
+def test_model_card_is_generated_from_the_records(smoke_run, tiny_dir, tmp_path):
+    out, _ = smoke_run
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "run_record.json").write_text((out / "run_record.json").read_text())
+    evaluate.main(["--model", str(out), "--dataset", str(tiny_dir), "--output", str(records / "eval_test.json"),
+                   "--no-progress"])  # fmt: skip
+    result = json.loads((records / "eval_test.json").read_text())
+    card = make_model_card.main(["--records", str(records), "--output", str(tmp_path / "card.md")]).read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["license"] == "mit" and meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "image-classification" and meta["datasets"] == ["ylecun/mnist"]
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"accuracy": result["accuracy"], "loss": result["loss"]}
+    assert f"{result['accuracy']:.2%}" in card and f"{result['loss']:.4f}" in card
+    assert "| Conv Block 1 | 1 | 32 | 3 | 1 | 1 | ReLU | MaxPool(2), BatchNorm |" in card
+    assert "revision" in card and "trust_remote_code=True" in card and "lecun1998gradient" in card
+
+
+def test_bad_dataset_paths_and_schemas(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist("./no/such/mnist.parquet")
+    wrong_columns = tmp_path / "wrong_columns.parquet"
+    datasets.Dataset.from_dict({"img": [1, 2], "y": [0, 1]}).to_parquet(wrong_columns)
+    with pytest.raises(ValueError, match="'image' column"):
+        load_mnist(str(wrong_columns), "train")
+    five_classes = tmp_path / "five"
+    five_classes.mkdir()
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=5)})
+    from PIL import Image
+
+    ds = datasets.Dataset.from_dict({"image": [Image.new("L", (28, 28))], "label": [1]}, features=features)
+    ds.to_parquet(five_classes / "train-00000-of-00001.parquet")
+    with pytest.raises(ValueError, match="10 classes"):
+        load_mnist(str(five_classes), "train")
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        load_mnist(str(five_classes), "validation")
+    not_parquet = tmp_path / "notes.parquet"
+    not_parquet.write_text("hello")
+    with pytest.raises(ValueError, match="could not read"):
+        load_mnist(str(not_parquet))
+
+
+def test_train_script_reports_bad_dataset(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train.main(["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o"), "--smoke"])
+
+
+def test_batched_augmentation_matches_the_seed_distribution(tiny_test):
+    images, _ = decode_to_uint8(tiny_test)
+    x = images[:64].float() / 255
+    assert torch.equal(random_shift_rotate(x, max_shift=0, max_degrees=0.0), x)  # identity when both are off
+    g = torch.Generator().manual_seed(0)
+    shifted = random_shift_rotate(x, max_shift=2, max_degrees=0.0, generator=g)
+    # integer shifts: pixel values are preserved exactly, only moved (MNIST ink never reaches within 2 px of the edge
+    # for most digits, so mass is kept); the centre of mass moves by at most 2 px per axis
+    assert torch.equal(torch.sort(shifted.flatten(1)).values[:, -50:], torch.sort(x.flatten(1)).values[:, -50:])
+    rows = torch.arange(28.0)
+    com = lambda t: (t.sum(-1) * rows).sum(-1) / t.sum((-1, -2))  # noqa: E731
+    moved = (com(shifted) - com(x)).abs()
+    assert moved.max() <= 2.0 + 1e-4 and (moved > 0.5).any()
+    rotated = random_shift_rotate(x, max_shift=0, max_degrees=10.0, generator=g)
+    assert not torch.equal(rotated, x)
+    assert torch.allclose(rotated.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0.12)  # nearest-neighbour rotation
+
+
+def test_collator_and_plain_transform_agree_without_augmentation(tiny_test):
+    images, labels = decode_to_uint8(tiny_test)
+    batch = BatchCollator(images, labels)(list(range(8)))
+    plain = plain_transform(augment=False)(tiny_test[:8])
+    assert torch.equal(batch["pixel_values"], torch.stack(plain["pixel_values"]))
+    assert batch["labels"].tolist() == plain["labels"]
+    augmented = plain_transform(augment=True)(tiny_test[:8])
+    assert torch.stack(augmented["pixel_values"]).shape == (8, 1, 28, 28)
+    assert math.isfinite(float(torch.stack(augmented["pixel_values"]).sum()))
