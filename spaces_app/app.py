@@ -1,0 +1,236 @@
+"""Mini-Vision-V2 Gradio demo: draw a digit (or upload an image) and see what the 0.82M-parameter MNIST CNN reads.
+
+    python spaces_app/app.py                                     # the release at the repo root, http://127.0.0.1:7860
+    MINIVISION_MODEL=outputs/quick python spaces_app/app.py      # any save_pretrained folder
+    MINIVISION_MODEL=minivision/mini-vision-v2 MINIVISION_REVISION=<sha> python spaces_app/app.py   # a Hub repo
+
+Which model it serves, first match wins:
+1. env MINIVISION_MODEL (Hub id or folder) and MINIVISION_REVISION (branch, tag or commit; optional);
+2. model_source.json beside this file, {"model": id, "revision": sha}, written by scripts/push_to_hub.py when it
+   stages the Space, so the Space serves the exact model commit it was released with;
+3. the release at the repo root (the parent of spaces_app/): works offline.
+
+All preprocessing (alpha, inversion, crop, fit to 20x20, centre of mass, normalisation) is the model's image
+processor; this file only unpacks the Sketchpad value and calls processor + model.
+
+Both endpoints return {label: probability}. The labels are the digits "0".."9"; a canvas or image without ink returns
+the single entry {BLANK_LABEL: 1.0} instead of a confident-looking digit. An upload that cannot be decoded, or one
+too large to decode safely, raises gr.Error with the reason; the app keeps serving.
+"""
+
+import html
+import json
+import os
+from pathlib import Path
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # offline: no telemetry; set before gradio is imported
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES_DIR = HERE / "examples"
+BLANK_LABEL = "blank canvas: draw a digit"
+CANVAS_PX = 400  # a 400x400 canvas fits a phone screen; the processor rescales any size to 28x28 anyway
+# Brush radius in canvas px (gradio's Brush.default_size is a radius). MNIST strokes are ~2.5 px wide on a 20 px
+# digit (~12%); a digit drawn ~250 px tall on the 400 px canvas therefore wants a ~30 px wide pen. Thinner or thicker
+# strokes still work (the processor rescales), they only look less like MNIST after the ~12x downscale.
+BRUSH_RADIUS_PX = 15
+
+
+def resolve_model_source() -> tuple[str, str | None]:
+    """(model id or folder, revision or None), in the order given in the module docstring."""
+    if os.environ.get("MINIVISION_MODEL"):
+        return os.environ["MINIVISION_MODEL"], os.environ.get("MINIVISION_REVISION") or None
+    source_file = HERE / "model_source.json"
+    if source_file.is_file():
+        source = json.loads(source_file.read_text())
+        return source["model"], os.environ.get("MINIVISION_REVISION") or source.get("revision")
+    return str(HERE.parent), os.environ.get("MINIVISION_REVISION") or None
+
+
+def load_model(source: str, revision: str | None = None):
+    """Model and image processor from a Hub id or folder. The local package registers the Auto classes; without it
+    (on a Space) the code files saved next to the weights are used, which needs trust_remote_code."""
+    try:
+        import minivision_hf  # noqa: F401
+
+        trust_remote_code = False
+    except ImportError:
+        trust_remote_code = True
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    model = AutoModelForImageClassification.from_pretrained(source, **kwargs).eval()
+    processor = AutoImageProcessor.from_pretrained(source, **kwargs)
+    return model, processor
+
+
+def describe_source(source: str, revision: str | None) -> str:
+    """Markdown naming the model served: a link for a Hub repo, the folder (relative to the repo) for a local one."""
+    path = Path(source).resolve()
+    if path.is_dir():
+        if path == HERE.parent:
+            return "the release in this repository"
+        try:
+            return f"`{path.relative_to(HERE.parent)}`"
+        except ValueError:
+            return f"`{path}`"
+    url = f"https://huggingface.co/{source}" + (f"/tree/{revision}" if revision else "")
+    return f"[{source}]({url})" + (f" @ `{revision[:10]}`" if revision else "")
+
+
+MODEL_SOURCE, MODEL_REVISION = resolve_model_source()
+model, processor = load_model(MODEL_SOURCE, MODEL_REVISION)
+LABELS = [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
+def _user_error(message: str) -> gr.Error:
+    # gr.Error renders HTML: escape the reason (Pillow's messages contain "<_io.BytesIO ...>"). No server traceback:
+    # a bad upload is the user's input, not a fault of the app.
+    return gr.Error(html.escape(message), title="Unreadable image", print_exception=False)
+
+
+def classify(image) -> dict[str, float]:
+    """One image (PIL, numpy, path or bytes) -> {label: probability}, or {BLANK_LABEL: 1.0} when it holds no ink."""
+    if image is None:
+        return {BLANK_LABEL: 1.0}
+    try:
+        pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    except (ValueError, TypeError) as err:  # corrupt file, decompression bomb, unsupported array
+        raise _user_error(f"Could not use this image: {err}") from err
+    # The processor maps an image without ink to a uniform background (what `processor.has_ink` reports as False);
+    # testing its output instead of calling has_ink() saves a second pass over a 400-800 px canvas on every stroke.
+    if bool(pixel_values.amax() <= pixel_values.amin()):
+        return {BLANK_LABEL: 1.0}
+    with torch.inference_mode():
+        probs = model(pixel_values=pixel_values).logits.softmax(-1)[0]
+    return {label: float(p) for label, p in zip(LABELS, probs, strict=True)}
+
+
+def predict(sketch: dict | None) -> dict[str, float]:
+    """Sketchpad value {"background", "layers", "composite"} -> {label: probability} (see the module docstring)."""
+    if sketch is None:
+        return {BLANK_LABEL: 1.0}
+    if not isinstance(sketch, dict):  # a bare image, as a convenience for Python callers
+        return classify(sketch)
+    image = sketch.get("composite")  # background + layers as the user sees them
+    if image is None:
+        image = sketch.get("background")
+    return classify(image)
+
+
+def predict_image(image) -> dict[str, float]:
+    """A plain image (PIL, numpy, path or bytes) -> {label: probability} (see the module docstring)."""
+    return classify(image)
+
+
+def _report_decode_errors(component: gr.components.Component) -> gr.components.Component:
+    """Gradio decodes uploads with Pillow before predict() runs; unwrapped, a corrupt file reaches the user as a bare
+    "Error". Re-raise decode failures as gr.Error with the reason."""
+    preprocess = component.preprocess
+
+    def checked_preprocess(payload):
+        try:
+            return preprocess(payload)
+        except UnidentifiedImageError as err:  # its message names the server's temp file: say it plainly instead
+            raise _user_error("Could not read the uploaded image: it is not an image file Pillow can decode") from err
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise _user_error(f"Could not read the uploaded image: {err}") from err
+
+    component.preprocess = checked_preprocess
+    return component
+
+
+EXPLANATION = f"""
+# Mini-Vision-V2: handwritten digits
+
+Draw a digit from 0 to 9 on the canvas (large and centred or not, the model does not mind), or upload a photo or
+scan of one. The prediction updates as you draw.
+
+**How it works.** Mini-Vision-V2 is a 0.82M-parameter CNN (two conv blocks and a small classifier) trained on
+MNIST. Its image processor brings any picture to MNIST's form: transparency flattened, dark-on-light inverted to
+white-on-black, cropped to the ink, fitted into 20x20 px and centred by centre of mass in 28x28. A blank canvas is
+reported as *"{BLANK_LABEL}"*, never as a digit.
+
+**Limits.** One digit per image. MNIST is American-style handwriting: a crossed 7 or a 1 with a long flag may be
+read less surely. It is a 28x28-pixel model, so fine detail is lost.
+"""
+
+
+# The image editor opens with its "image" tool, showing "select the draw tool to start"; a digit pad should take
+# strokes at once, so select the brush when the page loads (and after Clear). Retries while the canvas mounts.
+SELECT_BRUSH_JS = """() => {
+  let tries = 0;
+  const select = () => {
+    const brush = document.querySelector('#sketchpad button[aria-label="Brush"]');
+    if (brush) { brush.click(); } else if (tries++ < 50) { setTimeout(select, 100); }
+  };
+  select();
+}"""
+
+CLEAR_CANVAS_JS = """() => {
+  document.querySelector('#sketchpad button[aria-label="Clear canvas"]')?.click();
+  setTimeout(() => document.querySelector('#sketchpad button[aria-label="Brush"]')?.click(), 100);
+}"""
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="Mini-Vision-V2: handwritten digits") as demo:
+        gr.Markdown(EXPLANATION)
+        with gr.Row():
+            with gr.Column():
+                with gr.Tab("Draw"):
+                    sketch = gr.Sketchpad(
+                        label="Draw a digit",
+                        type="pil",
+                        image_mode="RGBA",  # black ink on a transparent layer; the processor flattens the alpha
+                        format="png",  # lossless: webp would blur the strokes
+                        canvas_size=(CANVAS_PX, CANVAS_PX),
+                        height=CANVAS_PX + 60,  # room for the toolbar: the canvas shows at ~100% zoom
+                        fixed_canvas=True,
+                        brush=gr.Brush(default_size=BRUSH_RADIUS_PX, colors=["#000000"], color_mode="fixed"),
+                        layers=False,
+                        transforms=(),
+                        elem_id="sketchpad",
+                    )
+                    clear = gr.Button("Clear", elem_id="clear")
+                with gr.Tab("Upload"):
+                    upload = gr.Image(
+                        label="Upload an image of a digit",
+                        type="pil",
+                        image_mode=None,  # keep the file's mode (alpha included); the processor handles every mode
+                        sources=["upload", "clipboard"],
+                        height=CANVAS_PX + 60,
+                        elem_id="upload",
+                    )
+                    gr.Examples(
+                        examples=sorted(str(p) for p in EXAMPLES_DIR.glob("*.png")),
+                        inputs=upload,
+                        label="Examples: MNIST test digits and drawn-style images",
+                        examples_per_page=12,
+                        cache_examples=False,
+                    )
+            with gr.Column():
+                label = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
+                gr.Markdown(f"Model: {describe_source(MODEL_SOURCE, MODEL_REVISION)}")
+
+        _report_decode_errors(sketch)
+        _report_decode_errors(upload)
+        # always_last: while the user keeps drawing, skip stale strokes and classify only the latest canvas.
+        sketch.change(predict, sketch, label, api_name="predict", trigger_mode="always_last", show_progress="hidden")
+        upload.change(predict_image, upload, label, api_name="predict_image", show_progress="hidden")
+        # Clear through the editor's own "Clear canvas" button: setting the Sketchpad's value to None from Python leaves
+        # the editor stuck loading (gradio 6.31). Its change event then reports the blank canvas.
+        clear.click(None, js=CLEAR_CANVAS_JS)
+        demo.load(None, js=SELECT_BRUSH_JS)
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    print(f"Mini-Vision-V2 demo: http://{host}:{port}  (model: {MODEL_SOURCE}, revision: {MODEL_REVISION})")
+    demo.launch(server_name=host, server_port=port, share=False, max_file_size="20mb")
