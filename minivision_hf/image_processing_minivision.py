@@ -23,7 +23,7 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.processing_utils import ImagesKwargs
@@ -80,7 +80,7 @@ class MiniVisionImageProcessor(TorchvisionBackend):
     Example:
 
     ```python
-    >>> from PIL import Image
+    >>> from PIL import Image, ImageOps
     >>> from minivision_hf import MiniVisionImageProcessor
     >>> processor = MiniVisionImageProcessor()
     >>> canvas = Image.new("RGBA", (400, 400))  # transparent, as a sketchpad layer
@@ -121,7 +121,7 @@ class MiniVisionImageProcessor(TorchvisionBackend):
         if isinstance(images, (list, tuple)):
             return [self.fetch_images(x) for x in images]
         if isinstance(images, (str, os.PathLike, bytes, bytearray)):
-            return _open_image(images)
+            return _open_image(images, self.max_pixels)
         return images
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3):
@@ -222,15 +222,22 @@ def _scalar(value) -> float:
     return float(value[0]) if isinstance(value, (list, tuple)) else float(value)
 
 
-def _open_image(source) -> Image.Image:
+def _open_image(source, max_pixels: int) -> Image.Image:
+    """Open a path or encoded bytes; the size is checked from the header, before any pixel is decoded."""
+    stage = "open"
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        stage = "size"
+        _check_pixels(image.height, image.width, max_pixels)
+        stage = "decode"
         image.load()
+        return ImageOps.exif_transpose(image)  # phone photos: honour the EXIF orientation
     except Image.DecompressionBombError as err:
         raise ValueError(f"image refused: {err}") from err
     except (OSError, SyntaxError, ValueError) as err:
+        if stage == "size":
+            raise
         raise ValueError(f"could not decode the image ({err}); give a PNG, JPEG, WebP, BMP or similar file") from err
-    return image
 
 
 def _check_pixels(height: int, width: int, max_pixels: int) -> None:

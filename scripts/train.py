@@ -178,6 +178,7 @@ def main(argv=None) -> dict:
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=recipe.lr,  # the optimizer and schedule are the recipe's (MiniVisionTrainer)
         label_smoothing_factor=recipe.label_smoothing,
+        max_grad_norm=0.0,  # the seed clips no gradients (Trainer's default would clip at 1.0)
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",

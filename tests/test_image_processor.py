@@ -146,6 +146,8 @@ def test_corrupt_and_huge_inputs_raise_clear_errors(processor, tmp_path, monkeyp
         processor(np.zeros((200, 200), dtype=np.uint8), max_pixels=10_000)
     buffer = io.BytesIO()
     Image.new("L", (300, 300)).save(buffer, format="PNG")
+    with pytest.raises(ValueError, match="max_pixels"):  # refused from the header, before decoding
+        mv.MiniVisionImageProcessor(max_pixels=10_000)(buffer.getvalue())
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # Pillow's own decompression-bomb limit
     with pytest.raises(ValueError, match="refused"):
         processor(buffer.getvalue())
