@@ -37,6 +37,9 @@ class MiniVisionPreTrainedModel(PreTrainedModel):
     base_model_prefix = "minivision"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The loss is a per-batch mean, not a sum over `num_items_in_batch`: Trainer must average over gradient
+    # accumulation and processes itself (else it scales the loss by the world size and skips the accumulation mean).
+    accepts_loss_kwargs = False
 
     # save_pretrained only records the class being saved; the Hub repo should answer all four Auto classes.
     _auto_map = {

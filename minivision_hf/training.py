@@ -123,11 +123,22 @@ class MiniVisionTrainer(Trainer):
 
 
 class EpochRecorder(TrainerCallback):
-    """Records, per epoch, the learning rate it trained at and its wall time."""
+    """Records, per epoch, the learning rate it trained at and its wall time; and every optimizer step's end time,
+    for steady-state throughput (`steady_step_s`)."""
 
     def __init__(self):
         self.epochs: list[dict] = []
+        self.step_ends: list[float] = []
         self._start = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_ends.append(time.perf_counter())
+
+    def steady_step_s(self, warmup: int = 5) -> float | None:
+        """Median seconds per optimizer step after `warmup` steps, skipping steps that span an evaluation or a
+        checkpoint (they are the slowest ones; the median ignores them anyway)."""
+        gaps = np.diff(self.step_ends[warmup:])
+        return float(np.median(gaps)) if len(gaps) else None
 
     def on_epoch_begin(self, args, state, control, optimizer=None, **kwargs):
         self._start = time.perf_counter()

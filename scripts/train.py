@@ -196,6 +196,7 @@ def main(argv=None) -> dict:
         disable_tqdm=args.no_progress,
         save_only_model=False,
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False,
     )
     recorder = EpochRecorder()
     # The callback reopens its writer for the final evaluation after training; the env var keeps both in one folder.
@@ -252,6 +253,9 @@ def main(argv=None) -> dict:
             "global_step": trainer.state.global_step,
             "resumed": bool(resume),
             "train_wall_s": round(wall, 2),
+            "steady_images_per_s": round(args.batch_size / recorder.steady_step_s(), 1)
+            if recorder.steady_step_s()
+            else None,
             "train_images_per_s": round(
                 trainer.state.global_step * args.batch_size / max(sum(r.get("wall_s", 0) for r in epochs), 1e-9), 1
             ),
