@@ -168,3 +168,17 @@ def test_collator_and_plain_transform_agree_without_augmentation(tiny_test):
     augmented = plain_transform(augment=True)(tiny_test[:8])
     assert torch.stack(augmented["pixel_values"]).shape == (8, 1, 28, 28)
     assert math.isfinite(float(torch.stack(augmented["pixel_values"]).sum()))
+
+
+def test_compare_recipes_smoke(tiny_dir, tmp_path):
+    from scripts import compare_recipes
+
+    summary = compare_recipes.main(["--smoke", "--recipes", "seed", "plus", "--seeds", "1", "2", "--dataset",
+                                    str(tiny_dir), "--work-dir", str(tmp_path / "w"), "--output",
+                                    str(tmp_path / "r.json")])  # fmt: skip
+    on_disk = json.loads((tmp_path / "r.json").read_text())
+    assert set(on_disk["recipes"]) == {"seed", "plus"}
+    for name, s in summary["recipes"].items():
+        assert len(s["accuracies"]) == 2 and 0 <= s["accuracy_mean"] <= 1
+        assert s["accuracy_mean"] == pytest.approx(sum(s["accuracies"]) / 2)
+    assert [r["seed"] for r in on_disk["runs"]] == [1, 2, 1, 2]

@@ -1,0 +1,123 @@
+"""Render README.md's numbers from the committed records (never typed by hand).
+
+    python -m scripts.update_readme            # rewrite the generated blocks in README.md
+    python -m scripts.update_readme --check    # exit 1 if README.md is out of date with records/ (a test runs this)
+
+Each block sits between `<!-- BEGIN name -->` and `<!-- END name -->`; its source is named inside it.
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str) -> dict | None:
+    path = ROOT / "records" / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def results_block() -> str:
+    result, record = _load("eval_test.json"), _load("run_record.json")
+    if not result or not record:
+        return "_No trained release yet: run `scripts/train.py`, then `scripts/make_release.py`._"
+    kept = next((e for e in record["epochs"] if e["epoch"] == record["best_epoch"]), record["epochs"][-1])
+    return "\n".join([
+        "| Metric (MNIST test, 10,000 images) | Released model (seed recipe) | Seed card |",
+        "|---|---|---|",
+        f"| Test accuracy | **{result['accuracy']:.2%}** ({result['errors']} errors) | 99.3% |",
+        f"| Test loss | {result['loss']:.4f} | 0.0235 |",
+        f"| Train loss (kept epoch {kept['epoch']} of {len(record['epochs'])}) | {kept['train_loss']:.4f} | 0.0615 |",
+        f"| Training time | {record['train_wall_s'] / 60:.1f} min on {record['hardware']['cpu_count']} CPU cores | - |",
+        "",
+        "Source: `records/eval_test.json` (`python -m scripts.evaluate --model . --dataset ../shared/data/mnist "
+        "--output records/eval_test.json`) and `records/run_record.json`.",
+    ])  # fmt: skip
+
+
+def _recipes_table(summary: dict) -> str:
+    rows = ["| Recipe | Epochs | Test accuracy, mean ± std | Test loss, mean | Runs |", "|---|---|---|---|---|"]
+    for name, s in summary["recipes"].items():
+        runs = ", ".join(f"{a:.2%}" for a in s["accuracies"])
+        rows.append(f"| {name} | {s['epochs']:g} | {s['accuracy_mean']:.2%} ± {s['accuracy_std']:.2%} | "
+                    f"{s['loss_mean']:.4f} | {runs} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def recipes_block() -> str:
+    summary = _load("recipes.json")
+    if not summary:
+        return "_Not measured yet: `python -m scripts.compare_recipes` writes records/recipes.json._"
+    return _recipes_table(summary) + "\n\nSource: `records/recipes.json` (`" + summary["command"] + "`)."
+
+
+def data_paths_block() -> str:
+    summary = _load("data_paths.json")
+    if not summary:
+        return "_Not measured yet: `python -m scripts.compare_recipes --data-paths plain fast` writes records/data_paths.json._"  # noqa: E501
+    return _recipes_table(summary) + "\n\nSource: `records/data_paths.json` (`" + summary["command"] + "`)."
+
+
+def benchmark_block() -> str:
+    bench = _load("benchmark.json")
+    if not bench:
+        return "_Not measured yet: `python -m scripts.benchmark --output records/benchmark.json`._"
+    return bench["markdown"].strip() + "\n\nSource: `records/benchmark.json` (`python -m scripts.benchmark`)."
+
+
+def load_test_block() -> str:
+    load = _load("load_test.json")
+    if not load:
+        return "_Not measured yet: `python -m scripts.load_test` writes records/load_test.json._"
+    summary, args = load["summary"], load["args"]
+    return "\n".join([
+        "| Clients x requests | Requests | Errors | Wrong answers | p50 latency | p95 latency | Throughput |",
+        "|---|---|---|---|---|---|---|",
+        f"| {args['clients']} x {args['requests']} | {summary['requests']} | {summary['errors']} | "
+        f"{summary['wrong_predictions']} | {summary['latency_ms']['p50']:.0f} ms | {summary['latency_ms']['p95']:.0f} ms | "
+        f"{summary['throughput_rps']:.1f} req/s |",
+        "",
+        f"Model: `{load['model']}`. Source: `records/load_test.json` (`python -m scripts.load_test`); the clients run on "
+        "the same 2 cores as the app.",
+    ])  # fmt: skip
+
+
+BLOCKS = {
+    "results": results_block,
+    "recipes": recipes_block,
+    "data_paths": data_paths_block,
+    "benchmark": benchmark_block,
+    "load_test": load_test_block,
+}
+
+
+def render(text: str) -> str:
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + m.group(2), text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = p.parse_args(argv)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            print("README.md is out of date with records/: run `python -m scripts.update_readme`")
+            return 1
+        print("README.md is up to date")
+        return 0
+    readme.write_text(new)
+    print("updated README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""README: the Quick start has exactly two commands, CI runs README's test command, the usage snippet runs, and
+every generated number block matches the committed records."""
+
+import json
+import re
+
+import pytest
+
+from scripts import update_readme
+from tests.conftest import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    return README.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_quick_start_has_two_commands_and_ci_runs_the_test_command():
+    block = re.search(r"```bash\n(.*?)```", _section("Quick start"), re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+    assert commands == ["bash scripts/demo.sh", "bash .ci/run"]
+    test_command = re.search(r"Test command \(.*?\): `(.+?)`", README).group(1)
+    assert test_command in (REPO_ROOT / ".ci" / "run").read_text()
+
+
+def test_usage_snippet_runs(monkeypatch):
+    code = re.search(r"```python\n(.*?)```", _section("Use it"), re.S).group(1)
+    monkeypatch.chdir(REPO_ROOT)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert namespace["logits"].shape == (1, 10)
+    assert len(namespace["top3"]) == 3
+    result = REPO_ROOT / "records" / "eval_test.json"
+    if not result.exists() or json.loads(result.read_text())["accuracy"] < 0.99:
+        pytest.skip("the release at the root is not the trained one yet")
+    assert namespace["top3"][0]["label"] == "7"
+
+
+def test_readme_numbers_come_from_the_records():
+    assert update_readme.main(["--check"]) == 0, "run `python -m scripts.update_readme`"
