@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
                 start = time.perf_counter()
                 record = train.main(cli)
                 model = AutoModelForImageClassification.from_pretrained(out)
-                result = evaluate.evaluate_model(model, AutoImageProcessor.from_pretrained(out), test_set, progress=False)
+                processor = AutoImageProcessor.from_pretrained(out)
+                result = evaluate.evaluate_model(model, processor, test_set, progress=False)
                 run = {
                     "recipe": recipe,
                     "data_path": path,

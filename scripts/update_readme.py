@@ -77,7 +77,8 @@ def load_test_block() -> str:
         "| Clients x requests | Requests | Errors | Wrong answers | p50 latency | p95 latency | Throughput |",
         "|---|---|---|---|---|---|---|",
         f"| {args['clients']} x {args['requests']} | {summary['requests']} | {summary['errors']} | "
-        f"{summary['wrong_predictions']} | {summary['latency_ms']['p50']:.0f} ms | {summary['latency_ms']['p95']:.0f} ms | "
+        f"{summary['wrong_predictions']} | {summary['latency_ms']['p50']:.0f} ms | "
+        f"{summary['latency_ms']['p95']:.0f} ms | "
         f"{summary['throughput_rps']:.1f} req/s |",
         "",
         f"Model: `{load['model']}`. Source: `records/load_test.json` (`python -m scripts.load_test`); the clients run on "
