@@ -81,8 +81,8 @@ def load_test_block() -> str:
         f"{summary['latency_ms']['p95']:.0f} ms | "
         f"{summary['throughput_rps']:.1f} req/s |",
         "",
-        f"Model: `{load['model']}`. Source: `records/load_test.json` (`python -m scripts.load_test`); the clients run on "
-        "the same 2 cores as the app.",
+        f"Model: `{load['model']}`. Source: `records/load_test.json` (`python -m scripts.load_test`); "
+        "the clients run on the same 2 cores as the app.",
     ])  # fmt: skip
 
 

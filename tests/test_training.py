@@ -178,7 +178,7 @@ def test_compare_recipes_smoke(tiny_dir, tmp_path):
                                     str(tmp_path / "r.json")])  # fmt: skip
     on_disk = json.loads((tmp_path / "r.json").read_text())
     assert set(on_disk["recipes"]) == {"seed", "plus"}
-    for name, s in summary["recipes"].items():
+    for s in summary["recipes"].values():
         assert len(s["accuracies"]) == 2 and 0 <= s["accuracy_mean"] <= 1
         assert s["accuracy_mean"] == pytest.approx(sum(s["accuracies"]) / 2)
     assert [r["seed"] for r in on_disk["runs"]] == [1, 2, 1, 2]
