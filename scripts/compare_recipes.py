@@ -85,15 +85,16 @@ def main(argv=None) -> dict:
                 }
                 groups.setdefault(name, []).append(run)
                 print(f"{name} seed {seed}: accuracy {run['accuracy']:.4f}, loss {run['loss']:.4f}", flush=True)
-    summary = {
-        "description": "Each row: independent full training runs (one per seed) of the same architecture, "
-        "evaluated on the 10,000-image MNIST test split.",
-        "dataset": str(args.dataset),
-        "recipes": {name: summarize(runs) for name, runs in groups.items()},
-        "runs": [run for runs in groups.values() for run in runs],
-        "command": "python -m scripts.compare_recipes " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
-    write_json(Path(args.output), summary)
+                summary = {
+                    "description": "Each row: independent full training runs (one per seed) of the same "
+                    "architecture, evaluated on the 10,000-image MNIST test split.",
+                    "dataset": str(args.dataset),
+                    "recipes": {name: summarize(runs) for name, runs in groups.items()},
+                    "runs": [run for runs in groups.values() for run in runs],
+                    "command": "python -m scripts.compare_recipes "
+                    + " ".join(argv if argv is not None else sys.argv[1:]),
+                }
+                write_json(Path(args.output), summary)  # after every run: an interrupted comparison keeps its runs
     for name, s in summary["recipes"].items():
         print(f"{name:>24}: {s['accuracy_mean']:.4%} ± {s['accuracy_std']:.4%} over {len(s['accuracies'])} seeds")
     return summary
