@@ -203,7 +203,9 @@ With the `minivision_hf` package installed, `import minivision_hf` registers the
 The image processor accepts PIL images in any mode, numpy arrays and tensors of any size: it flattens
 transparency, inverts dark ink on a light background, crops to the ink, fits it into 20x20 and centres it by
 centre of mass in 28x28, as MNIST was made. A blank image becomes an all-background input
-(`processor.has_ink(images)` tells); corrupt or oversized images raise `ValueError`.
+(`processor.has_ink(images)` tells); corrupt or oversized images raise `ValueError`. `pipeline` converts PIL images
+and paths to RGB, which drops transparency: give a drawing on a transparent layer as a numpy array
+(`clf(np.asarray(image))`), or call the image processor directly, so its alpha channel is used.
 
 ## Limitations
 
