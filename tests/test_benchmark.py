@@ -1,0 +1,131 @@
+"""scripts/benchmark.py: a tiny --quick run records every number, positive, with ratios that follow from them, and a
+markdown table; the FLOP count agrees with PyTorch's own counter."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import minivision_hf as mv
+from scripts import benchmark
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, tiny_dir):
+    out = tmp_path_factory.mktemp("bench")
+    # Batch 32 x 12 steps stays inside one epoch of the 512 tiny rows (no evaluation between timed steps);
+    # --onnx-dir points nowhere, so the run exports ONNX itself.
+    result = benchmark.main([
+        "--quick", "--model", str(REPO_ROOT), "--dataset", str(tiny_dir), "--onnx-dir", str(out / "no-onnx"),
+        "--output", str(out / "bench.json"), "--markdown", str(out / "bench.md"),
+        "--train-steps", "12", "--train-batch-size", "32", "--eval-samples", "256", "--time-s", "0.05",
+        "--pipeline-calls", "3", "--peak-sizes", "256", "--int8-min-agreement", "0.9",
+    ])  # fmt: skip
+    return out, result
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+@pytest.mark.slow
+def test_record_has_every_number_positive(bench):
+    out, result = bench
+    on_disk = json.loads((out / "bench.json").read_text())
+    assert on_disk["summary"] == result["summary"]
+    s = on_disk["summary"]
+    for key in ("train_speedup", "train_fast_images_per_s", "train_plain_images_per_s", "inference_speedup",
+                "inference_winner_images_per_s_b1024", "eager_fp32_images_per_s_b1024",
+                "fast_training_fraction_of_peak", "best_inference_fraction_of_peak"):  # fmt: skip
+        assert _positive(s[key]), key
+    assert set(s["targets_met"]) == {"train_speedup", "inference_speedup"}
+
+    variants = on_disk["inference"]["variants"]
+    assert set(variants) == {"eager_fp32", "eager_bf16_channels_last", "ort_fp32", "ort_int8"}
+    for name, v in variants.items():
+        for batch in ("batch_1", "batch_1024"):
+            assert _positive(v[batch]["images_per_s"]) and v[batch]["calls"] >= 3, (name, batch)
+        assert 0 <= v["accuracy"] <= 1
+        assert _positive(v["utilisation_b1024"]["achieved_gflops"])
+    assert on_disk["inference"]["accuracy_samples"] == 256
+
+    for path in ("plain", "fast"):
+        run = on_disk["training"][path]
+        assert _positive(run["steady_images_per_s"]) and run["global_step"] == 12
+        assert _positive(run["utilisation"]["achieved_gflops"]) and _positive(run["utilisation"]["fraction_of_peak"])
+    assert on_disk["training"]["plain"]["channels_last"] is False and on_disk["training"]["plain"]["bf16"] is False
+    assert on_disk["training"]["fast"]["channels_last"] is True  # bf16 depends on the CPU (recorded, not asserted)
+
+    for kind in ("mnist_28x28_L", "drawing_400x400_RGBA"):
+        p = on_disk["pipeline"][kind]
+        assert p["calls"] == 3 and 0 < p["p50_ms"] <= p["p95_ms"]
+    assert _positive(on_disk["peak"]["gflops"]["fp32"]) and _positive(on_disk["peak"]["gflops"]["bf16"])
+    assert on_disk["flops"]["train_per_image"] == 3 * on_disk["flops"]["forward_per_image"]
+    assert on_disk["quick"] is True and on_disk["hardware"]["cores"] >= 1 and on_disk["hardware"]["torch_threads"] >= 1
+    assert on_disk["versions"]["onnxruntime"] and on_disk["versions"]["torch"] and "commit" in on_disk["git"]
+    assert on_disk["time_utc"].endswith("Z")
+    assert on_disk["inference"]["onnx"]["source"].startswith("exported")
+    assert on_disk["inference"]["onnx"]["int8_method"] in ("static_qdq_u8", "static_qdq_s8", "dynamic")
+
+
+@pytest.mark.slow
+def test_ratios_follow_from_the_numbers(bench):
+    _, result = bench
+    s, training, variants = result["summary"], result["training"], result["inference"]["variants"]
+    plain, fast = training["plain"]["steady_images_per_s"], training["fast"]["steady_images_per_s"]
+    assert s["train_speedup"] == pytest.approx(fast / plain, rel=1e-3)
+    base = variants["eager_fp32"]["batch_1024"]["images_per_s"]
+    for v in variants.values():
+        assert v["speedup_b1024"] == pytest.approx(v["batch_1024"]["images_per_s"] / base, rel=1e-3)
+    # The winner: the fastest at batch 1024 among variants at most 0.1 points below eager fp32's accuracy.
+    floor = variants["eager_fp32"]["accuracy"] - benchmark.MAX_ACCURACY_DROP - 1e-9
+    eligible = {n: v for n, v in variants.items() if v["accuracy"] >= floor}
+    assert set(eligible) == {n for n, v in variants.items() if v["accurate"]}
+    assert s["inference_winner"] == max(eligible, key=lambda n: eligible[n]["batch_1024"]["images_per_s"])
+    winner = variants[s["inference_winner"]]
+    assert s["inference_speedup"] == pytest.approx(winner["batch_1024"]["images_per_s"] / base, rel=1e-3)
+    assert s["targets_met"]["train_speedup"] == (s["train_speedup"] >= 5)
+    assert s["targets_met"]["inference_speedup"] == (s["inference_speedup"] >= 4)
+    # achieved GFLOP/s = images/s x FLOPs per image
+    fwd = result["flops"]["forward_per_image"]
+    assert winner["utilisation_b1024"]["achieved_gflops"] == pytest.approx(
+        winner["batch_1024"]["images_per_s"] * fwd / 1e9, rel=1e-2
+    )
+    util = training["fast"]["utilisation"]
+    assert util["achieved_gflops"] == pytest.approx(fast * 3 * fwd / 1e9, rel=1e-2)
+    assert util["fraction_of_peak"] == pytest.approx(util["achieved_gflops"] / util["peak_gflops"], rel=1e-2)
+
+
+@pytest.mark.slow
+def test_markdown_table_is_written_and_stored(bench):
+    out, result = bench
+    text = (out / "bench.md").read_text()
+    assert text == result["markdown"] == json.loads((out / "bench.json").read_text())["markdown"]
+    assert "| path | configuration | images/s |" in text and "| plain |" in text and "| fast |" in text
+    for name in result["inference"]["variants"]:
+        assert f"| {name} |" in text
+    assert f"train_speedup = {result['summary']['train_speedup']:.2f}x" in text
+    assert f"inference_speedup = {result['summary']['inference_speedup']:.2f}x" in text
+    assert "| mnist_28x28_L |" in text and "| drawing_400x400_RGBA |" in text
+
+
+def test_forward_flops_match_pytorch_flop_counter():
+    config = mv.MiniVisionConfig()
+    analytic = benchmark.forward_flops(config)
+    assert sum(analytic.values()) == 9_287_680  # conv1 451,584 + conv2 7,225,344 + fc1 1,605,632 + fc2 5,120
+    model = mv.MiniVisionForImageClassification(config).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(pixel_values=torch.zeros(1, 1, 28, 28))
+    assert counter.get_total_flops() == sum(analytic.values())
+
+
+def test_drawing_like_image_is_a_transparent_rgba_canvas_with_ink():
+    image = benchmark.drawing_like_image()
+    assert image.mode == "RGBA" and image.size == (400, 400)
+    alpha = image.getchannel("A")
+    assert alpha.getextrema() == (0, 255)  # transparent background, opaque strokes
+    assert mv.MiniVisionImageProcessor().has_ink(image) == [True]
