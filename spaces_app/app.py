@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+# abspath, not resolve(): in a Hub snapshot the files are links into blobs/, and model_source.json lies beside app.py
+HERE = Path(os.path.abspath(__file__)).parent
 EXAMPLES_DIR = HERE / "examples"
 BLANK_LABEL = "blank canvas: draw a digit"
 CANVAS_PX = 400  # a 400x400 canvas fits a phone screen; the processor rescales any size to 28x28 anyway

@@ -80,7 +80,24 @@ card = ModelCard.load(args["repo"])
 results = card.data.eval_results or []
 space = snapshot_download(args["space"], repo_type="space")
 space_files = sorted(str(p.relative_to(space)) for p in __import__("pathlib").Path(space).rglob("*") if p.is_file())
+# Start the Space app from its download, as the Space does: it reads model_source.json and loads the model from the
+# Hub (the server) with remote code, since minivision_hf is not importable.
+sys.path.insert(0, space)
+import app as space_app
+
+def top(prediction):
+    return max(prediction, key=prediction.get)
+
+space_result = {
+    "source": [space_app.MODEL_SOURCE, space_app.MODEL_REVISION],
+    "model_module": type(space_app.model).__module__,
+    "digits": [[path, top(space_app.predict({"background": None, "layers": [], "composite": Image.open(path)}))]
+               for path in args["digits"]],
+    "blank": top(space_app.predict({"background": None, "layers": [], "composite": Image.new("RGBA", (400, 400))})),
+    "blank_label": space_app.BLANK_LABEL,
+}
 print("RESULT " + json.dumps({
+    "space_app": space_result,
     "package_importable": PACKAGE_IMPORTABLE,
     "model_module": type(model).__module__,
     "labels": [o["label"] for o in out],
@@ -150,17 +167,19 @@ def release(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def space_src(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("space_src")
-    (src / "app.py").write_text("import json\nprint(json.load(open('model_source.json')))\n")
-    (src / "requirements.txt").write_text("torch\ntransformers\ngradio\n")
-    (src / "README.md").write_text(
-        "---\ntitle: Mini-Vision-V2 test demo\nemoji: ✏️\nsdk: gradio\napp_file: app.py\n---\n# Demo\n"
-    )
-    (src / "examples").mkdir()
-    (src / "examples" / "seven.png").write_bytes(b"\x89PNG fake")
+    """The real Space (spaces_app/), plus a cache folder that must not be uploaded."""
+    src = tmp_path_factory.mktemp("space_src") / "spaces_app"
+    shutil.copytree(REPO_ROOT / "spaces_app", src, ignore=shutil.ignore_patterns("__pycache__", "model_source.json"))
     (src / "__pycache__").mkdir()
     (src / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"cache")
     return src
+
+
+SPACE_FILES = {
+    p.relative_to(REPO_ROOT / "spaces_app").as_posix()
+    for p in (REPO_ROOT / "spaces_app").rglob("*")
+    if p.is_file() and "__pycache__" not in p.parts and p.name != "model_source.json"
+}
 
 
 @pytest.fixture
@@ -302,7 +321,8 @@ def test_stage_model_repo_takes_only_release_files(release, tmp_path):
 def test_stage_space_pins_the_model_and_drops_caches(space_src, tmp_path):
     staged = stage_space(space_src, tmp_path / "space", REPO_ID, "a" * 40)
     files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
-    assert files == {"app.py", "requirements.txt", "README.md", "examples/seven.png", "model_source.json"}
+    assert files == SPACE_FILES | {"model_source.json"}
+    assert {"app.py", "requirements.txt", "README.md"} <= files
     assert json.loads((staged / "model_source.json").read_text()) == {"model": REPO_ID, "revision": "a" * 40}
 
 
@@ -373,12 +393,17 @@ def test_push_then_use_from_a_fresh_process(hub, release, space_src, tmp_path):
     if digits:
         correct = sum(label == digit_label(Path(path)) for path, label in out["digits"])
         assert correct >= MIN_DIGIT_ACCURACY * len(digits), out["digits"]
-    assert {"app.py", "requirements.txt", "README.md", "model_source.json", "examples/seven.png"} <= set(
-        out["space_files"]
-    )
+    assert SPACE_FILES | {"model_source.json"} <= set(out["space_files"])
     assert not any("__pycache__" in f for f in out["space_files"])
-    assert "sdk: gradio" in out["space_readme"] and "Mini-Vision-V2 test demo" in out["space_readme"]
+    assert "sdk: gradio" in out["space_readme"] and "app_file: app.py" in out["space_readme"]
     assert out["model_source"] == {"model": REPO_ID, "revision": sha}
+    # The Space app, started from the download, serves the pinned model from the Hub through remote code.
+    assert out["space_app"]["source"] == [REPO_ID, sha]
+    assert out["space_app"]["model_module"].startswith("transformers_modules")
+    assert out["space_app"]["blank"] == out["space_app"]["blank_label"]
+    if digits:
+        correct = sum(label == digit_label(Path(path)) for path, label in out["space_app"]["digits"])
+        assert correct >= MIN_DIGIT_ACCURACY * len(digits), out["space_app"]["digits"]
     # from_pretrained / pipeline asked for the pinned commit only
     model_reads = [p for m, p in hub.requests[seen:] if p.startswith(f"/{REPO_ID}/resolve/") and "README" not in p]
     assert model_reads and all(p.startswith(f"/{REPO_ID}/resolve/{sha}/") for p in model_reads)
