@@ -7,12 +7,16 @@
     python -m scripts.compare_recipes --recipes seed --data-paths plain fast --seeds 1 2 --epochs 6 \
         --dataset ../shared/data/mnist --output records/data_paths.json
     python -m scripts.compare_recipes --smoke --dataset tests/fixtures/mnist_tiny --output /tmp/r.json   # CI
+    # comparisons run separately (e.g. one recipe at a time) combined into one record
+    python -m scripts.compare_recipes --merge records/recipes_seed.json records/recipes_plus.json \
+        --output records/recipes.json
 
 Each run is `scripts/train.py` (Trainer) followed by `scripts/evaluate.py`'s evaluation of the kept model on the
 whole test split, in fp32 through the image processor. Runs are saved under --work-dir/<recipe>-<path>-seed<k>.
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -35,7 +39,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", default="outputs/compare")
     p.add_argument("--output", default="records/recipes.json")
     p.add_argument("--smoke", action="store_true", help="tiny runs (train.py --smoke) for CI")
+    p.add_argument("--merge", nargs="+", default=None, help="combine existing comparison JSONs instead of training")
     return p.parse_args(argv)
+
+
+def merge(paths: list[str], output: Path) -> dict:
+    parts = [json.loads(Path(path).read_text()) for path in paths]
+    summary = {
+        "description": parts[0]["description"],
+        "dataset": parts[0]["dataset"],
+        "recipes": {name: s for part in parts for name, s in part["recipes"].items()},
+        "runs": [run for part in parts for run in part["runs"]],
+        "command": "; ".join(part["command"] for part in parts),
+        "merged_from": list(paths),
+    }
+    write_json(output, summary)
+    return summary
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -54,6 +73,8 @@ def summarize(runs: list[dict]) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.output))
     test_set = load_mnist(args.dataset, "test")
     groups: dict[str, list[dict]] = {}
     for recipe in args.recipes:

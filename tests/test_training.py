@@ -182,3 +182,6 @@ def test_compare_recipes_smoke(tiny_dir, tmp_path):
         assert len(s["accuracies"]) == 2 and 0 <= s["accuracy_mean"] <= 1
         assert s["accuracy_mean"] == pytest.approx(sum(s["accuracies"]) / 2)
     assert [r["seed"] for r in on_disk["runs"]] == [1, 2, 1, 2]
+    merged = compare_recipes.main(["--merge", str(tmp_path / "r.json"), str(tmp_path / "r.json"), "--output",
+                                   str(tmp_path / "m.json")])  # fmt: skip
+    assert set(merged["recipes"]) == {"seed", "plus"} and len(merged["runs"]) == 8
