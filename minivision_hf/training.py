@@ -171,6 +171,28 @@ def epoch_table(log_history: list[dict], recorder: EpochRecorder | None = None) 
     return [rows[k] for k in sorted(rows) if k > 0]
 
 
+# ---- speed ------------------------------------------------------------------------------------------------------
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the heap (no trimming, no mmap for large blocks).
+
+    By default glibc serves blocks over 128 KiB with mmap and returns them on free, so every training step re-faults
+    its activation and gradient buffers (pages the kernel must zero again): measured here, ~25% of a fast-path step.
+    Returns False where there is no glibc (then nothing changes)."""
+    import ctypes
+    import ctypes.util
+
+    if platform.system() != "Linux" or not ctypes.util.find_library("c"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter ids from <malloc.h>
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 # ---- run record -------------------------------------------------------------------------------------------------
 
 
@@ -226,6 +248,7 @@ __all__ = [
     "epoch_table",
     "git_commit",
     "hardware",
+    "keep_freed_memory",
     "lr_factor",
     "versions",
     "write_json",

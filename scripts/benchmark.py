@@ -5,7 +5,8 @@
 
 Every number is wall-clock on this machine: run it on a quiet one (no training job beside it).
 
-(a) Training images/s in steady state through the real Trainer script (`scripts.train.main`, the median optimizer
+(a) Training images/s in steady state through the real Trainer script (`python -m scripts.train`, each path in its own
+    process; the median optimizer
     step after 5 warm-up steps): the plain path (per-sample PIL transforms, fp32, NCHW) against the fast path
     (batched tensor augmentation, bf16 autocast, channels_last: train.py's defaults). `train_speedup` = fast / plain.
 (b) Inference images/s at batch 1 and 1024: eager fp32 (the model as loaded, NCHW, no_grad), eager bf16 autocast +
@@ -29,23 +30,26 @@ the script exports them into a temporary folder with scripts/export_onnx.py.
 import argparse
 import copy
 import functools
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime
 import torch
 from PIL import Image, ImageDraw
 from transformers import AutoModelForImageClassification, pipeline
 
 import minivision_hf as mv
+import onnx
 from minivision_hf import onnx_utils
 from minivision_hf.data import decode_to_uint8, load_mnist
 from minivision_hf.training import git_commit, hardware, versions, write_json
-from scripts import export_onnx, train
+from scripts import export_onnx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_DATASET = REPO_ROOT / "tests" / "fixtures" / "mnist_tiny"
@@ -270,13 +274,17 @@ def main(argv=None) -> dict:
     # Steps past the end of an epoch would include its evaluation and checkpoint in the step gaps.
     max_train = None if not args.quick else args.train_steps * args.train_batch_size
     for path in ("plain", "fast"):
+        # Each path in its own process: the fast path changes process-wide state (glibc's malloc settings, thread
+        # pools), which must not leak into the other path or into the inference measurements.
         with tempfile.TemporaryDirectory() as tmp:
-            record = train.main([
+            subprocess.run([
+                sys.executable, "-m", "scripts.train",
                 "--dataset", dataset, "--data-path", path, "--max-steps", str(args.train_steps), "--epochs", "1",
                 "--batch-size", str(args.train_batch_size), "--no-progress", "--max-eval-samples", "256",
                 "--output-dir", tmp, "--save-total-limit", "1",
                 *(["--max-train-samples", str(max_train)] if max_train else []),
-            ])  # fmt: skip
+            ], cwd=REPO_ROOT, check=True, capture_output=True, text=True)  # fmt: skip
+            record = json.loads((Path(tmp) / "run_record.json").read_text())
         if record["dataset"]["train"] < args.train_steps * args.train_batch_size:
             print(f"note: {record['dataset']['train']} training rows < steps x batch: epoch-end evaluations fall "
                   "inside the timed steps")  # fmt: skip
@@ -288,7 +296,8 @@ def main(argv=None) -> dict:
             "bf16": bf16,
             "channels_last": channels_last,
             "configuration": f"{augmentation}, {'bf16 autocast' if bf16 else 'fp32'}, "
-            f"{'channels_last' if channels_last else 'NCHW'}",
+            f"{'channels_last' if channels_last else 'NCHW'}"
+            f"{', freed memory kept in the heap' if record.get('malloc_keeps_freed_memory') else ''}",
             "train_rows": record["dataset"]["train"],
             "global_step": record["global_step"],
             "utilisation": {

@@ -12,7 +12,8 @@ rate), `checkpoint-*/` and `run_record.json` (resolved arguments, seed, versions
 time, hardware).
 
 Data paths: "fast" (default) decodes MNIST once into a uint8 tensor and augments whole batches with one affine
-grid_sample, in bf16 autocast (AMX on Sapphire Rapids) with channels_last; "plain" is the seed's recipe written
+grid_sample, in bf16 autocast (AVX512-BF16 / AMX CPUs, CUDA) with channels_last, and keeps freed memory in the
+heap (glibc mallopt); "plain" is the seed's recipe written
 the obvious way (per-sample PIL torchvision transforms, fp32). Both use the same augmentation distributions.
 """
 
@@ -44,6 +45,7 @@ from minivision_hf.training import (
     epoch_table,
     git_commit,
     hardware,
+    keep_freed_memory,
     versions,
     write_json,
 )
@@ -131,6 +133,8 @@ def main(argv=None) -> dict:
     )
     output_dir = Path(args.output_dir)
     set_seed(args.seed)
+    # Fast path: keep freed buffers in the heap, so steps stop re-faulting their activations (~25% of a step here).
+    memory_kept = keep_freed_memory() if args.data_path == "fast" else False
 
     # ---- data ----
     train_ds = load_mnist(args.dataset, args.train_split, args.max_train_samples)
@@ -240,6 +244,7 @@ def main(argv=None) -> dict:
             "per_device_batch": per_device_batch,
             "steps_per_epoch": steps_per_epoch,
             "bf16": use_bf16,
+            "malloc_keeps_freed_memory": memory_kept,
             "dataset": {
                 "source": str(args.dataset),
                 "train": len(train_data),
