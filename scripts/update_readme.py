@@ -81,7 +81,8 @@ def load_test_block() -> str:
         f"{summary['latency_ms']['p95']:.0f} ms | "
         f"{summary['throughput_rps']:.1f} req/s |",
         "",
-        f"Model: `{load['model']}`. Source: `records/load_test.json` (`python -m scripts.load_test`); "
+        f"Model: {'`' + load['args']['model'] + '`' if load['args'].get('model') else 'the release at the repo root'}. "
+        "Source: `records/load_test.json` (`python -m scripts.load_test`); "
         "the clients run on the same 2 cores as the app.",
     ])  # fmt: skip
 
