@@ -143,10 +143,11 @@ full training run evaluated on the 10,000 test images. The released weights are 
 def speed_section(benchmark: dict | None) -> str:
     if not benchmark:
         return ""
+    table = "\n".join(line for line in benchmark.get("markdown", "").splitlines() if not line.startswith("## "))
     return f"""
 ## Speed on a CPU
 
-{benchmark.get("markdown", "")}
+{table.strip()}
 
 From `python -m scripts.benchmark` (`records/benchmark.json`).
 """

@@ -65,7 +65,8 @@ def benchmark_block() -> str:
     bench = _load("benchmark.json")
     if not bench:
         return "_Not measured yet: `python -m scripts.benchmark --output records/benchmark.json`._"
-    return bench["markdown"].strip() + "\n\nSource: `records/benchmark.json` (`python -m scripts.benchmark`)."
+    table = "\n".join(line for line in bench["markdown"].strip().splitlines() if not line.startswith("## "))
+    return table.strip() + "\n\nSource: `records/benchmark.json` (`python -m scripts.benchmark`)."
 
 
 def load_test_block() -> str:
