@@ -14,6 +14,26 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MNIST_DIR = Path(os.environ.get("MINIVISION_MNIST_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist"))
 
 
+APP_FILE = REPO_ROOT / "spaces_app" / "app.py"
+
+
+def load_app():
+    """Import spaces_app/app.py once per session (it loads the model at import, ~1 s after gradio's ~5 s)."""
+    import importlib.util
+
+    name = "minivision_space_app"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, APP_FILE)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except OSError as err:  # transformers: no config.json / weights at the resolved source
+        pytest.skip(f"no loadable model for the app ({err}); commit the release or set MINIVISION_MODEL")
+    sys.modules[name] = module
+    return module
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     if not (MNIST_DIR / "test-00000-of-00001.parquet").exists():

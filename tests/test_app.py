@@ -7,12 +7,10 @@ repo root); the accuracy tests need trained weights there, e.g.
     MINIVISION_MODEL=outputs/quick .venv/bin/python -m pytest -q tests/test_app.py
 """
 
-import importlib.util
 import os
 import re
 import socket
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -22,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tests.conftest import load_app
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_FILE = REPO_ROOT / "spaces_app" / "app.py"
 EXAMPLES_DIR = REPO_ROOT / "spaces_app" / "examples"
@@ -29,19 +29,6 @@ N_DRAWN = 300  # drawn-style test digits; at >= 97% correct a model may miss at 
 MIN_DRAWN_ACCURACY = 0.97
 
 
-def load_app():
-    """Import spaces_app/app.py once per session (it loads the model at import, ~1 s after gradio's ~5 s)."""
-    name = "minivision_space_app"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, APP_FILE)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except OSError as err:  # transformers: no config.json / weights at the resolved source
-        pytest.skip(f"no loadable model for the app ({err}); commit the release or set MINIVISION_MODEL")
-    sys.modules[name] = module
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +226,7 @@ def test_gradio_client_corrupt_upload_is_reported_and_the_app_keeps_serving(clie
 @pytest.mark.slow
 def test_app_runs_on_remote_code_without_the_package(app):  # app: skips when there is no model to load
     """As on a Space: minivision_hf is not installed, the model's own code files load with trust_remote_code."""
-    from conftest import run_fresh
+    from tests.conftest import run_fresh
 
     path, label = example_files()[0]
     out = run_fresh(

@@ -7,13 +7,13 @@ Saves assets/demo_screenshot.png (the README shows it). Needs trained weights wh
     MINIVISION_MODEL=outputs/quick .venv/bin/python -m pytest -q -m browser
 """
 
-import importlib.util
 import shutil
 import socket
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,19 +24,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def load_app():
-    """Import spaces_app/app.py once per session (shared with tests/test_app.py through sys.modules)."""
-    name = "minivision_space_app"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, APP_FILE)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except OSError as err:
-        pytest.skip(f"no loadable model for the app ({err}); commit the release or set MINIVISION_MODEL")
-    sys.modules[name] = module
-    return module
 
 
 @pytest.fixture(scope="module")
