@@ -186,10 +186,10 @@ def write_model_source(space_dir: Path, model_id: str, revision: str | None) -> 
 
 # -- checks -----------------------------------------------------------------------------------------------------
 
-# Runs in a fresh `python -I` (no PYTHONPATH, no cwd on sys.path) with HF_HUB_OFFLINE=1. A meta-path finder refuses
-# minivision_hf, so the check also holds when the package is pip-installed (editable) in the environment.
-_LOAD_CHECK = r"""
-import importlib.abc, json, sys
+# Prelude for a fresh interpreter: a meta-path finder refuses minivision_hf, so what follows runs as on a machine
+# with only transformers, even when the package is pip-installed (editable) in the environment. The tests use it too.
+BLOCK_PACKAGE = r"""
+import importlib.abc, sys
 
 class _NoPackage(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -197,6 +197,11 @@ class _NoPackage(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"{name} is blocked: the release must load as remote code", name=name)
 
 sys.meta_path.insert(0, _NoPackage())
+"""
+
+# Runs in a fresh `python -I` (no PYTHONPATH, no cwd on sys.path) with HF_HUB_OFFLINE=1, after BLOCK_PACKAGE.
+_LOAD_CHECK = BLOCK_PACKAGE + r"""
+import json
 
 import torch
 from PIL import Image, ImageDraw

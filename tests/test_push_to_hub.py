@@ -27,7 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hub_server import HubServer  # noqa: E402
 
-from scripts.push_to_hub import ReleaseError, check_card_numbers, stage_model_repo, stage_space  # noqa: E402
+from scripts.push_to_hub import (  # noqa: E402
+    BLOCK_PACKAGE,
+    ReleaseError,
+    check_card_numbers,
+    stage_model_repo,
+    stage_space,
+)
 
 TOKEN = "hf_test_4f2a9c"
 REPO_ID = "tester/mini-vision-v2"
@@ -44,21 +50,17 @@ TRAINED_FILES = (
 CODE_FILES = {"configuration_minivision.py", "modeling_minivision.py", "image_processing_minivision.py"}
 
 # The same guard as the script's load check: minivision_hf must not be importable, even if pip-installed.
-NO_PACKAGE = r"""
-import importlib, importlib.abc, sys
-
-class _NoPackage(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "minivision_hf":
-            raise ModuleNotFoundError(f"{name} is blocked", name=name)
-
-sys.meta_path.insert(0, _NoPackage())
+NO_PACKAGE = (
+    BLOCK_PACKAGE
+    + r"""
+import importlib
 try:
     importlib.import_module("minivision_hf")
     PACKAGE_IMPORTABLE = True
 except ModuleNotFoundError:
     PACKAGE_IMPORTABLE = False
 """
+)
 
 # Runs in a fresh `python -I` (cwd a temp dir) against the server: everything a user of the pushed repos does.
 VERIFY = (
