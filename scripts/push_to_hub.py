@@ -156,7 +156,7 @@ def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_
 
 def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | None) -> Path:
     """Write the Space's files from `space_src` into `out_dir` (new or empty), pinned to model_id@revision."""
-    from huggingface_hub.repocard import metadata_load
+    from huggingface_hub.repocard import metadata_load, metadata_save
 
     space_src = Path(space_src)
     readme = space_src / "README.md"
@@ -175,6 +175,7 @@ def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | N
         print(f"note: {space_src} has no requirements.txt; the Space will only have the SDK's packages")
     out_dir = _prepare_out_dir(out_dir)
     _copy_tree(space_src, out_dir)
+    metadata_save(out_dir / "README.md", {**settings, "models": [model_id]})  # the Hub links the Space to the model
     write_model_source(out_dir, model_id, revision)
     return out_dir
 

@@ -326,6 +326,11 @@ def test_stage_space_pins_the_model_and_drops_caches(space_src, tmp_path):
     assert files == SPACE_FILES | {"model_source.json"}
     assert {"app.py", "requirements.txt", "README.md"} <= files
     assert json.loads((staged / "model_source.json").read_text()) == {"model": REPO_ID, "revision": "a" * 40}
+    from huggingface_hub.repocard import metadata_load
+
+    settings = metadata_load(staged / "README.md")
+    assert settings["models"] == [REPO_ID] and settings["sdk"] == "gradio" and settings["app_file"] == "app.py"
+    assert "Mini-Vision-V2" in (staged / "README.md").read_text().split("---", 2)[2]  # the body is kept
 
 
 def test_missing_card_or_record_is_refused(release, tmp_path):
