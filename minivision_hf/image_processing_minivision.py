@@ -178,8 +178,7 @@ class MiniVisionImageProcessor(TorchvisionBackend):
             background = 1.0 if ink_is_dark else 0.0
             gray = gray * alpha + background * (1.0 - alpha)
             alpha = None
-        border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-        light_background = float(border.median()) > 0.5
+        light_background = _border_level(gray) > 0.5
         if invert == "always" or (invert == "auto" and light_background):
             gray = 1.0 - gray
 
@@ -187,7 +186,7 @@ class MiniVisionImageProcessor(TorchvisionBackend):
             return gray, bool((gray > ink_threshold).any())
 
         # Background removal and contrast stretch: a grey paper or a faint pen still gives white-on-black.
-        background_level = float(torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]]).median())
+        background_level = _border_level(gray)  # after any inversion: the paper's level, now dark
         gray = (gray - background_level).clamp_(min=0.0)
         peak = float(gray.max())
         if peak <= 1e-6:
@@ -216,6 +215,11 @@ class MiniVisionImageProcessor(TorchvisionBackend):
         if do_normalize:
             pixel_values = to_pixel_values(pixel_values, _scalar(image_mean), _scalar(image_std))
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+
+def _border_level(gray: torch.Tensor) -> float:
+    """Median of the outermost rows and columns: the background's brightness."""
+    return float(torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]]).median())
 
 
 def _scalar(value) -> float:

@@ -193,6 +193,14 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def kept_epoch(record: dict) -> dict:
+    """The per-epoch row of the model a run kept: its best epoch, or its last one."""
+    epochs = record["epochs"]
+    if record.get("kept") == "last":
+        return epochs[-1]
+    return next((e for e in epochs if e["epoch"] == record["best_epoch"]), epochs[-1])
+
+
 # ---- run record -------------------------------------------------------------------------------------------------
 
 
@@ -249,6 +257,7 @@ __all__ = [
     "git_commit",
     "hardware",
     "keep_freed_memory",
+    "kept_epoch",
     "lr_factor",
     "versions",
     "write_json",

@@ -8,7 +8,6 @@ The JSON has top-level `accuracy` and `loss`; a readable table is printed.
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -108,10 +107,6 @@ def main(argv=None) -> dict:
         write_json(Path(args.output), result)
         print(f"wrote {args.output}")
     return result
-
-
-def load_result(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 if __name__ == "__main__":

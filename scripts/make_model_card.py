@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import minivision_hf as mv
+from minivision_hf.training import kept_epoch
 
 DEFAULT_REPO_ID = "minivision/mini-vision-v2"
 SEED_CARD = {"accuracy": 0.993, "loss": 0.0235, "train_loss": 0.0615}  # ../shared/seed/Mini-Vision-V2-model-card.txt
@@ -98,9 +99,7 @@ def recipe_table(record: dict) -> str:
 
 
 def results_section(record: dict, result: dict) -> str:
-    kept = next((e for e in record["epochs"] if e["epoch"] == record["best_epoch"]), record["epochs"][-1])
-    if record["kept"] == "last":
-        kept = record["epochs"][-1]
+    kept = kept_epoch(record)
     hw = record["hardware"]
     return f"""| Metric | This model | Seed card |
 |---|---|---|

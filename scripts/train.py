@@ -235,6 +235,7 @@ def main(argv=None) -> dict:
         steps_per_epoch = trainer.steps_per_epoch()
         epochs = epoch_table(trainer.state.log_history, recorder)
         best = max(epochs, key=lambda r: r.get("test_accuracy", -1)) if epochs else {}
+        steady_step_s = recorder.steady_step_s()
         record = {
             "recipe": args.recipe,
             "recipe_values": dataclasses.asdict(recipe),
@@ -258,9 +259,7 @@ def main(argv=None) -> dict:
             "global_step": trainer.state.global_step,
             "resumed": bool(resume),
             "train_wall_s": round(wall, 2),
-            "steady_images_per_s": round(args.batch_size / recorder.steady_step_s(), 1)
-            if recorder.steady_step_s()
-            else None,
+            "steady_images_per_s": round(args.batch_size / steady_step_s, 1) if steady_step_s else None,
             "train_images_per_s": round(
                 trainer.state.global_step * args.batch_size / max(sum(r.get("wall_s", 0) for r in epochs), 1e-9), 1
             ),

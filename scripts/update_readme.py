@@ -12,6 +12,8 @@ import re
 import sys
 from pathlib import Path
 
+from minivision_hf.training import kept_epoch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,7 +26,7 @@ def results_block() -> str:
     result, record = _load("eval_test.json"), _load("run_record.json")
     if not result or not record:
         return "_No trained release yet: run `scripts/train.py`, then `scripts/make_release.py`._"
-    kept = next((e for e in record["epochs"] if e["epoch"] == record["best_epoch"]), record["epochs"][-1])
+    kept = kept_epoch(record)
     return "\n".join([
         "| Metric (MNIST test, 10,000 images) | Released model (seed recipe) | Seed card |",
         "|---|---|---|",
