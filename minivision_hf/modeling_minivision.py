@@ -26,10 +26,15 @@ class MiniVisionConvBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, config.kernel_size, config.stride, config.padding)
         self.pool = nn.MaxPool2d(config.pool_size)
+        self.act = nn.ReLU()
         self.norm = nn.BatchNorm2d(out_channels, eps=config.batch_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.norm(torch.relu(self.pool(self.conv(hidden_states))))
+        return self.norm(self.act(self.pool(self.conv(hidden_states))))
+
+
+def _channels_last_grad(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
 
 
 class MiniVisionPreTrainedModel(PreTrainedModel):
@@ -100,6 +105,10 @@ class MiniVisionModel(MiniVisionPreTrainedModel):
             hidden_states = block(hidden_states)
             if output_hidden_states:
                 all_hidden_states = all_hidden_states + (hidden_states,)
+        if hidden_states.requires_grad and not hidden_states.is_contiguous():
+            # A channels_last map flattens in (C, H, W) order through a copy, whose gradient comes back in NCHW
+            # order: BatchNorm's backward then takes a slow mixed-layout path (~8x slower here).
+            hidden_states.register_hook(_channels_last_grad)
         pooled = hidden_states.flatten(1)
 
         if not return_dict:

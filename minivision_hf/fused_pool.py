@@ -1,0 +1,162 @@
+"""A fused 2x2 max-pool + ReLU for channels_last CPU tensors: the fast training path's replacement for
+`relu(max_pool2d(x, 2))` in each conv block (pooling before ReLU is the model's own order; the two commute).
+
+Why: on a CPU this network is memory-bound outside its convolutions. PyTorch's eager max-pool writes int64 indices
+(as large as the bf16 input), its backward zero-fills and scatters the full-size gradient, and ReLU adds two more
+passes; here one pass forward writes the pooled map and a code per output (which of the 4 inputs won, or "ReLU
+closed"; int16 for bf16), one pass backward writes every input gradient (no fill). Outputs and gradients are
+bit-identical to PyTorch's (same first-maximum tie rule, NaN propagated, ReLU's zero gradient at 0): tests check it.
+
+The kernel (csrc/fused_pool.c, ~60 lines of C) is compiled once per machine with the system's C compiler (gcc/cc,
+-O3 -march=native -fopenmp) into a cache folder and called through ctypes (no Python headers, no torch extension
+build). Where there is no compiler, `FusedMaxPoolReLU` falls back to the PyTorch ops and says so once. Training-side
+only: the Hub model code never needs it.
+"""
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+C_SOURCE = Path(__file__).with_name("csrc") / "fused_pool.c"
+DTYPES = {torch.bfloat16: 0, torch.float32: 1}
+CODE_DTYPES = {torch.bfloat16: torch.int16, torch.float32: torch.int32}  # same width as the data
+_library: ctypes.CDLL | None = None
+_build_error: str | None = None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MINIVISION_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "minivision_hf"
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first use (cached by source hash and machine); None without a C compiler."""
+    global _library, _build_error
+    if _library is not None or _build_error is not None:
+        return _library
+    compiler = next((c for c in (os.environ.get("CC"), "gcc", "cc", "clang") if c and shutil.which(c)), None)
+    if compiler is None:
+        _build_error = "no C compiler found (gcc, cc or clang)"
+        return None
+    flags = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp"]
+    source = C_SOURCE.read_text()
+    key = hashlib.sha256("\n".join([source, compiler, *flags, os.uname().machine]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"fused_pool_{key}.so"
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                src, out = Path(tmp) / "fused_pool.c", Path(tmp) / target.name
+                src.write_text(source)
+                subprocess.run([compiler, *flags, str(src), "-o", str(out)], check=True, capture_output=True, text=True)
+                os.replace(out, target)  # atomic: concurrent builders (torchrun ranks) each write a whole file
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", "") or str(err)
+        _build_error = f"building the fused pool kernel with {compiler} failed: {detail.strip()[:500]}"
+        return None
+    lib.pool_relu.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    lib.pool_relu.restype = ctypes.c_int
+    _library = lib
+    return lib
+
+
+def supported(x: torch.Tensor) -> bool:
+    """Whether the fused kernel handles `x`: a CPU channels_last (N, C, H, W) bf16/fp32 tensor with even H and W."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype in DTYPES
+        and x.shape[2] % 2 == 0
+        and x.shape[3] % 2 == 0
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and library() is not None
+    )
+
+
+def _channels_last_empty(shape, dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, memory_format=torch.channels_last)
+
+
+class _PoolReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = _channels_last_empty((n, c, h // 2, w // 2), x.dtype)
+        code = _channels_last_empty((n, c, h // 2, w // 2), CODE_DTYPES[x.dtype])
+        lib = library()
+        lib.pool_relu(0, DTYPES[x.dtype], x.data_ptr(), None, y.data_ptr(), code.data_ptr(), n * h // 2, w // 2, c,
+                      torch.get_num_threads())  # fmt: skip
+        ctx.save_for_backward(code)
+        ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
+        ctx.mark_non_differentiable(code)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (code,) = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        grad = grad.to(ctx.input_dtype).contiguous(memory_format=torch.channels_last)
+        grad_x = _channels_last_empty(ctx.input_shape, ctx.input_dtype)
+        library().pool_relu(1, DTYPES[ctx.input_dtype], grad.data_ptr(), code.data_ptr(), grad_x.data_ptr(), None,
+                            n * h // 2, w // 2, c, torch.get_num_threads())  # fmt: skip
+        return grad_x
+
+
+def pool_relu_reference(x: torch.Tensor) -> torch.Tensor:
+    """What the fused op computes, in PyTorch ops: ReLU of a 2x2 stride-2 max-pool."""
+    return torch.relu(nn.functional.max_pool2d(x, 2))
+
+
+class FusedMaxPoolReLU(nn.Module):
+    """`relu(max_pool2d(x, 2))` in one pass each way for channels_last CPU tensors; PyTorch ops otherwise."""
+
+    _warned = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if supported(x):
+            return _PoolReLU.apply(x)
+        if _build_error and not FusedMaxPoolReLU._warned:
+            FusedMaxPoolReLU._warned = True
+            warnings.warn(f"FusedMaxPoolReLU falls back to PyTorch ops: {_build_error}", stacklevel=2)
+        return pool_relu_reference(x)
+
+
+def fuse_pool_relu(model: nn.Module) -> int:
+    """Give every MiniVision conv block with a 2x2 stride-2 max-pool the fused pool + ReLU (its `act` becomes
+    Identity). No parameters change: the state dict and saved files stay the same. Returns the blocks changed."""
+    changed = 0
+    for module in model.modules():
+        pool, act = getattr(module, "pool", None), getattr(module, "act", None)
+        if isinstance(pool, nn.MaxPool2d) and isinstance(act, nn.ReLU) and _is_2x2(pool):
+            module.pool, module.act = FusedMaxPoolReLU(), nn.Identity()
+            changed += 1
+    return changed
+
+
+def _is_2x2(pool: nn.MaxPool2d) -> bool:
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    return (
+        pair(pool.kernel_size) == (2, 2)
+        and pair(pool.stride) == (2, 2)
+        and pair(pool.padding) == (0, 0)
+        and pair(pool.dilation) == (1, 1)
+        and not pool.ceil_mode
+        and not pool.return_indices
+    )
+
+
+def build_error() -> str | None:
+    """Why the kernel could not be built (None when it was, or was not tried yet)."""
+    return _build_error
+
+
+__all__ = ["FusedMaxPoolReLU", "build_error", "fuse_pool_relu", "library", "pool_relu_reference", "supported"]
