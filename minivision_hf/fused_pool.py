@@ -65,6 +65,8 @@ def library() -> ctypes.CDLL | None:
         return None
     lib.pool_relu.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.pool_relu.restype = ctypes.c_int
+    lib.conv_pool_relu.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_long] * 4 + [ctypes.c_int]
+    lib.conv_pool_relu.restype = ctypes.c_int
     _library = lib
     return lib
 
@@ -111,6 +113,78 @@ class _PoolReLU(torch.autograd.Function):
         return grad_x
 
 
+class _ConvPoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) for 1-channel x in bf16 numerics; gradients for w and b."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        c = weight.shape[0]
+        xb = x.to(torch.bfloat16).contiguous()  # autocast's casts: bf16 input, weights and bias
+        taps = weight.detach().to(torch.bfloat16).float().reshape(c, 9).t().contiguous()  # (9, C)
+        bias_b = bias.detach().to(torch.bfloat16).float().contiguous()
+        y = _channels_last_empty((n, c, h // 2, w // 2), torch.bfloat16)
+        code = _channels_last_empty((n, c, h // 2, w // 2), torch.int16)
+        library().conv_pool_relu(0, xb.data_ptr(), taps.data_ptr(), bias_b.data_ptr(), None, y.data_ptr(),
+                                 code.data_ptr(), None, n * h // 2, h, w, c, torch.get_num_threads())  # fmt: skip
+        ctx.save_for_backward(xb, code)
+        ctx.mark_non_differentiable(code)
+        ctx.weight_dtype = weight.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xb, code = ctx.saved_tensors
+        n, c, h2, w2 = grad.shape
+        grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        dw = torch.empty(10, c)  # 9 tap rows, then the bias row
+        library().conv_pool_relu(1, xb.data_ptr(), None, None, grad.data_ptr(), None, code.data_ptr(),
+                                 dw.data_ptr(), n * h2, 2 * h2, 2 * w2, c, torch.get_num_threads())  # fmt: skip
+        grad_weight = dw[:9].t().reshape(c, 1, 3, 3).to(ctx.weight_dtype)
+        return None, grad_weight, dw[9].to(ctx.weight_dtype)
+
+
+def conv_supported(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether `_ConvPoolReLU` computes `relu(max_pool2d(conv(x), 2))` here: a CPU bf16-autocast forward of a
+    1-channel 3x3 stride-1 padding-1 convolution with bias, even H and W, and no gradient wanted for x."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.shape[1] == 1
+        and x.shape[2] % 2 == 0
+        and x.shape[3] % 2 == 0
+        and not x.requires_grad
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and conv.in_channels == 1
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.bias is not None
+        and conv.padding_mode == "zeros"
+        and library() is not None
+    )
+
+
+class FusedConvPoolReLUBlock(nn.Module):
+    """A MiniVision conv block (conv -> pool -> act -> norm) whose 1-channel conv, 2x2 max-pool and ReLU run as one
+    kernel that never writes the full-resolution map. Holds the block's own modules under the same names, so the
+    state dict (and every saved file) is unchanged; falls back to the block's modules where unsupported."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.conv, self.pool, self.act, self.norm = block.conv, block.pool, block.act, block.norm
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if conv_supported(hidden_states, self.conv):
+            pooled = _ConvPoolReLU.apply(hidden_states, self.conv.weight, self.conv.bias)
+        else:
+            pooled = self.act(self.pool(self.conv(hidden_states)))
+        return self.norm(pooled)
+
+
 def pool_relu_reference(x: torch.Tensor) -> torch.Tensor:
     """What the fused op computes, in PyTorch ops: ReLU of a 2x2 stride-2 max-pool."""
     return torch.relu(nn.functional.max_pool2d(x, 2))
@@ -131,13 +205,21 @@ class FusedMaxPoolReLU(nn.Module):
 
 
 def fuse_pool_relu(model: nn.Module) -> int:
-    """Give every MiniVision conv block with a 2x2 stride-2 max-pool the fused pool + ReLU (its `act` becomes
-    Identity). No parameters change: the state dict and saved files stay the same. Returns the blocks changed."""
+    """Give every MiniVision conv block with a 2x2 stride-2 max-pool the fused kernels: a 1-channel first block gets
+    conv + pool + ReLU in one (`FusedConvPoolReLUBlock`), the others pool + ReLU (`FusedMaxPoolReLU`, their `act`
+    becomes Identity). No parameter changes: the state dict and saved files stay the same. Returns the blocks changed.
+    """
     changed = 0
-    for module in model.modules():
-        pool, act = getattr(module, "pool", None), getattr(module, "act", None)
-        if isinstance(pool, nn.MaxPool2d) and isinstance(act, nn.ReLU) and _is_2x2(pool):
-            module.pool, module.act = FusedMaxPoolReLU(), nn.Identity()
+    for parent in list(model.modules()):
+        for name, block in parent.named_children():
+            pool, act = getattr(block, "pool", None), getattr(block, "act", None)
+            if not (isinstance(pool, nn.MaxPool2d) and isinstance(act, nn.ReLU) and _is_2x2(pool)):
+                continue
+            conv = getattr(block, "conv", None)
+            if isinstance(conv, nn.Conv2d) and conv.in_channels == 1 and hasattr(block, "norm"):
+                setattr(parent, name, FusedConvPoolReLUBlock(block))
+            else:
+                block.pool, block.act = FusedMaxPoolReLU(), nn.Identity()
             changed += 1
     return changed
 
@@ -159,4 +241,13 @@ def build_error() -> str | None:
     return _build_error
 
 
-__all__ = ["FusedMaxPoolReLU", "build_error", "fuse_pool_relu", "library", "pool_relu_reference", "supported"]
+__all__ = [
+    "FusedConvPoolReLUBlock",
+    "FusedMaxPoolReLU",
+    "build_error",
+    "conv_supported",
+    "fuse_pool_relu",
+    "library",
+    "pool_relu_reference",
+    "supported",
+]
