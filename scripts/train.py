@@ -12,8 +12,8 @@ rate), `checkpoint-*/` and `run_record.json` (resolved arguments, seed, versions
 time, hardware).
 
 Data paths: "fast" (default) decodes MNIST once into a uint8 tensor and augments whole batches with one affine
-grid_sample, in bf16 autocast (AVX512-BF16 / AMX CPUs, CUDA) with channels_last, runs each block's max-pool + ReLU as
-one fused C kernel (minivision_hf/fused_pool.py; bit-identical results) and keeps freed memory in the heap (glibc
+grid_sample, in bf16 autocast (AVX512-BF16 / AMX CPUs, CUDA) with channels_last, runs the blocks' conv/max-pool/ReLU as
+fused C kernels (minivision_hf/fast_kernels.py; same results) and keeps freed memory in the heap (glibc
 mallopt); "plain" is the seed's recipe written the obvious way (per-sample PIL torchvision transforms, fp32). Both use
 the same augmentation distributions.
 """
@@ -38,7 +38,7 @@ from minivision_hf.data import (
     load_mnist,
     plain_transform,
 )
-from minivision_hf.fused_pool import build_error, fuse_pool_relu, library
+from minivision_hf.fast_kernels import apply_fast_kernels, build_error
 from minivision_hf.metrics import load_accuracy
 from minivision_hf.training import (
     RECIPES,
@@ -94,8 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="bf16 autocast; auto: on with the fast path on AMX/AVX512-bf16 CPUs and CUDA")  # fmt: skip
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on with the fast path")  # fmt: skip
-    p.add_argument("--fused-pool", action=argparse.BooleanOptionalAction, default=None,
-                   help="fused max-pool + ReLU C kernel (channels_last CPU); default: with the fast path")  # fmt: skip
+    p.add_argument("--fast-kernels", action=argparse.BooleanOptionalAction, default=None,
+                   help="fused conv/max-pool/ReLU C kernels and fast dropout; default: with the fast path")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off only on long runs)")
     # run
     p.add_argument("--output-dir", default="outputs/seed")
@@ -111,8 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.max_eval_samples = min(args.max_eval_samples or 256, 256)
     if args.channels_last is None:
         args.channels_last = args.data_path == "fast"
-    if args.fused_pool is None:
-        args.fused_pool = args.data_path == "fast" and args.channels_last
+    if args.fast_kernels is None:
+        args.fast_kernels = args.data_path == "fast" and args.channels_last
     return args
 
 
@@ -170,12 +170,12 @@ def main(argv=None) -> dict:
     model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig())
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    fused_pool = None
-    if args.fused_pool:
-        # Same outputs and gradients as max_pool2d + ReLU (tested bit for bit), one memory pass each way.
-        fused_pool = {"blocks": fuse_pool_relu(model), "kernel_built": library() is not None, "error": build_error()}
-        if not fused_pool["kernel_built"]:
-            print(f"--fused-pool: {build_error()}; using PyTorch's max_pool2d + ReLU")
+    fast_kernels = None
+    if args.fast_kernels:
+        # Fused conv/max-pool/ReLU C kernels and a cheaper dropout: same outputs, parameters and saved files.
+        fast_kernels = apply_fast_kernels(model)
+        if not fast_kernels["kernels_built"]:
+            print(f"--fast-kernels: {build_error()}; the blocks use PyTorch's conv, max_pool2d and ReLU")
     processor = mv.MiniVisionImageProcessor()
 
     # ---- trainer ----
@@ -258,7 +258,7 @@ def main(argv=None) -> dict:
             "steps_per_epoch": steps_per_epoch,
             "bf16": use_bf16,
             "malloc_keeps_freed_memory": memory_kept,
-            "fused_pool": fused_pool,
+            "fast_kernels": fast_kernels,
             "dataset": {
                 "source": str(args.dataset),
                 "train": len(train_data),

@@ -22,8 +22,8 @@ def bench(tmp_path_factory, tiny_dir):
     result = benchmark.main([
         "--quick", "--model", str(REPO_ROOT), "--dataset", str(tiny_dir), "--onnx-dir", str(out / "no-onnx"),
         "--output", str(out / "bench.json"), "--markdown", str(out / "bench.md"),
-        "--train-steps", "12", "--train-batch-size", "32", "--eval-samples", "256", "--time-s", "0.05",
-        "--pipeline-calls", "3", "--peak-sizes", "256", "--int8-min-agreement", "0.9",
+        "--train-steps", "12", "--train-rounds", "2", "--train-batch-size", "32", "--eval-samples", "256",
+        "--time-s", "0.05", "--pipeline-calls", "3", "--peak-sizes", "256", "--int8-min-agreement", "0.9",
     ])  # fmt: skip
     return out, result
 
@@ -59,6 +59,8 @@ def test_record_has_every_number_positive(bench):
         assert _positive(run["utilisation"]["achieved_gflops"]) and _positive(run["utilisation"]["fraction_of_peak"])
     assert on_disk["training"]["plain"]["channels_last"] is False and on_disk["training"]["plain"]["bf16"] is False
     assert on_disk["training"]["fast"]["channels_last"] is True  # bf16 depends on the CPU (recorded, not asserted)
+    assert on_disk["training"]["plain"]["fused_kernels"] is False
+    assert on_disk["training"]["rounds"] == 2 and len(on_disk["training"]["round_speedups"]) == 2
 
     for kind in ("mnist_28x28_L", "drawing_400x400_RGBA"):
         p = on_disk["pipeline"][kind]
@@ -78,6 +80,13 @@ def test_ratios_follow_from_the_numbers(bench):
     s, training, variants = result["summary"], result["training"], result["inference"]["variants"]
     plain, fast = training["plain"]["steady_images_per_s"], training["fast"]["steady_images_per_s"]
     assert s["train_speedup"] == pytest.approx(fast / plain, rel=1e-3)
+    for path, speed in (("plain", plain), ("fast", fast)):  # each path's figure: the median over alternating rounds
+        rounds = training[path]["rounds_images_per_s"]
+        assert len(rounds) == 2 and speed == pytest.approx(sum(rounds) / 2)
+    assert training["round_speedups"] == pytest.approx(
+        [f / p for p, f in zip(training["plain"]["rounds_images_per_s"], training["fast"]["rounds_images_per_s"])],
+        rel=1e-3,
+    )
     base = variants["eager_fp32"]["batch_1024"]["images_per_s"]
     for v in variants.values():
         assert v["speedup_b1024"] == pytest.approx(v["batch_1024"]["images_per_s"] / base, rel=1e-3)

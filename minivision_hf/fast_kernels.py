@@ -1,16 +1,21 @@
-"""A fused 2x2 max-pool + ReLU for channels_last CPU tensors: the fast training path's replacement for
-`relu(max_pool2d(x, 2))` in each conv block (pooling before ReLU is the model's own order; the two commute).
+"""The fast training path's kernels, swapped into a MiniVision model by `apply_fast_kernels` (scripts/train.py does it
+on the fast path). Same outputs, same parameters, same saved files; only how the work is done changes:
 
-Why: on a CPU this network is memory-bound outside its convolutions. PyTorch's eager max-pool writes int64 indices
-(as large as the bf16 input), its backward zero-fills and scatters the full-size gradient, and ReLU adds two more
-passes; here one pass forward writes the pooled map and a code per output (which of the 4 inputs won, or "ReLU
-closed"; int16 for bf16), one pass backward writes every input gradient (no fill). Outputs and gradients are
-bit-identical to PyTorch's (same first-maximum tie rule, NaN propagated, ReLU's zero gradient at 0): tests check it.
+- `FusedConvPoolReLUBlock`: the first block's 1-channel 3x3 conv + 2x2 max-pool + ReLU in one C kernel that never
+  writes the full-resolution (N, 32, 28, 28) map; weight gradients summed in registers. Forward bit-identical to
+  PyTorch's bf16-autocast conv + max_pool2d + ReLU; gradients equal to bf16 rounding (the kernel sums in fp32).
+- `FusedMaxPoolReLU`: the other blocks' max-pool + ReLU in one pass each way. PyTorch's eager max-pool writes int64
+  indices (as large as the bf16 input), its backward zero-fills and scatters the full-size gradient, and ReLU adds two
+  more passes; here the forward writes the pooled map and a code per output (which of the 4 inputs won, or "ReLU
+  closed"), the backward writes every input gradient once. Bit-identical to PyTorch (first-maximum ties, NaN).
+- `FastDropout`: dropout from `torch.rand` (vectorised) instead of bernoulli_ (per element on bf16): the same
+  distribution, ~2x cheaper per call.
 
-The kernel (csrc/fused_pool.c, ~60 lines of C) is compiled once per machine with the system's C compiler (gcc/cc,
--O3 -march=native -fopenmp) into a cache folder and called through ctypes (no Python headers, no torch extension
-build). Where there is no compiler, `FusedMaxPoolReLU` falls back to the PyTorch ops and says so once. Training-side
-only: the Hub model code never needs it.
+Why: on a CPU this network is memory-bound outside its second convolution; these were a quarter of a training step.
+The C kernels (csrc/fused_pool.c, ~200 lines) are compiled once per machine with the system's C compiler (gcc/cc,
+-O3 -march=native -fopenmp: the loops run on torch's own OpenMP threads) into a cache folder and called through
+ctypes: no Python headers, no torch extension build. Without a compiler the blocks fall back to PyTorch's ops and say
+so once. Training-side only: the Hub model code never needs this module.
 """
 
 import ctypes
@@ -204,6 +209,39 @@ class FusedMaxPoolReLU(nn.Module):
         return pool_relu_reference(x)
 
 
+class FastDropout(nn.Module):
+    """`nn.Dropout(p)` in training: zero each element with probability p, scale the rest by 1 / (1 - p)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def apply_fast_kernels(model: nn.Module) -> dict:
+    """Swap the fast kernels into `model` in place; returns what changed (and whether the C kernels were built)."""
+    dropouts = 0
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p))
+                dropouts += 1
+    return {
+        "fused_blocks": fuse_pool_relu(model),
+        "fast_dropouts": dropouts,
+        "kernels_built": library() is not None,
+        "build_error": build_error(),
+    }
+
+
 def fuse_pool_relu(model: nn.Module) -> int:
     """Give every MiniVision conv block with a 2x2 stride-2 max-pool the fused kernels: a 1-channel first block gets
     conv + pool + ReLU in one (`FusedConvPoolReLUBlock`), the others pool + ReLU (`FusedMaxPoolReLU`, their `act`
@@ -242,8 +280,10 @@ def build_error() -> str | None:
 
 
 __all__ = [
+    "FastDropout",
     "FusedConvPoolReLUBlock",
     "FusedMaxPoolReLU",
+    "apply_fast_kernels",
     "build_error",
     "conv_supported",
     "fuse_pool_relu",
