@@ -61,6 +61,11 @@ def test_record_has_every_number_positive(bench):
     assert on_disk["training"]["fast"]["channels_last"] is True  # bf16 depends on the CPU (recorded, not asserted)
     assert on_disk["training"]["plain"]["fused_kernels"] is False
     assert on_disk["training"]["rounds"] == 2 and len(on_disk["training"]["round_speedups"]) == 2
+    floor = on_disk["training"]["conv2_floor"]
+    assert floor["batch"] == 32 and _positive(floor["ms"]) and _positive(floor["fast_step_ms"])
+    assert floor["step_ms_for_target"] == pytest.approx(
+        32 / (5 * on_disk["training"]["plain"]["steady_images_per_s"]) * 1e3, rel=1e-2
+    )
 
     for kind in ("mnist_28x28_L", "drawing_400x400_RGBA"):
         p = on_disk["pipeline"][kind]
