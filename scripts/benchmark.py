@@ -1,6 +1,6 @@
 """Benchmark Mini-Vision-V2 on this machine: training and inference speed side by side, in one run, one machine.
 
-    python -m scripts.benchmark                      # full, ~3 minutes -> records/benchmark.json, records/benchmark.md
+    python -m scripts.benchmark                      # full, ~4 minutes -> records/benchmark.json, records/benchmark.md
     python -m scripts.benchmark --quick --output /tmp/bench.json --markdown /tmp/bench.md     # ~1 minute, CI smoke
 
 Every number is wall-clock on this machine: run it on a quiet one (no training job beside it).
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--onnx-dir", default="onnx", help="exported model.onnx / model_int8.onnx to reuse if they match")
     p.add_argument("--train-steps", type=int, default=None, help="optimizer steps per training path (60; quick 15)")
     p.add_argument("--train-rounds", type=int, default=None,
-                   help="plain/fast runs alternated this many times, medians compared (3; quick 1)")  # fmt: skip
+                   help="plain/fast runs alternated this many times, medians compared (5; quick 1)")  # fmt: skip
     p.add_argument("--train-batch-size", type=int, default=256, help="training batch (the seed recipe's 256)")
     p.add_argument("--eval-samples", type=int, default=None, help="test images for accuracy (10000; quick 1000)")
     p.add_argument("--time-s", type=float, default=None, help="timed seconds per inference measurement (2; quick 0.25)")
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     args.train_steps = args.train_steps or (15 if quick else 60)
-    args.train_rounds = args.train_rounds or (1 if quick else 3)
+    args.train_rounds = args.train_rounds or (1 if quick else 5)
     args.eval_samples = args.eval_samples or (1000 if quick else 10000)
     args.time_s = args.time_s or (0.25 if quick else 2.0)
     args.pipeline_calls = args.pipeline_calls or (10 if quick else 50)

@@ -29,8 +29,6 @@ N_DRAWN = 300  # drawn-style test digits; at >= 97% correct a model may miss at 
 MIN_DRAWN_ACCURACY = 0.97
 
 
-
-
 @pytest.fixture(scope="module")
 def app():
     return load_app()

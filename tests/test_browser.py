@@ -24,8 +24,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-
-
 @pytest.fixture(scope="module")
 def app_url():
     app = load_app()

@@ -8,7 +8,15 @@ import pytest
 import torch
 import yaml
 
-from minivision_hf.data import BatchCollator, decode_to_uint8, load_mnist, plain_transform, random_shift_rotate
+from minivision_hf.data import (
+    BatchCollator,
+    IndexDataset,
+    affine_grid,
+    decode_to_uint8,
+    load_mnist,
+    plain_transform,
+    random_shift_rotate,
+)
 from minivision_hf.training import RECIPES, lr_factor
 from scripts import evaluate, make_model_card, train
 
@@ -52,7 +60,6 @@ def test_learning_rate_halves_exactly_at_epoch_boundaries(smoke_run):
         assert lr == pytest.approx(0.01 * 0.5 ** ((step - 1) // 24)), step
     assert sorted(lrs) == [8, 16, 24, 32, 40, 48, 56]
     assert {"eval/loss", "eval/accuracy", "train/loss"} <= set(events.Tags()["scalars"])
-
 
 
 def test_lr_factor_shapes():
@@ -157,6 +164,26 @@ def test_batched_augmentation_matches_the_seed_distribution(tiny_test):
     rotated = random_shift_rotate(x, max_shift=0, max_degrees=10.0, generator=g)
     assert not torch.equal(rotated, x)
     assert torch.allclose(rotated.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0.12)  # nearest-neighbour rotation
+
+
+def test_affine_grid_matches_torch():
+    theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(0))
+    for h, w in ((28, 28), (3, 5)):
+        expected = torch.nn.functional.affine_grid(theta, [16, 1, h, w], align_corners=False)
+        assert torch.allclose(affine_grid(theta, h, w), expected, atol=1e-6)
+
+
+def test_index_dataset_batched_fetch_matches_per_item(tiny_test):
+    images, labels = decode_to_uint8(tiny_test)
+    collator = BatchCollator(images, labels, augment_below=0)
+    data = IndexDataset(100, start=20)
+    loader = torch.utils.data.DataLoader(data, batch_size=32, collate_fn=collator)  # uses __getitems__
+    batches = list(loader)
+    assert [len(b["labels"]) for b in batches] == [32, 32, 32, 4]
+    assert torch.equal(batches[1]["labels"], labels[52:84])
+    assert data.__getitems__([0, 5]) == [data[0], data[5]] == [20, 25]
+    with pytest.raises(IndexError):
+        data.__getitems__([99, 100])
 
 
 def test_collator_and_plain_transform_agree_without_augmentation(tiny_test):
