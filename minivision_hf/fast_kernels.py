@@ -13,9 +13,10 @@ on the fast path). Same outputs, same parameters, same saved files; only how the
 
 Why: on a CPU this network is memory-bound outside its second convolution; these were a quarter of a training step.
 The C kernels (csrc/fused_pool.c, ~200 lines) are compiled once per machine with the system's C compiler (gcc/cc,
--O3 -march=native -fopenmp: the loops run on torch's own OpenMP threads) into a cache folder and called through
-ctypes: no Python headers, no torch extension build. Without a compiler the blocks fall back to PyTorch's ops and say
-so once. Training-side only: the Hub model code never needs this module.
+-O3 -march=native -fopenmp: the loops run on torch's own OpenMP threads; without OpenMP or -march=native, simpler
+flag sets follow) into a cache folder and called through ctypes: no Python headers, no torch extension build.
+Without a compiler the blocks fall back to PyTorch's ops and say so once. Training-side only: the Hub model code
+never needs this module.
 """
 
 import ctypes
@@ -35,6 +36,7 @@ DTYPES = {torch.bfloat16: 0, torch.float32: 1}
 CODE_DTYPES = {torch.bfloat16: torch.int16, torch.float32: torch.int32}  # same width as the data
 _library: ctypes.CDLL | None = None
 _build_error: str | None = None
+_build_flags: tuple[str, ...] | None = None
 
 
 def cache_dir() -> Path:
@@ -42,38 +44,58 @@ def cache_dir() -> Path:
     return Path(root) / "minivision_hf"
 
 
+# Tried in order: OpenMP threads where the compiler has it, else one thread; -march=native where it is understood.
+BUILD_FLAGS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-march=native"),
+    ("-O3",),
+)
+
+
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use (cached by source hash and machine); None without a C compiler."""
-    global _library, _build_error
+    """The compiled kernels, built on first use (cached by source hash, compiler, flags and machine); None without a
+    C compiler or when no flag set builds (`build_error()` says why)."""
+    global _library, _build_error, _build_flags
     if _library is not None or _build_error is not None:
         return _library
     compiler = next((c for c in (os.environ.get("CC"), "gcc", "cc", "clang") if c and shutil.which(c)), None)
     if compiler is None:
         _build_error = "no C compiler found (gcc, cc or clang)"
         return None
-    flags = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp"]
     source = C_SOURCE.read_text()
+    errors = []
+    for flags in BUILD_FLAGS:
+        try:
+            lib = _build(compiler, [*flags, "-shared", "-fPIC"], source)
+        except (OSError, subprocess.CalledProcessError) as err:
+            errors.append(f"{' '.join(flags)}: {(getattr(err, 'stderr', '') or str(err)).strip()[:300]}")
+            continue
+        lib.pool_relu.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+        lib.pool_relu.restype = ctypes.c_int
+        lib.conv_pool_relu.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_long] * 4 + [ctypes.c_int]
+        lib.conv_pool_relu.restype = ctypes.c_int
+        _library, _build_flags = lib, flags
+        return lib
+    _build_error = f"building the fast kernels with {compiler} failed: " + " | ".join(errors)
+    return None
+
+
+def _build(compiler: str, flags: list[str], source: str) -> ctypes.CDLL:
     key = hashlib.sha256("\n".join([source, compiler, *flags, os.uname().machine]).encode()).hexdigest()[:16]
     target = cache_dir() / f"fused_pool_{key}.so"
-    try:
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                src, out = Path(tmp) / "fused_pool.c", Path(tmp) / target.name
-                src.write_text(source)
-                subprocess.run([compiler, *flags, str(src), "-o", str(out)], check=True, capture_output=True, text=True)
-                os.replace(out, target)  # atomic: concurrent builders (torchrun ranks) each write a whole file
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", "") or str(err)
-        _build_error = f"building the fused pool kernel with {compiler} failed: {detail.strip()[:500]}"
-        return None
-    lib.pool_relu.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    lib.pool_relu.restype = ctypes.c_int
-    lib.conv_pool_relu.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_long] * 4 + [ctypes.c_int]
-    lib.conv_pool_relu.restype = ctypes.c_int
-    _library = lib
-    return lib
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src, out = Path(tmp) / "fused_pool.c", Path(tmp) / target.name
+            src.write_text(source)
+            subprocess.run([compiler, *flags, str(src), "-o", str(out)], check=True, capture_output=True, text=True)
+            os.replace(out, target)  # atomic: concurrent builders (torchrun ranks) each write a whole file
+    return ctypes.CDLL(str(target))
+
+
+def build_flags() -> tuple[str, ...] | None:
+    """The flags the kernels were built with (None when not built)."""
+    return _build_flags
 
 
 def supported(x: torch.Tensor) -> bool:
@@ -238,6 +260,7 @@ def apply_fast_kernels(model: nn.Module) -> dict:
         "fused_blocks": fuse_pool_relu(model),
         "fast_dropouts": dropouts,
         "kernels_built": library() is not None,
+        "build_flags": " ".join(build_flags() or ()) or None,
         "build_error": build_error(),
     }
 
@@ -285,6 +308,7 @@ __all__ = [
     "FusedMaxPoolReLU",
     "apply_fast_kernels",
     "build_error",
+    "build_flags",
     "conv_supported",
     "fuse_pool_relu",
     "library",

@@ -168,10 +168,36 @@ def test_apply_fast_kernels_keeps_the_state_dict_and_saved_files(tmp_path):
     model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = fast_kernels.apply_fast_kernels(model)
-    assert report == {"fused_blocks": 2, "fast_dropouts": 1, "kernels_built": True, "build_error": None}
+    assert report == {
+        "fused_blocks": 2,
+        "fast_dropouts": 1,
+        "kernels_built": True,
+        "build_flags": " ".join(fast_kernels.build_flags()),
+        "build_error": None,
+    }
     assert any(isinstance(m, fast_kernels.FastDropout) for m in model.modules())
     after = model.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
     model.save_pretrained(tmp_path)  # reloads as the plain model, with the same weights
     reloaded = mv.MiniVisionForImageClassification.from_pretrained(tmp_path)
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in before.items())
+
+
+def test_kernels_build_without_openmp(tmp_path):
+    """A compiler without OpenMP (e.g. Apple clang) still builds the kernels, single-threaded."""
+    compiler = tmp_path / "cc-without-openmp"
+    compiler.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && { echo "no openmp" >&2; exit 1; }; done\n'
+                        'exec gcc "$@"\n')  # fmt: skip
+    compiler.chmod(0o755)
+    code = (
+        "import torch\n"
+        "from minivision_hf import fast_kernels\n"
+        "assert fast_kernels.library() is not None, fast_kernels.build_error()\n"
+        "print(' '.join(fast_kernels.build_flags()))\n"
+        "x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)\n"
+        "assert torch.equal(fast_kernels.FusedMaxPoolReLU()(x), fast_kernels.pool_relu_reference(x))\n"
+    )
+    env = {**os.environ, "CC": str(compiler), "MINIVISION_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "-O3 -march=native"
