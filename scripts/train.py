@@ -38,7 +38,7 @@ from minivision_hf.data import (
     load_mnist,
     plain_transform,
 )
-from minivision_hf.fast_kernels import apply_fast_kernels, build_error
+from minivision_hf.fast_kernels import apply_fast_kernels
 from minivision_hf.metrics import load_accuracy
 from minivision_hf.training import (
     RECIPES,
@@ -175,7 +175,7 @@ def main(argv=None) -> dict:
         # Fused conv/max-pool/ReLU C kernels and a cheaper dropout: same outputs, parameters and saved files.
         fast_kernels = apply_fast_kernels(model)
         if not fast_kernels["kernels_built"]:
-            print(f"--fast-kernels: {build_error()}; the blocks use PyTorch's conv, max_pool2d and ReLU")
+            print(f"--fast-kernels: {fast_kernels['build_error']}; the blocks use PyTorch's conv, max_pool2d and ReLU")
     processor = mv.MiniVisionImageProcessor()
 
     # ---- trainer ----
