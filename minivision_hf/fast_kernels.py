@@ -74,6 +74,8 @@ def library() -> ctypes.CDLL | None:
         lib.pool_relu.restype = ctypes.c_int
         lib.conv_pool_relu.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_long] * 4 + [ctypes.c_int]
         lib.conv_pool_relu.restype = ctypes.c_int
+        lib.winograd.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_long] * 4 + [ctypes.c_int]
+        lib.winograd.restype = ctypes.c_int
         _library, _build_flags = lib, flags
         return lib
     _build_error = f"building the fast kernels with {compiler} failed: " + " | ".join(errors)
@@ -171,6 +173,133 @@ class _ConvPoolReLU(torch.autograd.Function):
         return None, grad_weight, dw[9].to(ctx.weight_dtype)
 
 
+# Winograd F(2x2, 3x3): U = G w G^T (weights), V = B^T d B (input tiles), y = A^T (U . V) A (output tiles).
+WINOGRAD_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def _winograd_weights(weight: torch.Tensor) -> torch.Tensor:
+    """U = G w G^T for (C_out, C_in, 3, 3) fp32 weights, as (16, C_in, C_out) fp32 (autocast off: exact fp32)."""
+    with torch.autocast("cpu", enabled=False):
+        u = torch.einsum("xa,oiab,yb->xyio", WINOGRAD_G, weight, WINOGRAD_G)
+    return u.reshape(16, weight.shape[1], weight.shape[0])
+
+
+def _winograd(kind: int, a, b, c, d, dbias, n: int, h: int, w: int, channels: int) -> None:
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    status = library().winograd(kind, ptr(a), ptr(b), ptr(c), ptr(d), ptr(dbias), n, h, w, channels,
+                                torch.get_num_threads())  # fmt: skip
+    if status:
+        raise RuntimeError(f"winograd kernel {kind} failed with status {status}")
+
+
+WINOGRAD_CHUNK = 32  # images per pass: the chunk's Winograd-domain arrays (~5 MB at 64 channels) stay in cache
+
+
+def _chunk_buffer(images: int, h: int, w: int, channels: int):
+    """One buffer for a chunk's Winograd-domain array; returns k -> its (16, k * H/2 * W/2, channels) view."""
+    flat = torch.empty(16 * images * (h // 2) * (w // 2) * channels, dtype=torch.bfloat16)
+    return lambda k: flat[: 16 * k * (h // 2) * (w // 2) * channels].view(16, -1, channels)
+
+
+def winograd_forward(xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused forward: bf16 channels_last x (N, C_in, H, W), Winograd weights u (16, C_in, C_out) bf16, fp32 bias
+    -> the pooled map (N, C_out, H/2, W/2) bf16 and its codes (which window input won, 4 where ReLU closed)."""
+    n, c_in, h, w = xb.shape
+    c_out = u.shape[2]
+    y = _channels_last_empty((n, c_out, h // 2, w // 2), torch.bfloat16)
+    code = _channels_last_empty((n, c_out, h // 2, w // 2), torch.int16)
+    chunk = min(n, WINOGRAD_CHUNK)
+    v, m = _chunk_buffer(chunk, h, w, c_in), _chunk_buffer(chunk, h, w, c_out)
+    for i in range(0, n, chunk):
+        k = min(chunk, n - i)
+        vk, mk = v(k), m(k)
+        _winograd(0, xb[i : i + k], None, vk, None, None, k, h, w, c_in)
+        torch.bmm(vk, u, out=mk)
+        _winograd(1, mk, bias, y[i : i + k], code[i : i + k], None, k, h, w, c_out)
+    return y, code
+
+
+class _WinogradConvPoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) in bf16 numerics for a 3x3 convolution with C_in, C_out
+    multiples of 16: Winograd F(2x2, 3x3), the pooling and ReLU fused into the output transform (a 2x2 output tile is
+    one pooling window). The 16 Winograd-domain channel products are bf16 matrix products (fp32 sums) in torch.bmm.
+    The batch goes through in chunks of WINOGRAD_CHUNK images, so the transformed arrays never leave the cache; the
+    backward recomputes the input transform instead of keeping it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)  # autocast's casts
+        u = _winograd_weights(weight.detach().to(torch.bfloat16).float()).to(torch.bfloat16)
+        y, code = winograd_forward(xb, u, bias.detach().to(torch.bfloat16).float().contiguous())
+        ctx.save_for_backward(xb, u, code)
+        ctx.mark_non_differentiable(code)
+        ctx.input_dtype, ctx.weight_dtype = x.dtype, weight.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xb, u, code = ctx.saved_tensors
+        n, c_in, h, w = xb.shape
+        c_out = u.shape[2]
+        grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        chunk = min(n, WINOGRAD_CHUNK)
+        v, dm, dv = (
+            _chunk_buffer(chunk, h, w, c_in),
+            _chunk_buffer(chunk, h, w, c_out),
+            _chunk_buffer(chunk, h, w, c_in),
+        )
+        du_part = torch.empty(16, c_in, c_out, dtype=torch.bfloat16)
+        du = torch.zeros(16, c_in, c_out)  # fp32 sum of the chunks' bf16 products
+        grad_bias = torch.zeros(c_out)
+        grad_x = _channels_last_empty(xb.shape, torch.bfloat16) if ctx.needs_input_grad[0] else None
+        u_t = u.transpose(1, 2).contiguous()
+        for i in range(0, n, chunk):
+            k = min(chunk, n - i)
+            vk, dmk, dvk = v(k), dm(k), dv(k)
+            _winograd(2, grad[i : i + k], code[i : i + k], dmk, None, grad_bias, k, h, w, c_out)
+            if grad_x is not None:
+                torch.bmm(dmk, u_t, out=dvk)
+                _winograd(3, dvk, None, grad_x[i : i + k], None, None, k, h, w, c_in)
+            _winograd(0, xb[i : i + k], None, vk, None, None, k, h, w, c_in)
+            du += torch.bmm(vk.transpose(1, 2), dmk, out=du_part)
+        with torch.autocast("cpu", enabled=False):  # fp32 transforms, as in the forward
+            grad_weight = torch.einsum("xa,yb,xyio->oiab", WINOGRAD_G, WINOGRAD_G, du.reshape(4, 4, c_in, c_out))
+        grad_x = None if grad_x is None else grad_x.to(ctx.input_dtype)
+        return grad_x, grad_weight.to(ctx.weight_dtype).contiguous(), grad_bias.to(ctx.weight_dtype)
+
+
+def winograd_supported(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether `_WinogradConvPoolReLU` computes `relu(max_pool2d(conv(x), 2))` here: a CPU bf16-autocast forward of a
+    3x3 stride-1 padding-1 convolution with bias, C_in and C_out multiples of 16, even H and W."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.shape[2] % 2 == 0
+        and x.shape[3] % 2 == 0
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and winograd_conv(conv)
+        and library() is not None
+    )
+
+
+def winograd_conv(conv: nn.Module) -> bool:
+    """Whether `conv` has the shape the Winograd kernel takes: 3x3, stride 1, padding 1, with bias, C_in and C_out
+    multiples of 16."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.in_channels % 16 == 0
+        and conv.out_channels % 16 == 0
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.bias is not None
+        and conv.padding_mode == "zeros"
+    )
+
+
 def conv_supported(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """Whether `_ConvPoolReLU` computes `relu(max_pool2d(conv(x), 2))` here: a CPU bf16-autocast forward of a
     1-channel 3x3 stride-1 padding-1 convolution with bias, even H and W, and no gradient wanted for x."""
@@ -196,20 +325,29 @@ def conv_supported(x: torch.Tensor, conv: nn.Conv2d) -> bool:
 
 
 class FusedConvPoolReLUBlock(nn.Module):
-    """A MiniVision conv block (conv -> pool -> act -> norm) whose 1-channel conv, 2x2 max-pool and ReLU run as one
-    kernel that never writes the full-resolution map. Holds the block's own modules under the same names, so the
-    state dict (and every saved file) is unchanged; falls back to the block's modules where unsupported."""
+    """A MiniVision conv block (conv -> pool -> act -> norm) whose 3x3 conv, 2x2 max-pool and ReLU run fused: a
+    1-channel conv as one direct kernel that never writes the full-resolution map (`_ConvPoolReLU`), a wider one as
+    Winograd F(2x2, 3x3) with the pooling and ReLU in its output transform (`_WinogradConvPoolReLU`, when `winograd`),
+    else PyTorch's conv and the fused pool + ReLU. Holds the block's conv and norm under the same names, so the state
+    dict (and every saved file) is unchanged."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, winograd: bool = True):
         super().__init__()
-        self.conv, self.pool, self.act, self.norm = block.conv, block.pool, block.act, block.norm
+        self.conv, self.norm = block.conv, block.norm
+        self.pool, self.act = FusedMaxPoolReLU(), nn.Identity()
+        self.winograd = winograd
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if conv_supported(hidden_states, self.conv):
             pooled = _ConvPoolReLU.apply(hidden_states, self.conv.weight, self.conv.bias)
+        elif self.winograd and winograd_supported(hidden_states, self.conv):
+            pooled = _WinogradConvPoolReLU.apply(hidden_states, self.conv.weight, self.conv.bias)
         else:
             pooled = self.act(self.pool(self.conv(hidden_states)))
         return self.norm(pooled)
+
+    def extra_repr(self) -> str:
+        return f"winograd={self.winograd}"
 
 
 def pool_relu_reference(x: torch.Tensor) -> torch.Tensor:
@@ -248,7 +386,7 @@ class FastDropout(nn.Module):
         return f"p={self.p}"
 
 
-def apply_fast_kernels(model: nn.Module) -> dict:
+def apply_fast_kernels(model: nn.Module, winograd: bool = True) -> dict:
     """Swap the fast kernels into `model` in place; returns what changed (and whether the C kernels were built)."""
     dropouts = 0
     for parent in list(model.modules()):
@@ -256,8 +394,11 @@ def apply_fast_kernels(model: nn.Module) -> dict:
             if type(child) is nn.Dropout:
                 setattr(parent, name, FastDropout(child.p))
                 dropouts += 1
+    fused = fuse_pool_relu(model, winograd=winograd)
+    blocks = [m for m in model.modules() if isinstance(m, FusedConvPoolReLUBlock)]
     return {
-        "fused_blocks": fuse_pool_relu(model),
+        "fused_blocks": fused,
+        "winograd_blocks": sum(b.winograd and winograd_conv(b.conv) for b in blocks),
         "fast_dropouts": dropouts,
         "kernels_built": library() is not None,
         "build_flags": " ".join(build_flags() or ()) or None,
@@ -265,20 +406,19 @@ def apply_fast_kernels(model: nn.Module) -> dict:
     }
 
 
-def fuse_pool_relu(model: nn.Module) -> int:
-    """Give every MiniVision conv block with a 2x2 stride-2 max-pool the fused kernels: a 1-channel first block gets
-    conv + pool + ReLU in one (`FusedConvPoolReLUBlock`), the others pool + ReLU (`FusedMaxPoolReLU`, their `act`
-    becomes Identity). No parameter changes: the state dict and saved files stay the same. Returns the blocks changed.
-    """
+def fuse_pool_relu(model: nn.Module, winograd: bool = True) -> int:
+    """Give every MiniVision conv block with a 2x2 stride-2 max-pool the fused kernels (`FusedConvPoolReLUBlock`:
+    conv + pool + ReLU in one, the wider convolutions as Winograd when `winograd`); other blocks with such a pool get
+    the fused pool + ReLU (`FusedMaxPoolReLU`, their `act` becomes Identity). No parameter changes: the state dict and
+    saved files stay the same. Returns the blocks changed."""
     changed = 0
     for parent in list(model.modules()):
         for name, block in parent.named_children():
             pool, act = getattr(block, "pool", None), getattr(block, "act", None)
             if not (isinstance(pool, nn.MaxPool2d) and isinstance(act, nn.ReLU) and _is_2x2(pool)):
                 continue
-            conv = getattr(block, "conv", None)
-            if isinstance(conv, nn.Conv2d) and conv.in_channels == 1 and hasattr(block, "norm"):
-                setattr(parent, name, FusedConvPoolReLUBlock(block))
+            if isinstance(getattr(block, "conv", None), nn.Conv2d) and hasattr(block, "norm"):
+                setattr(parent, name, FusedConvPoolReLUBlock(block, winograd=winograd))
             else:
                 block.pool, block.act = FusedMaxPoolReLU(), nn.Identity()
             changed += 1
@@ -314,4 +454,6 @@ __all__ = [
     "library",
     "pool_relu_reference",
     "supported",
+    "winograd_conv",
+    "winograd_supported",
 ]

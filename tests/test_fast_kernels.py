@@ -1,5 +1,6 @@
-"""The fast path's fused C kernels: max-pool + ReLU (bit-identical to PyTorch, values and gradients) and the first
-block's conv + max-pool + ReLU (bit-identical forward under bf16 autocast, gradients to bf16 rounding)."""
+"""The fast path's fused C kernels: max-pool + ReLU (bit-identical to PyTorch, values and gradients), the first
+block's conv + max-pool + ReLU (bit-identical forward under bf16 autocast, gradients to bf16 rounding) and the second
+block's Winograd conv + max-pool + ReLU (bf16 numerics: equal to an fp64 reference to bf16 rounding)."""
 
 import copy
 import os
@@ -97,7 +98,7 @@ def test_fused_model_trains_like_the_plain_model():
     torch.manual_seed(0)
     plain = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).to(memory_format=torch.channels_last)
     fused = copy.deepcopy(plain)
-    assert fast_kernels.fuse_pool_relu(fused) == 2
+    assert fast_kernels.fuse_pool_relu(fused, winograd=False) == 2
     assert list(fused.state_dict()) == list(plain.state_dict())
     assert type(fused.minivision.blocks[0]).__name__ == "FusedConvPoolReLUBlock"
 
@@ -119,6 +120,101 @@ def test_fused_model_trains_like_the_plain_model():
     # Running statistics were updated identically.
     for (name, a), b in zip(plain.named_buffers(), fused.buffers()):
         assert torch.equal(a, b), name
+
+
+def _routed_reference(x, conv, code, grad):
+    """fp64 conv + the pooling/ReLU routing the kernel chose (`code`): outputs, and x/w/b gradients for `grad`."""
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = conv.weight.detach().to(torch.bfloat16).double().requires_grad_(True)
+    b64 = conv.bias.detach().to(torch.bfloat16).double().requires_grad_(True)
+    full = torch.nn.functional.conv2d(x64, w64, b64, padding=1)
+    picked = torch.zeros_like(full)
+    for p in range(4):  # the window input each output took (code p), or nothing where ReLU closed (code 4)
+        picked[:, :, p >> 1 :: 2, p & 1 :: 2] = (code == p).double()
+    pooled = (full * picked).unflatten(2, (-1, 2)).unflatten(4, (-1, 2)).sum((3, 5))
+    pooled.backward(grad.double())
+    return pooled.detach(), x64.grad, w64.grad, b64.grad
+
+
+@pytest.mark.parametrize(
+    ("shape", "out_channels", "chunk"),
+    [((20, 32, 14, 14), 64, 32), ((5, 16, 6, 8), 32, 2)],  # whole, chunks + rest
+)
+def test_winograd_conv_pool_relu_matches_an_fp64_reference(monkeypatch, shape, out_channels, chunk):
+    monkeypatch.setattr(fast_kernels, "WINOGRAD_CHUNK", chunk)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(shape[1], out_channels, 3, 1, 1)
+    x = _channels_last(*shape, dtype=torch.bfloat16).requires_grad_(True)
+    grad = _channels_last(shape[0], out_channels, shape[2] // 2, shape[3] // 2, dtype=torch.bfloat16, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast_kernels.winograd_supported(x, conv)
+        out = fast_kernels._WinogradConvPoolReLU.apply(x, conv.weight, conv.bias)
+        reference = fast_kernels.pool_relu_reference(conv(x.detach()))
+    out.backward(grad)
+    u = fast_kernels._winograd_weights(conv.weight.detach().to(torch.bfloat16).float()).to(torch.bfloat16)
+    y, code = fast_kernels.winograd_forward(x.detach(), u, conv.bias.detach().to(torch.bfloat16).float())
+    assert torch.equal(y, out) and out.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+    # Values: within bf16 rounding of the exact pooled conv, and of PyTorch's bf16 (oneDNN) result.
+    expected, grad_x, grad_w, grad_b = _routed_reference(x, conv, code, grad)
+    scale = expected.abs().max()
+    assert (out.double() - expected).abs().max() <= 2e-2 * scale
+    assert (out.double() - reference.double()).abs().max() <= 3e-2 * scale
+    assert (code == 4).any() and (code < 4).any() and torch.equal(out == 0, code == 4)  # ReLU closed exactly there
+    # Gradients through the same routing: to bf16 rounding.
+    for got, ref in ((x.grad, grad_x), (conv.weight.grad, grad_w), (conv.bias.grad, grad_b)):
+        assert (got.double() - ref).norm() <= 1e-2 * ref.norm()
+    assert x.grad.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32
+
+
+def test_winograd_only_where_it_applies():
+    conv = torch.nn.Conv2d(32, 64, 3, 1, 1)
+    x = _channels_last(2, 32, 14, 14)
+    assert not fast_kernels.winograd_supported(x, conv)  # no autocast: PyTorch's fp32 conv
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast_kernels.winograd_supported(x, conv)
+        assert not fast_kernels.winograd_supported(_channels_last(2, 32, 13, 14), conv)  # odd H
+        for other in (
+            torch.nn.Conv2d(24, 64, 3, 1, 1),
+            torch.nn.Conv2d(32, 64, 3, 2, 1),
+            torch.nn.Conv2d(32, 64, 5, 1, 2),
+        ):
+            assert not fast_kernels.winograd_supported(x, other)
+        # A block whose conv the kernel does not take runs PyTorch's conv and the fused pool + ReLU.
+        block = mv.modeling_minivision.MiniVisionConvBlock(24, 40, mv.MiniVisionConfig())
+        fused = fast_kernels.FusedConvPoolReLUBlock(copy.deepcopy(block)).eval()
+        z = _channels_last(2, 24, 14, 14)
+        assert torch.equal(fused(z), block.eval()(z))
+
+
+def test_winograd_model_trains_like_the_plain_model():
+    """With the second block as Winograd, bf16 training stays as close to exact (fp64) arithmetic as PyTorch's own bf16
+    autocast model: loss, logits and every gradient (bf16 alone is ~10% off in early-layer gradients here, because
+    near-tied pooling windows route differently)."""
+    torch.manual_seed(0)
+    plain = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).to(memory_format=torch.channels_last)
+    plain.classifier[2].p = 0.0  # no dropout: the same function on every side
+    fused, exact = copy.deepcopy(plain), copy.deepcopy(plain).double()
+    report = fast_kernels.apply_fast_kernels(fused)
+    assert report["winograd_blocks"] == 1 and fused.minivision.blocks[1].winograd
+
+    ink = (torch.rand(64, 1, 28, 28) > 0.7).float()
+    x = ((ink - 0.1307) / 0.3081).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (64,))
+    results = []
+    for model in (plain, fused, exact):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model is not exact):
+            out = model.train()(pixel_values=x.to(next(model.parameters()).dtype), labels=labels)
+        out.loss.backward()
+        grads = {n: p.grad.double() for n, p in model.named_parameters()}
+        results.append((out.logits.detach().double(), out.loss.detach().double(), grads))
+    (logits_p, loss_p, grads_p), (logits_w, loss_w, grads_w), (logits_e, loss_e, grads_e) = results
+    error = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert error(logits_w, logits_e) <= 1.5 * error(logits_p, logits_e) + 1e-2
+    assert abs(loss_w - loss_e) <= 1.5 * abs(loss_p - loss_e) + 1e-2 * loss_e
+    for name, exact_grad in grads_e.items():
+        assert error(grads_w[name], exact_grad) <= 1.5 * error(grads_p[name], exact_grad) + 0.03, name
 
 
 def test_no_compiler_falls_back_with_a_warning(tmp_path):
@@ -170,6 +266,7 @@ def test_apply_fast_kernels_keeps_the_state_dict_and_saved_files(tmp_path):
     report = fast_kernels.apply_fast_kernels(model)
     assert report == {
         "fused_blocks": 2,
+        "winograd_blocks": 1,
         "fast_dropouts": 1,
         "kernels_built": True,
         "build_flags": " ".join(fast_kernels.build_flags()),

@@ -241,3 +241,186 @@ int conv_pool_relu(int kind, const void *x, const void *w, const void *bias, con
     }
     return 0;
 }
+
+/* ---- the other blocks: 3x3 convolution (stride 1, padding 1) as Winograd F(2x2, 3x3), with the 2x2 max-pool and
+ * ReLU fused into its output transform (each Winograd output tile is exactly one 2x2 pooling window).
+ *
+ * y_tile = A^T [ (G w G^T) (.) (B^T d B) ] A over 4x4 input tiles d at stride 2 (Lavin & Gray 2016): 16 products
+ * per 2x2 outputs instead of 36. The transforms run here; the 16 channel-mixing matrix products (Winograd domain,
+ * bf16 in, fp32 sums) run in torch.bmm (oneDNN), which is what the convolution's 2.25x fewer multiplications buy.
+ * Layouts: images NHWC; Winograd-domain arrays (16, T, C) with T = N * H/2 * W/2 tiles in (n, tile row, tile column)
+ * order, which is also the pooled output's NHWC position order. Channel counts are multiples of 16 (one AVX-512
+ * vector); fast_kernels.py checks it. */
+
+static inline v16f load_bf16_16(const uint16_t *p) {
+    v16u16 h;
+    memcpy(&h, p, sizeof h);
+    return (v16f)(__builtin_convertvector(h, v16u) << 16);
+}
+static inline v16u round_bf16_16(v16f f) { /* fp32 -> bf16 bits (in the low half), nearest even; NaN stays NaN */
+    v16u u = (v16u)f;
+    v16u rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    v16i nan = (v16i)((u & 0x7fffffffu) > 0x7f800000u);
+    return ((v16u)nan & ((u >> 16) | 0x40u)) | (~(v16u)nan & rounded);
+}
+static inline void store_bf16_16(uint16_t *p, v16u bits) {
+    v16u16 h = __builtin_convertvector(bits, v16u16);
+    memcpy(p, &h, sizeof h);
+}
+static inline v16f load_f32_16(const float *p) {
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store_f32_16(float *p, v16f v) { memcpy(p, &v, sizeof v); }
+
+/* V = B^T d B for tiles t0..t1: x (N, H, W, C) bf16 -> V (16, T, C) bf16. */
+static void winograd_input(const uint16_t *x, uint16_t *V, const uint16_t *zeros, long t0, long t1, long T, long H,
+                           long W, long C) {
+    const long H2 = H / 2, W2 = W / 2;
+    for (long t = t0; t < t1; ++t) {
+        const long n = t / (H2 * W2), ty = t / W2 % H2, tx = t % W2;
+        const uint16_t *p[4][4];
+        for (int a = 0; a < 4; ++a)
+            for (int b = 0; b < 4; ++b) {
+                long yy = 2 * ty - 1 + a, xx = 2 * tx - 1 + b;
+                p[a][b] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x + ((n * H + yy) * W + xx) * C : zeros;
+            }
+        for (long k = 0; k < C; k += 16) {
+            v16f r[4][4];
+            for (int b = 0; b < 4; ++b) { /* B^T d: along the rows */
+                v16f d0 = load_bf16_16(p[0][b] + k), d1 = load_bf16_16(p[1][b] + k);
+                v16f d2 = load_bf16_16(p[2][b] + k), d3 = load_bf16_16(p[3][b] + k);
+                r[0][b] = d0 - d2, r[1][b] = d1 + d2, r[2][b] = d2 - d1, r[3][b] = d1 - d3;
+            }
+            for (int e = 0; e < 4; ++e) { /* (B^T d) B: along the columns */
+                uint16_t *out = V + (4 * e * T + t) * C + k;
+                store_bf16_16(out, round_bf16_16(r[e][0] - r[e][2]));
+                store_bf16_16(out + T * C, round_bf16_16(r[e][1] + r[e][2]));
+                store_bf16_16(out + 2 * T * C, round_bf16_16(r[e][2] - r[e][1]));
+                store_bf16_16(out + 3 * T * C, round_bf16_16(r[e][1] - r[e][3]));
+            }
+        }
+    }
+}
+
+/* M (16, T, C) bf16 -> y = relu(max over the tile of bf16(A^T M A + bias)) (T, C) bf16 and its code (as pool_relu). */
+static void winograd_output_pool_relu(const uint16_t *M, const float *bias, uint16_t *y, int16_t *code, long t0,
+                                      long t1, long T, long C) {
+    for (long t = t0; t < t1; ++t) {
+        for (long k = 0; k < C; k += 16) {
+            v16f m[16];
+            for (int e = 0; e < 16; ++e) m[e] = load_bf16_16(M + (e * T + t) * C + k);
+            v16f s0[4], s1[4];
+            for (int v = 0; v < 4; ++v) s0[v] = m[v] + m[4 + v] + m[8 + v], s1[v] = m[4 + v] - m[8 + v] - m[12 + v];
+            v16f b = load_f32_16(bias + k);
+            v16f out[4] = {s0[0] + s0[1] + s0[2] + b, s0[1] - s0[2] - s0[3] + b, s1[0] + s1[1] + s1[2] + b,
+                           s1[1] - s1[2] - s1[3] + b}; /* window order (0,0) (0,1) (1,0) (1,1) */
+            v16u best = round_bf16_16(out[0]);
+            v16f top = (v16f)(best << 16);
+            v16i idx = (v16i){0};
+            for (int q = 1; q < 4; ++q) {
+                v16u bits = round_bf16_16(out[q]);
+                v16f v = (v16f)(bits << 16);
+                v16i up = (v > top) | (v != v); /* first maximum wins; NaN wins, as max_pool2d */
+                top = (v16f)(((v16i)v & up) | ((v16i)top & ~up));
+                best = (bits & (v16u)up) | (best & ~(v16u)up);
+                idx = (q & up) | (idx & ~up);
+            }
+            v16i open = ~(top <= 0.0f); /* ReLU keeps it (and its gradient) unless <= 0; NaN passes */
+            store_bf16_16(y + t * C + k, best & (v16u)open);
+            v16i16 c16 = __builtin_convertvector((idx & open) | (4 & ~open), v16i16);
+            memcpy(code + t * C + k, &c16, sizeof c16);
+        }
+    }
+}
+
+/* Backward of the above: grad (T, C) bf16 and code -> dM = A g_tile A^T (16, T, C) bf16, where g_tile holds the
+ * gradient at the window input that won (exact: every entry is 0 or +-g); dbias (C) += the gradients that pass. */
+static void winograd_output_backward(const uint16_t *grad, const int16_t *code, uint16_t *dM, float *dbias, long t0,
+                                     long t1, long T, long C) {
+    const float a_rows[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}}; /* A^T */
+    for (long t = t0; t < t1; ++t) {
+        for (long k = 0; k < C; k += 16) {
+            v16i16 c16;
+            memcpy(&c16, code + t * C + k, sizeof c16);
+            v16i which = __builtin_convertvector(c16, v16i);
+            v16f g = (v16f)((v16i)load_bf16_16(grad + t * C + k) & (which < 4));
+            store_f32_16(dbias + k, load_f32_16(dbias + k) + g);
+            v16i row1 = (which >> 1) == 1, col1 = (which & 1) == 1;
+            v16f gi[4], cj[4];
+            for (int e = 0; e < 4; ++e) {
+                v16f r0 = (v16f){0} + a_rows[0][e], r1 = (v16f){0} + a_rows[1][e];
+                gi[e] = g * (v16f)(((v16i)r1 & row1) | ((v16i)r0 & ~row1));
+                cj[e] = (v16f)(((v16i)r1 & col1) | ((v16i)r0 & ~col1));
+            }
+            for (int e = 0; e < 4; ++e)
+                for (int v = 0; v < 4; ++v)
+                    store_bf16_16(dM + ((4 * e + v) * T + t) * C + k, (v16u)(gi[e] * cj[v]) >> 16);
+        }
+    }
+}
+
+/* Backward of winograd_input for images n0..n1: dV (16, T, C) bf16 -> grad_x = sum over tiles of B dV B^T placed at
+ * each tile's input window (N, H, W, C) bf16, summed in fp32 in `scratch` ((H + 2) * (W + 2) * C floats). */
+static void winograd_input_backward(const uint16_t *dV, uint16_t *grad_x, float *scratch, long n0, long n1, long T,
+                                    long H, long W, long C) {
+    const long H2 = H / 2, W2 = W / 2, Wp = W + 2;
+    for (long n = n0; n < n1; ++n) {
+        memset(scratch, 0, sizeof(float) * (H + 2) * Wp * C);
+        for (long ty = 0; ty < H2; ++ty)
+            for (long tx = 0; tx < W2; ++tx) {
+                const long t = (n * H2 + ty) * W2 + tx;
+                for (long k = 0; k < C; k += 16) {
+                    v16f q[4][4];
+                    for (int v = 0; v < 4; ++v) { /* B dV: along the rows */
+                        v16f d0 = load_bf16_16(dV + ((0 + v) * T + t) * C + k);
+                        v16f d1 = load_bf16_16(dV + ((4 + v) * T + t) * C + k);
+                        v16f d2 = load_bf16_16(dV + ((8 + v) * T + t) * C + k);
+                        v16f d3 = load_bf16_16(dV + ((12 + v) * T + t) * C + k);
+                        q[0][v] = d0, q[1][v] = d1 - d2 + d3, q[2][v] = d1 + d2 - d0, q[3][v] = -d3;
+                    }
+                    for (int a = 0; a < 4; ++a) { /* (B dV) B^T: along the columns, added at padded (2ty + a, 2tx + b) */
+                        float *row = scratch + ((2 * ty + a) * Wp + 2 * tx) * C + k;
+                        v16f dd[4] = {q[a][0], q[a][1] - q[a][2] + q[a][3], q[a][1] + q[a][2] - q[a][0], -q[a][3]};
+                        for (int b = 0; b < 4; ++b) store_f32_16(row + b * C, load_f32_16(row + b * C) + dd[b]);
+                    }
+                }
+            }
+        for (long yy = 0; yy < H; ++yy)
+            for (long xx = 0; xx < W; ++xx)
+                for (long k = 0; k < C; k += 16)
+                    store_bf16_16(grad_x + ((n * H + yy) * W + xx) * C + k,
+                                  round_bf16_16(load_f32_16(scratch + ((yy + 1) * Wp + xx + 1) * C + k)));
+    }
+}
+
+/* kind 0: input transform (a = x -> c = V); 1: output transform + pool + ReLU (a = M, b = bias -> c = y, d = code);
+ * 2: its backward (a = grad y, b = code -> c = dM, dbias: (C) fp32, added to); 3: the input transform's backward
+ * (a = dV -> c = grad x). N images of H x W (even) with C channels (a multiple of 16). Returns nonzero on failure. */
+int winograd(int kind, const void *a, const void *b, void *c, void *d, float *dbias, long N, long H, long W, long C,
+             int threads) {
+    if (threads < 1) threads = 1;
+    if (C % 16 || H % 2 || W % 2) return 2;
+    const long T = N * (H / 2) * (W / 2);
+    void *scratch = 0;
+    if (kind == 0) scratch = calloc((size_t)C, sizeof(uint16_t)); /* the zero padding */
+    if (kind == 2) scratch = calloc((size_t)threads * C, sizeof(float));
+    if (kind == 3) scratch = malloc((size_t)threads * (H + 2) * (W + 2) * C * sizeof(float));
+    if (kind != 1 && !scratch) return 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int i = 0; i < threads; ++i) {
+        long t0 = T * i / threads, t1 = T * (i + 1) / threads;
+        if (kind == 0) winograd_input(a, c, scratch, t0, t1, T, H, W, C);
+        else if (kind == 1) winograd_output_pool_relu(a, b, c, d, t0, t1, T, C);
+        else if (kind == 2) winograd_output_backward(a, b, c, (float *)scratch + (size_t)i * C, t0, t1, T, C);
+        else winograd_input_backward(a, c, (float *)scratch + (size_t)i * (H + 2) * (W + 2) * C, N * i / threads,
+                                     N * (i + 1) / threads, T, H, W, C);
+    }
+    if (kind == 2) {
+        for (int i = 0; i < threads; ++i)
+            for (long k = 0; k < C; ++k) dbias[k] += ((float *)scratch)[(size_t)i * C + k];
+    }
+    free(scratch);
+    return 0;
+}
