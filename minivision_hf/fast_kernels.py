@@ -1,22 +1,29 @@
 """The fast training path's kernels, swapped into a MiniVision model by `apply_fast_kernels` (scripts/train.py does it
-on the fast path). Same outputs, same parameters, same saved files; only how the work is done changes:
+on the fast path). Same parameters, same saved files; only how the work is done changes:
 
-- `FusedConvPoolReLUBlock`: the first block's 1-channel 3x3 conv + 2x2 max-pool + ReLU in one C kernel that never
-  writes the full-resolution (N, 32, 28, 28) map; weight gradients summed in registers. Forward bit-identical to
-  PyTorch's bf16-autocast conv + max_pool2d + ReLU; gradients equal to bf16 rounding (the kernel sums in fp32).
-- `FusedMaxPoolReLU`: the other blocks' max-pool + ReLU in one pass each way. PyTorch's eager max-pool writes int64
-  indices (as large as the bf16 input), its backward zero-fills and scatters the full-size gradient, and ReLU adds two
-  more passes; here the forward writes the pooled map and a code per output (which of the 4 inputs won, or "ReLU
-  closed"), the backward writes every input gradient once. Bit-identical to PyTorch (first-maximum ties, NaN).
+- `FusedConvPoolReLUBlock` runs a block's 3x3 conv + 2x2 max-pool + ReLU fused:
+  - a 1-channel conv (the first block) as one direct C kernel that never writes the full-resolution (N, 32, 28, 28)
+    map, weight gradients summed in registers. Forward bit-identical to PyTorch's bf16-autocast conv + max_pool2d +
+    ReLU; gradients equal to bf16 rounding (the kernel sums in fp32).
+  - a conv with 16k input and output channels (the second block) as Winograd F(2x2, 3x3): 16 products per 2x2
+    outputs instead of 36. The C kernels do the tile transforms, torch.bmm (oneDNN, bf16 in, fp32 sums) the 16
+    channel-mixing products; each 2x2 output tile is exactly one pooling window, so max-pool and ReLU happen in the
+    output transform and the full-resolution map is never written. Batches go through in chunks of WINOGRAD_CHUNK
+    images, so the transformed arrays stay in cache. bf16 numerics, not bit-identical to oneDNN's direct conv: within
+    bf16 rounding of an exact (fp64) reference, tested. `winograd=False` keeps PyTorch's conv there.
+- `FusedMaxPoolReLU`: max-pool + ReLU in one pass each way (the fallback for convs the kernels do not take). PyTorch's
+  eager max-pool writes int64 indices (as large as the bf16 input), its backward zero-fills and scatters the full-size
+  gradient, and ReLU adds two more passes; here the forward writes the pooled map and a code per output (which of the
+  4 inputs won, or "ReLU closed"), the backward writes every input gradient once. Bit-identical to PyTorch
+  (first-maximum ties, NaN).
 - `FastDropout`: dropout from `torch.rand` (vectorised) instead of bernoulli_ (per element on bf16): the same
   distribution, ~2x cheaper per call.
 
-Why: on a CPU this network is memory-bound outside its second convolution; these were a quarter of a training step.
-The C kernels (csrc/fused_pool.c, ~200 lines) are compiled once per machine with the system's C compiler (gcc/cc,
--O3 -march=native -fopenmp: the loops run on torch's own OpenMP threads; without OpenMP or -march=native, simpler
-flag sets follow) into a cache folder and called through ctypes: no Python headers, no torch extension build.
-Without a compiler the blocks fall back to PyTorch's ops and say so once. Training-side only: the Hub model code
-never needs this module.
+The C kernels (csrc/fused_pool.c) are compiled once per machine with the system's C compiler (gcc/cc, -O3
+-march=native -fopenmp: the loops run on torch's own OpenMP threads; without OpenMP or -march=native, simpler flag
+sets follow) into a cache folder and called through ctypes: no Python headers, no torch extension build. Without a
+compiler the blocks fall back to PyTorch's ops and say so once. Training-side only: the Hub model code never needs
+this module.
 """
 
 import ctypes

@@ -47,7 +47,7 @@ from transformers import AutoModelForImageClassification, pipeline
 
 import minivision_hf as mv
 import onnx
-from minivision_hf import onnx_utils
+from minivision_hf import fast_kernels, onnx_utils
 from minivision_hf.data import decode_to_uint8, load_mnist
 from minivision_hf.training import git_commit, hardware, versions, write_json
 from scripts import export_onnx
@@ -124,23 +124,36 @@ def matmul_peak_gflops(dtype: str, n: int, time_s: float) -> float | None:
 
 
 def conv2_step_ms(config: mv.MiniVisionConfig, batch: int, time_s: float) -> dict:
-    """The second convolution alone, as the fast path runs it (bf16, channels_last, oneDNN): forward and its two
-    backward passes (input and weight gradients) at the training batch. About 78% of the training FLOPs sit here, so
-    this bounds how short any training step can get on this CPU with PyTorch's convolution."""
+    """The second convolution alone, forward and its two backward passes (input and weight gradients) at the training
+    batch, both ways: PyTorch's (oneDNN's bf16 kernel, channels_last) and the fast path's (Winograd F(2x2, 3x3) with
+    the block's max-pool + ReLU fused in, fast_kernels.py; None without a C compiler). About 78% of the training
+    FLOPs sit in this convolution, so it bounds how short a training step can get on this CPU."""
     c_in, c_out = config.conv_channels[0], config.conv_channels[1]
     size = config.image_size // config.pool_size
     fmt = torch.channels_last
     x = torch.randn(batch, c_in, size, size, dtype=torch.bfloat16).contiguous(memory_format=fmt).requires_grad_(True)
-    conv = torch.nn.Conv2d(c_in, c_out, config.kernel_size, config.stride, config.padding)
-    conv = conv.to(torch.bfloat16).to(memory_format=fmt)
+    conv = torch.nn.Conv2d(c_in, c_out, config.kernel_size, config.stride, config.padding).to(memory_format=fmt)
     grad = torch.randn(batch, c_out, size, size, dtype=torch.bfloat16).contiguous(memory_format=fmt)
+    pooled_grad = grad[:, :, ::2, ::2].contiguous(memory_format=fmt)
 
-    def step():
-        out = conv(x)
+    def onednn():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x)
         torch.autograd.grad(out, [x, conv.weight, conv.bias], grad)
 
-    speed = onnx_utils.throughput(step, batch, time_s, warmup_s=min(0.5, time_s))
-    return {"batch": batch, "ms": speed["ms_per_call_p50"], "calls": speed["calls"]}
+    def winograd():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fast_kernels._WinogradConvPoolReLU.apply(x, conv.weight, conv.bias)
+        torch.autograd.grad(out, [x, conv.weight, conv.bias], pooled_grad)
+
+    warmup = min(0.5, time_s)
+    speed = onnx_utils.throughput(onednn, batch, time_s, warmup_s=warmup)
+    result = {"batch": batch, "ms": speed["ms_per_call_p50"], "calls": speed["calls"], "winograd_ms": None}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = fast_kernels.winograd_supported(x, conv)
+    if fused:
+        result["winograd_ms"] = onnx_utils.throughput(winograd, batch, time_s, warmup_s=warmup)["ms_per_call_p50"]
+    return result
 
 
 def utilisation(images_per_s: float, flops_per_image: float, peak_gflops: float | None) -> dict:
@@ -234,9 +247,15 @@ def format_markdown(r: dict) -> str:
         + ".",
         "",
         f"A fast step takes {tr['conv2_floor']['fast_step_ms']:.1f} ms; {TARGETS['train_speedup']:g}x the plain path "
-        f"allows {tr['conv2_floor']['step_ms_for_target']:.1f} ms. The second convolution alone (oneDNN, bf16, "
-        f"forward + input and weight gradients, batch {tr['conv2_floor']['batch']}) takes "
-        f"{tr['conv2_floor']['ms']:.1f} ms of it.",
+        f"allows {tr['conv2_floor']['step_ms_for_target']:.1f} ms. The second convolution alone (forward + input and "
+        f"weight gradients, batch {tr['conv2_floor']['batch']}) takes {tr['conv2_floor']['ms']:.1f} ms in oneDNN's "
+        "bf16 kernel"
+        + (
+            f", {tr['conv2_floor']['winograd_ms']:.1f} ms as the fast path runs it (Winograd F(2x2,3x3) with the "
+            "block's max-pool + ReLU fused in)."
+            if tr["conv2_floor"].get("winograd_ms")
+            else "."
+        ),
         "",
         f"### Inference ({inf['accuracy_samples']} test images for accuracy)",
         "",

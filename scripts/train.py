@@ -13,9 +13,9 @@ time, hardware).
 
 Data paths: "fast" (default) decodes MNIST once into a uint8 tensor and augments whole batches with one affine
 grid_sample, in bf16 autocast (AVX512-BF16 / AMX CPUs, CUDA) with channels_last, runs the blocks' conv/max-pool/ReLU as
-fused C kernels (minivision_hf/fast_kernels.py; same results) and keeps freed memory in the heap (glibc
-mallopt); "plain" is the seed's recipe written the obvious way (per-sample PIL torchvision transforms, fp32). Both use
-the same augmentation distributions.
+fused C kernels (minivision_hf/fast_kernels.py; the second conv as Winograd F(2x2,3x3); equal to bf16 rounding) and
+keeps freed memory in the heap (glibc mallopt); "plain" is the seed's recipe written the obvious way (per-sample PIL
+torchvision transforms, fp32). Both use the same augmentation distributions.
 """
 
 import argparse

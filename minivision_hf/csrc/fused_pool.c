@@ -1,6 +1,7 @@
 /* Fused 2x2 stride-2 max-pool + ReLU, forward and backward, for channels_last tensors (memory order N, H, W, C).
  * Built and loaded by minivision_hf/fast_kernels.py (gcc -O3 -march=native -fopenmp where available, called through
- * ctypes). Also here: the first block's fused conv + max-pool + ReLU (below).
+ * ctypes). Also here: the first block's fused conv + max-pool + ReLU, and the second block's Winograd conv with the
+ * max-pool + ReLU in its output transform (below).
  *
  * Forward: y = relu(max of each 2x2 window), and a code per output: which window input won (0..3, first maximum in
  * the order (0,0) (0,1) (1,0) (1,1), NaN wins, as PyTorch's max_pool2d) or 4 where ReLU passes no gradient (y <= 0).
