@@ -83,6 +83,9 @@ def library() -> ctypes.CDLL | None:
         lib.conv_pool_relu.restype = ctypes.c_int
         lib.winograd.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_long] * 4 + [ctypes.c_int]
         lib.winograd.restype = ctypes.c_int
+        lib.winograd_fused.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 9 + [ctypes.c_long] * 5 + [ctypes.c_int]
+        lib.winograd_fused.restype = ctypes.c_int
+        lib.winograd_fused_built.restype = ctypes.c_int
         _library, _build_flags = lib, flags
         return lib
     _build_error = f"building the fast kernels with {compiler} failed: " + " | ".join(errors)
@@ -193,12 +196,17 @@ def _winograd_weights(weight: torch.Tensor) -> torch.Tensor:
 
 def _winograd(kind: int, a, b, c, d, dbias, n: int, h: int, w: int, channels: int) -> None:
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    status = library().winograd(kind, ptr(a), ptr(b), ptr(c), ptr(d), ptr(dbias), n, h, w, channels,
-                                torch.get_num_threads())  # fmt: skip
+    _check(library().winograd(kind, ptr(a), ptr(b), ptr(c), ptr(d), ptr(dbias), n, h, w, channels,
+                              torch.get_num_threads()))  # fmt: skip
+
+
+def _check(status: int) -> None:
     if status:
-        raise RuntimeError(f"winograd kernel {kind} failed with status {status}")
+        reason = {1: "out of memory", 2: "unsupported shape"}.get(status, f"status {status}")
+        raise RuntimeError(f"Winograd kernel failed: {reason}")
 
 
+WINOGRAD_FUSED = True  # the one-pass kernels where built (AVX-512 BF16); False: transforms + torch.bmm
 WINOGRAD_CHUNK = 32  # images per pass: the chunk's Winograd-domain arrays (~5 MB at 64 channels) stay in cache
 
 
@@ -208,6 +216,17 @@ def _chunk_buffer(images: int, h: int, w: int, channels: int):
     return lambda k: flat[: 16 * k * (h // 2) * (w // 2) * channels].view(16, -1, channels)
 
 
+def winograd_fused() -> bool:
+    """Whether the one-pass Winograd kernels (own AVX-512 BF16 products, fp32 until the output transform) were built;
+    else the Winograd blocks use the transforms + torch.bmm path. WINOGRAD_FUSED = False forces the latter."""
+    return WINOGRAD_FUSED and library() is not None and bool(library().winograd_fused_built())
+
+
+def _pairs(u: torch.Tensor) -> torch.Tensor:
+    """(16, K, N) bf16 -> (16, K/2, N, 2): bf16 pairs along K, the dot-product instructions' operand layout."""
+    return u.unflatten(1, (-1, 2)).transpose(2, 3).contiguous()
+
+
 def winograd_forward(xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused forward: bf16 channels_last x (N, C_in, H, W), Winograd weights u (16, C_in, C_out) bf16, fp32 bias
     -> the pooled map (N, C_out, H/2, W/2) bf16 and its codes (which window input won, 4 where ReLU closed)."""
@@ -215,6 +234,12 @@ def winograd_forward(xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> t
     c_out = u.shape[2]
     y = _channels_last_empty((n, c_out, h // 2, w // 2), torch.bfloat16)
     code = _channels_last_empty((n, c_out, h // 2, w // 2), torch.int16)
+    if winograd_fused():
+        packed = _pairs(u)  # held here: the kernel reads it through a raw pointer
+        _check(library().winograd_fused(0, xb.data_ptr(), packed.data_ptr(), bias.data_ptr(), None, None,
+                                        y.data_ptr(), code.data_ptr(), None, None, n, h, w, c_in, c_out,
+                                        torch.get_num_threads()))  # fmt: skip
+        return y, code
     chunk = min(n, WINOGRAD_CHUNK)
     v, m = _chunk_buffer(chunk, h, w, c_in), _chunk_buffer(chunk, h, w, c_out)
     for i in range(0, n, chunk):
@@ -246,33 +271,42 @@ class _WinogradConvPoolReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         xb, u, code = ctx.saved_tensors
-        n, c_in, h, w = xb.shape
-        c_out = u.shape[2]
         grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        chunk = min(n, WINOGRAD_CHUNK)
-        v, dm, dv = (
-            _chunk_buffer(chunk, h, w, c_in),
-            _chunk_buffer(chunk, h, w, c_out),
-            _chunk_buffer(chunk, h, w, c_in),
-        )
-        du_part = torch.empty(16, c_in, c_out, dtype=torch.bfloat16)
-        du = torch.zeros(16, c_in, c_out)  # fp32 sum of the chunks' bf16 products
-        grad_bias = torch.zeros(c_out)
-        grad_x = _channels_last_empty(xb.shape, torch.bfloat16) if ctx.needs_input_grad[0] else None
-        u_t = u.transpose(1, 2).contiguous()
-        for i in range(0, n, chunk):
-            k = min(chunk, n - i)
-            vk, dmk, dvk = v(k), dm(k), dv(k)
-            _winograd(2, grad[i : i + k], code[i : i + k], dmk, None, grad_bias, k, h, w, c_out)
-            if grad_x is not None:
-                torch.bmm(dmk, u_t, out=dvk)
-                _winograd(3, dvk, None, grad_x[i : i + k], None, None, k, h, w, c_in)
-            _winograd(0, xb[i : i + k], None, vk, None, None, k, h, w, c_in)
-            du += torch.bmm(vk.transpose(1, 2), dmk, out=du_part)
+        grad_x, du, grad_bias = winograd_backward(xb, u, code, grad, ctx.needs_input_grad[0])
         with torch.autocast("cpu", enabled=False):  # fp32 transforms, as in the forward
-            grad_weight = torch.einsum("xa,yb,xyio->oiab", WINOGRAD_G, WINOGRAD_G, du.reshape(4, 4, c_in, c_out))
+            grad_weight = torch.einsum("xa,yb,xyio->oiab", WINOGRAD_G, WINOGRAD_G, du.unflatten(0, (4, 4)))
         grad_x = None if grad_x is None else grad_x.to(ctx.input_dtype)
         return grad_x, grad_weight.to(ctx.weight_dtype).contiguous(), grad_bias.to(ctx.weight_dtype)
+
+
+def winograd_backward(xb: torch.Tensor, u: torch.Tensor, code: torch.Tensor, grad: torch.Tensor, want_x: bool):
+    """The fused backward: -> (grad x (bf16, channels_last) or None, dU (16, C_in, C_out) fp32, grad bias fp32)."""
+    n, c_in, h, w = xb.shape
+    c_out = u.shape[2]
+    grad_bias = torch.zeros(c_out)
+    du = torch.zeros(16, c_in, c_out)  # fp32 sums
+    grad_x = _channels_last_empty(xb.shape, torch.bfloat16) if want_x else None
+    if winograd_fused():
+        packed = _pairs(u.transpose(1, 2))  # held here: the kernel reads it through a raw pointer
+        _check(library().winograd_fused(1, xb.data_ptr(), packed.data_ptr(), None,
+                                        grad.data_ptr(), code.data_ptr(), None if grad_x is None else grad_x.data_ptr(),
+                                        None, du.data_ptr(), grad_bias.data_ptr(), n, h, w, c_in, c_out,
+                                        torch.get_num_threads()))  # fmt: skip
+        return grad_x, du, grad_bias
+    chunk = min(n, WINOGRAD_CHUNK)
+    v, dm, dv = _chunk_buffer(chunk, h, w, c_in), _chunk_buffer(chunk, h, w, c_out), _chunk_buffer(chunk, h, w, c_in)
+    du_part = torch.empty(16, c_in, c_out, dtype=torch.bfloat16)
+    u_t = u.transpose(1, 2).contiguous()
+    for i in range(0, n, chunk):
+        k = min(chunk, n - i)
+        vk, dmk, dvk = v(k), dm(k), dv(k)
+        _winograd(2, grad[i : i + k], code[i : i + k], dmk, None, grad_bias, k, h, w, c_out)
+        if grad_x is not None:
+            torch.bmm(dmk, u_t, out=dvk)
+            _winograd(3, dvk, None, grad_x[i : i + k], None, None, k, h, w, c_in)
+        _winograd(0, xb[i : i + k], None, vk, None, None, k, h, w, c_in)
+        du += torch.bmm(vk.transpose(1, 2), dmk, out=du_part)
+    return grad_x, du, grad_bias
 
 
 def winograd_supported(x: torch.Tensor, conv: nn.Conv2d) -> bool:

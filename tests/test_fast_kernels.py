@@ -136,12 +136,17 @@ def _routed_reference(x, conv, code, grad):
     return pooled.detach(), x64.grad, w64.grad, b64.grad
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["one-pass", "bmm"])
 @pytest.mark.parametrize(
-    ("shape", "out_channels", "chunk"),
-    [((20, 32, 14, 14), 64, 32), ((5, 16, 6, 8), 32, 2)],  # whole, chunks + rest
+    ("shape", "out_channels", "chunk"), [((20, 32, 14, 14), 64, 32), ((5, 16, 6, 8), 32, 2), ((3, 48, 10, 10), 16, 2)]
 )
-def test_winograd_conv_pool_relu_matches_an_fp64_reference(monkeypatch, shape, out_channels, chunk):
+def test_winograd_conv_pool_relu_matches_an_fp64_reference(monkeypatch, fused, shape, out_channels, chunk):
+    """Both implementations: the one-pass kernels (own AVX-512 BF16 products) and transforms + torch.bmm (in chunks
+    of `chunk` images, the last one shorter). Shapes cover 64-, 32- and 16-column products and odd tile counts."""
     monkeypatch.setattr(fast_kernels, "WINOGRAD_CHUNK", chunk)
+    monkeypatch.setattr(fast_kernels, "WINOGRAD_FUSED", fused)
+    if fused and not fast_kernels.winograd_fused():
+        pytest.skip("the one-pass Winograd kernels need a compiler targeting AVX-512 BF16")
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(shape[1], out_channels, 3, 1, 1)
     x = _channels_last(*shape, dtype=torch.bfloat16).requires_grad_(True)

@@ -425,3 +425,287 @@ int winograd(int kind, const void *a, const void *b, void *c, void *d, float *db
     free(scratch);
     return 0;
 }
+
+/* ---- the same Winograd block in one pass per image, with its own bf16 matrix products (AVX-512 BF16 dot products,
+ * fp32 sums): every transformed array of an image stays in the thread's cache, the channel-mixing products are kept
+ * in fp32 until the output transform, and there is one parallel region per pass. Built where the compiler targets
+ * AVX-512 BF16 (-march=native on such a CPU); elsewhere `winograd_fused` returns -1 and fast_kernels.py uses the
+ * torch.bmm path above. */
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512F__)
+#include <immintrin.h>
+int winograd_fused_built(void) { return 1; }
+
+/* C[r][16v..] (+)= sum_k A(r, k) . B[k][16v..], over k-pairs: A(r, k) is the bf16 pair at dword A[r * lda + k * ldk],
+ * B is packed [K2][ldb dwords] (bf16 pairs along k), C rows at stride ldc (fp32). R rows x NV vectors of 16 columns. */
+#define WINOGRAD_GEMM(R, NV)                                                                                          \
+    static void gemm_##R##x##NV(const uint32_t *A, long lda, long ldk, const uint32_t *B, long ldb, long K2,         \
+                                float *C, long ldc, int accumulate) {                                               \
+        __m512 acc[R][NV];                                                                                          \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v)    \
+            acc[r][v] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16 * v) : _mm512_setzero_ps();                   \
+        for (long k = 0; k < K2; ++k) {                                                                             \
+            __m512bh b[NV];                                                                                         \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) b[v] =                                             \
+                (__m512bh)_mm512_loadu_si512(B + k * ldb + 16 * v);                                                 \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                                                   \
+                __m512bh a = (__m512bh)_mm512_set1_epi32((int)A[r * lda + k * ldk]);                                \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]); \
+            }                                                                                                       \
+        }                                                                                                           \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v)    \
+            _mm512_storeu_ps(C + r * ldc + 16 * v, acc[r][v]);                                                      \
+    }
+WINOGRAD_GEMM(4, 4)
+WINOGRAD_GEMM(8, 2)
+WINOGRAD_GEMM(8, 1)
+
+/* rows (a multiple of 8) x cols (a multiple of 16) */
+static void gemm(const uint32_t *A, long lda, long ldk, const uint32_t *B, long ldb, long K2, float *C, long ldc,
+                 long rows, long cols, int accumulate) {
+    long c0 = 0;
+    for (; c0 + 64 <= cols; c0 += 64)
+        for (long r = 0; r < rows; r += 4)
+            gemm_4x4(A + r * lda, lda, ldk, B + c0, ldb, K2, C + r * ldc + c0, ldc, accumulate);
+    for (; c0 + 32 <= cols; c0 += 32)
+        for (long r = 0; r < rows; r += 8)
+            gemm_8x2(A + r * lda, lda, ldk, B + c0, ldb, K2, C + r * ldc + c0, ldc, accumulate);
+    for (; c0 < cols; c0 += 16)
+        for (long r = 0; r < rows; r += 8)
+            gemm_8x1(A + r * lda, lda, ldk, B + c0, ldb, K2, C + r * ldc + c0, ldc, accumulate);
+}
+
+/* fp32 -> bf16 bits (low half), nearest even, in one instruction (as round_bf16_16, but denormals flush to zero) */
+static inline v16u round_bf16_native(v16f f) {
+    return (v16u)_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh((__m512)f));
+}
+static inline void store_bf16_native(uint16_t *p, v16f f) {
+    _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh((__m512)f));
+}
+static inline v16u bf16_pair(v16f lo, v16f hi) { /* dword = bf16(lo) | bf16(hi) << 16 */
+    return round_bf16_native(lo) | (round_bf16_native(hi) << 16);
+}
+
+/* The input tile transform of image n, tile t (as winograd_input): r[e][v] = (B^T d B)[e][v] for 16 channels at k. */
+static inline void input_tile(const uint16_t *x, const uint16_t *zeros, long n, long t, long H, long W, long C, long k,
+                              v16f out[16]) {
+    const long W2 = W / 2, ty = t / W2, tx = t % W2;
+    const uint16_t *p[4][4];
+    for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+            long yy = 2 * ty - 1 + a, xx = 2 * tx - 1 + b;
+            p[a][b] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x + ((n * H + yy) * W + xx) * C : zeros;
+        }
+    v16f r[4][4];
+    for (int b = 0; b < 4; ++b) {
+        v16f d0 = load_bf16_16(p[0][b] + k), d1 = load_bf16_16(p[1][b] + k);
+        v16f d2 = load_bf16_16(p[2][b] + k), d3 = load_bf16_16(p[3][b] + k);
+        r[0][b] = d0 - d2, r[1][b] = d1 + d2, r[2][b] = d2 - d1, r[3][b] = d1 - d3;
+    }
+    for (int e = 0; e < 4; ++e) {
+        out[4 * e + 0] = r[e][0] - r[e][2], out[4 * e + 1] = r[e][1] + r[e][2];
+        out[4 * e + 2] = r[e][2] - r[e][1], out[4 * e + 3] = r[e][1] - r[e][3];
+    }
+}
+
+/* dM of one tile for 16 channels at k (as winograd_output_backward); returns the gradient that passes (for dbias). */
+static inline v16f output_tile_backward(const uint16_t *grad, const int16_t *code, long at, v16f out[16]) {
+    const float a_rows[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}}; /* A^T */
+    v16i16 c16;
+    memcpy(&c16, code + at, sizeof c16);
+    v16i which = __builtin_convertvector(c16, v16i);
+    v16f g = (v16f)((v16i)load_bf16_16(grad + at) & (which < 4));
+    v16i row1 = (which >> 1) == 1, col1 = (which & 1) == 1;
+    v16f gi[4], cj[4];
+    for (int e = 0; e < 4; ++e) {
+        v16f r0 = (v16f){0} + a_rows[0][e], r1 = (v16f){0} + a_rows[1][e];
+        gi[e] = g * (v16f)(((v16i)r1 & row1) | ((v16i)r0 & ~row1));
+        cj[e] = (v16f)(((v16i)r1 & col1) | ((v16i)r0 & ~col1));
+    }
+    for (int e = 0; e < 4; ++e)
+        for (int v = 0; v < 4; ++v) out[4 * e + v] = gi[e] * cj[v];
+    return g;
+}
+
+/* Per-thread work arrays for one image: TP = tiles rounded up to a multiple of 8 (rows past the tiles stay zero). */
+typedef struct {
+    uint16_t *v;     /* (16, TP, CI) bf16: transformed input, rows = tiles (forward product's A) */
+    uint32_t *vp;    /* (16, TP/2, CI) bf16 pairs along tiles (weight-gradient product's A) */
+    float *m;        /* (16, TP, max(CI, CO)) fp32: the products (forward M, backward dV) */
+    uint16_t *dm;    /* (16, TP, CO) bf16: dM, rows = tiles (input-gradient product's A) */
+    uint32_t *dmp;   /* (16, TP/2, CO) bf16 pairs along tiles (weight-gradient product's B) */
+    float *image;    /* (H + 2, W + 2, CI) fp32: the input gradient being summed */
+    float *du;       /* (16, CI, CO) fp32: this thread's weight-gradient sum */
+    float *dbias;    /* (CO) */
+} winograd_work;
+
+static void fused_forward_image(const uint16_t *x, const uint32_t *up, const float *bias, uint16_t *y, int16_t *code,
+                                const uint16_t *zeros, winograd_work *w, long n, long H, long W, long CI, long CO,
+                                long TP) {
+    const long T = (H / 2) * (W / 2);
+    for (long t = 0; t < T; ++t)
+        for (long k = 0; k < CI; k += 16) {
+            v16f out[16];
+            input_tile(x, zeros, n, t, H, W, CI, k, out);
+            for (int e = 0; e < 16; ++e) store_bf16_native(w->v + (e * TP + t) * CI + k, out[e]);
+        }
+    for (int e = 0; e < 16; ++e)
+        gemm((const uint32_t *)(w->v + e * TP * CI), CI / 2, 1, up + e * (CI / 2) * CO, CO, CI / 2, w->m + e * TP * CO,
+             CO, TP, CO, 0);
+    for (long t = 0; t < T; ++t)
+        for (long k = 0; k < CO; k += 16) {
+            v16f m[16];
+            for (int e = 0; e < 16; ++e) m[e] = load_f32_16(w->m + (e * TP + t) * CO + k);
+            v16f s0[4], s1[4];
+            for (int v = 0; v < 4; ++v) s0[v] = m[v] + m[4 + v] + m[8 + v], s1[v] = m[4 + v] - m[8 + v] - m[12 + v];
+            v16f b = load_f32_16(bias + k);
+            v16f out[4] = {s0[0] + s0[1] + s0[2] + b, s0[1] - s0[2] - s0[3] + b, s1[0] + s1[1] + s1[2] + b,
+                           s1[1] - s1[2] - s1[3] + b};
+            v16u best = round_bf16_native(out[0]);
+            v16f top = (v16f)(best << 16);
+            v16i idx = (v16i){0};
+            for (int q = 1; q < 4; ++q) {
+                v16u bits = round_bf16_native(out[q]);
+                v16f v = (v16f)(bits << 16);
+                v16i up_ = (v > top) | (v != v);
+                top = (v16f)(((v16i)v & up_) | ((v16i)top & ~up_));
+                best = (bits & (v16u)up_) | (best & ~(v16u)up_);
+                idx = (q & up_) | (idx & ~up_);
+            }
+            v16i open = ~(top <= 0.0f);
+            const long at = (n * T + t) * CO + k;
+            store_bf16_16(y + at, best & (v16u)open);
+            v16i16 c16 = __builtin_convertvector((idx & open) | (4 & ~open), v16i16);
+            memcpy(code + at, &c16, sizeof c16);
+        }
+}
+
+static void fused_backward_image(const uint16_t *x, const uint16_t *grad, const int16_t *code, const uint32_t *utp,
+                                 uint16_t *grad_x, const uint16_t *zeros, winograd_work *w, long n, long H, long W,
+                                 long CI, long CO, long TP, int want_grad_x) {
+    const long T = (H / 2) * (W / 2), Wp = W + 2;
+    /* dM (both layouts) and the recomputed input transform (tile pairs), two tiles at a time */
+    for (long t = 0; t < T; t += 2) {
+        const int pair = t + 1 < T;
+        for (long k = 0; k < CO; k += 16) {
+            v16f d0[16], d1[16];
+            v16f g = output_tile_backward(grad, code, (n * T + t) * CO + k, d0);
+            if (pair) g += output_tile_backward(grad, code, (n * T + t + 1) * CO + k, d1);
+            else
+                for (int e = 0; e < 16; ++e) d1[e] = (v16f){0};
+            store_f32_16(w->dbias + k, load_f32_16(w->dbias + k) + g);
+            for (int e = 0; e < 16; ++e) {
+                store_bf16_16(w->dm + (e * TP + t) * CO + k, (v16u)d0[e] >> 16); /* exact: 0 or +-g */
+                if (pair) store_bf16_16(w->dm + (e * TP + t + 1) * CO + k, (v16u)d1[e] >> 16);
+                v16u both = ((v16u)d0[e] >> 16) | ((v16u)d1[e] & 0xffff0000u);
+                memcpy(w->dmp + (e * (TP / 2) + t / 2) * CO + k, &both, sizeof both);
+            }
+        }
+        for (long k = 0; k < CI; k += 16) {
+            v16f v0[16], v1[16];
+            input_tile(x, zeros, n, t, H, W, CI, k, v0);
+            if (pair) input_tile(x, zeros, n, t + 1, H, W, CI, k, v1);
+            else
+                for (int e = 0; e < 16; ++e) v1[e] = (v16f){0};
+            for (int e = 0; e < 16; ++e) {
+                v16u both = bf16_pair(v0[e], v1[e]);
+                memcpy(w->vp + (e * (TP / 2) + t / 2) * CI + k, &both, sizeof both);
+            }
+        }
+    }
+    /* dU[e] += V[e]^T dM[e] (pairs along tiles) */
+    for (int e = 0; e < 16; ++e)
+        gemm(w->vp + e * (TP / 2) * CI, 1, CI, w->dmp + e * (TP / 2) * CO, CO, TP / 2, w->du + e * CI * CO, CO, CI,
+             CO, 1);
+    if (!want_grad_x) return;
+    /* dV[e] = dM[e] U[e]^T, then grad x = sum over tiles of B dV B^T */
+    for (int e = 0; e < 16; ++e)
+        gemm((const uint32_t *)(w->dm + e * TP * CO), CO / 2, 1, utp + e * (CO / 2) * CI, CI, CO / 2,
+             w->m + e * TP * CI, CI, TP, CI, 0);
+    memset(w->image, 0, sizeof(float) * (H + 2) * Wp * CI);
+    const long W2 = W / 2;
+    for (long t = 0; t < T; ++t) {
+        const long ty = t / W2, tx = t % W2;
+        for (long k = 0; k < CI; k += 16) {
+            v16f q[4][4];
+            for (int v = 0; v < 4; ++v) {
+                v16f d0 = load_f32_16(w->m + ((0 + v) * TP + t) * CI + k);
+                v16f d1 = load_f32_16(w->m + ((4 + v) * TP + t) * CI + k);
+                v16f d2 = load_f32_16(w->m + ((8 + v) * TP + t) * CI + k);
+                v16f d3 = load_f32_16(w->m + ((12 + v) * TP + t) * CI + k);
+                q[0][v] = d0, q[1][v] = d1 - d2 + d3, q[2][v] = d1 + d2 - d0, q[3][v] = -d3;
+            }
+            for (int a = 0; a < 4; ++a) {
+                float *row = w->image + ((2 * ty + a) * Wp + 2 * tx) * CI + k;
+                v16f dd[4] = {q[a][0], q[a][1] - q[a][2] + q[a][3], q[a][1] + q[a][2] - q[a][0], -q[a][3]};
+                for (int b = 0; b < 4; ++b) store_f32_16(row + b * CI, load_f32_16(row + b * CI) + dd[b]);
+            }
+        }
+    }
+    for (long yy = 0; yy < H; ++yy)
+        for (long xx = 0; xx < W; ++xx)
+            for (long k = 0; k < CI; k += 16)
+                store_bf16_native(grad_x + ((n * H + yy) * W + xx) * CI + k,
+                                  load_f32_16(w->image + ((yy + 1) * Wp + xx + 1) * CI + k));
+}
+
+/* kind 0: forward (x, up: (16, CI/2, CO) bf16 pairs along CI, bias -> y, code); kind 1: backward (x, grad y, code,
+ * utp: (16, CO/2, CI) bf16 pairs along CO -> grad x (when grad_x is not NULL), du: (16, CI, CO) fp32 and dbias: (CO)
+ * fp32, both overwritten). Returns 0, 1 when out of memory, 2 on unsupported shapes. */
+int winograd_fused(int kind, const void *x, const void *weights, const float *bias, const void *grad, const void *code,
+                   void *out, void *out_code, float *du, float *dbias, long N, long H, long W, long CI, long CO,
+                   int threads) {
+    if (threads < 1) threads = 1;
+    if (CI % 16 || CO % 16 || H % 2 || W % 2) return 2;
+    const long T = (H / 2) * (W / 2), TP = (T + 7) / 8 * 8, CM = CI > CO ? CI : CO;
+    const size_t per_thread = sizeof(uint16_t) * 16 * TP * CI + sizeof(uint32_t) * 16 * (TP / 2) * CI +
+                              sizeof(float) * 16 * TP * CM + sizeof(uint16_t) * 16 * TP * CO +
+                              sizeof(uint32_t) * 16 * (TP / 2) * CO + sizeof(float) * (H + 2) * (W + 2) * CI +
+                              sizeof(float) * 16 * CI * CO + sizeof(float) * CO;
+    char *arena = calloc((size_t)threads, per_thread);
+    uint16_t *zeros = calloc((size_t)CI, sizeof(uint16_t));
+    if (!arena || !zeros) {
+        free(arena);
+        free(zeros);
+        return 1;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int i = 0; i < threads; ++i) {
+        char *p = arena + (size_t)i * per_thread;
+        winograd_work w;
+        w.v = (uint16_t *)p, p += sizeof(uint16_t) * 16 * TP * CI;
+        w.vp = (uint32_t *)p, p += sizeof(uint32_t) * 16 * (TP / 2) * CI;
+        w.m = (float *)p, p += sizeof(float) * 16 * TP * CM;
+        w.dm = (uint16_t *)p, p += sizeof(uint16_t) * 16 * TP * CO;
+        w.dmp = (uint32_t *)p, p += sizeof(uint32_t) * 16 * (TP / 2) * CO;
+        w.image = (float *)p, p += sizeof(float) * (H + 2) * (W + 2) * CI;
+        w.du = (float *)p, p += sizeof(float) * 16 * CI * CO;
+        w.dbias = (float *)p;
+        for (long n = N * i / threads; n < N * (i + 1) / threads; ++n) {
+            if (kind == 0) fused_forward_image(x, weights, bias, out, out_code, zeros, &w, n, H, W, CI, CO, TP);
+            else fused_backward_image(x, grad, code, weights, out, zeros, &w, n, H, W, CI, CO, TP, out != 0);
+        }
+    }
+    if (kind == 1) { /* the threads' partial sums, in thread order (deterministic) */
+        memset(du, 0, sizeof(float) * 16 * CI * CO);
+        memset(dbias, 0, sizeof(float) * CO);
+        for (int i = 0; i < threads; ++i) {
+            const char *p = arena + (size_t)i * per_thread + per_thread - sizeof(float) * (16 * CI * CO + CO);
+            const float *part_du = (const float *)p, *part_db = part_du + 16 * CI * CO;
+            for (long e = 0; e < 16 * CI * CO; ++e) du[e] += part_du[e];
+            for (long k = 0; k < CO; ++k) dbias[k] += part_db[k];
+        }
+    }
+    free(arena);
+    free(zeros);
+    return 0;
+}
+#else
+int winograd_fused_built(void) { return 0; }
+int winograd_fused(int kind, const void *x, const void *weights, const float *bias, const void *grad, const void *code,
+                   void *out, void *out_code, float *du, float *dbias, long N, long H, long W, long CI, long CO,
+                   int threads) {
+    (void)kind, (void)x, (void)weights, (void)bias, (void)grad, (void)code, (void)out, (void)out_code, (void)du;
+    (void)dbias, (void)N, (void)H, (void)W, (void)CI, (void)CO, (void)threads;
+    return -1; /* not built for AVX-512 BF16: use the torch.bmm path */
+}
+#endif
