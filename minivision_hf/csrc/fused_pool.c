@@ -170,89 +170,6 @@ typedef uint32_t v16u __attribute__((vector_size(64)));
 typedef uint16_t v16u16 __attribute__((vector_size(32)));
 typedef int16_t v16i16 __attribute__((vector_size(32)));
 
-static void backward_16_channels(const uint16_t *x, const uint16_t *grad, const int16_t *code, float *dw, long r0,
-                                 long r1, long H, long W, long C, long k0) {
-    const long H2 = H / 2, W2 = W / 2;
-    v16f acc[10] = {0};
-    for (long r = r0; r < r1; ++r) {
-        const uint16_t *img = x + (r / H2) * H * W;
-        for (long j = 0; j < W2; ++j) {
-            float patch[4][4];
-            load_patch(img, H, W, r % H2, j, patch);
-            const long at = (r * W2 + j) * C + k0;
-            v16u16 g16;
-            v16i16 c16;
-            memcpy(&g16, grad + at, sizeof g16);
-            memcpy(&c16, code + at, sizeof c16);
-            v16u bits = __builtin_convertvector(g16, v16u) << 16; /* bf16 -> fp32 bits */
-            v16i which = __builtin_convertvector(c16, v16i);      /* 0..3: the window input that won; 4: none */
-            v16f g0 = (v16f)(bits & (v16u)(which == 0)), g1 = (v16f)(bits & (v16u)(which == 1));
-            v16f g2 = (v16f)(bits & (v16u)(which == 2)), g3 = (v16f)(bits & (v16u)(which == 3));
-            for (int a = 0; a < 3; ++a)
-                for (int b = 0; b < 3; ++b)
-                    acc[3 * a + b] += g0 * patch[a][b] + g1 * patch[a][b + 1] + g2 * patch[a + 1][b] +
-                                      g3 * patch[a + 1][b + 1];
-            acc[9] += g0 + g1 + g2 + g3;
-        }
-    }
-    for (int t = 0; t < 10; ++t) memcpy(dw + t * C + k0, &acc[t], sizeof acc[t]);
-}
-
-/* Accumulates d(loss)/d(w) into dw[0 .. 9C) (tap-major) and d(loss)/d(bias) into dw[9C .. 10C). */
-static void conv_pool_relu_backward(const uint16_t *x, const uint16_t *grad, const int16_t *code, float *dw, long r0,
-                                    long r1, long H, long W, long C) {
-    if (C % 16 == 0) {
-        for (long k0 = 0; k0 < C; k0 += 16) backward_16_channels(x, grad, code, dw, r0, r1, H, W, C, k0);
-        return;
-    }
-    const long H2 = H / 2, W2 = W / 2;
-    for (long r = r0; r < r1; ++r) {
-        const uint16_t *img = x + (r / H2) * H * W;
-        for (long j = 0; j < W2; ++j) {
-            float patch[4][4];
-            load_patch(img, H, W, r % H2, j, patch);
-            const long at = (r * W2 + j) * C;
-            accumulate_window(grad + at, code + at, patch, dw, dw + C, dw + 2 * C, dw + 3 * C, dw + 4 * C,
-                              dw + 5 * C, dw + 6 * C, dw + 7 * C, dw + 8 * C, dw + 9 * C, C);
-        }
-    }
-}
-
-/* kind 0: forward (x, w, bias -> y, code); kind 1: backward (x, grad y, code -> dw: (10, C) fp32, overwritten).
- * rows = N * H/2. Each thread sums its own partial dw; the partials are added in thread order (deterministic). */
-int conv_pool_relu(int kind, const void *x, const void *w, const void *bias, const void *grad, void *y, void *code,
-                   float *dw, long rows, long H, long W, long C, int threads) {
-    if (threads < 1) threads = 1;
-    float *partial = 0;
-    if (kind == 1) {
-        partial = calloc((size_t)threads * 10 * C, sizeof(float));
-        if (!partial) return 1;
-    }
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int t = 0; t < threads; ++t) {
-        long r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
-        if (kind == 0) conv_pool_relu_forward(x, w, bias, y, code, r0, r1, H, W, C);
-        else conv_pool_relu_backward(x, grad, code, partial + (size_t)t * 10 * C, r0, r1, H, W, C);
-    }
-    if (kind == 1) {
-        memset(dw, 0, sizeof(float) * 10 * C);
-        for (int t = 0; t < threads; ++t)
-            for (long e = 0; e < 10 * C; ++e) dw[e] += partial[(size_t)t * 10 * C + e];
-        free(partial);
-    }
-    return 0;
-}
-
-/* ---- the other blocks: 3x3 convolution (stride 1, padding 1) as Winograd F(2x2, 3x3), with the 2x2 max-pool and
- * ReLU fused into its output transform (each Winograd output tile is exactly one 2x2 pooling window).
- *
- * y_tile = A^T [ (G w G^T) (.) (B^T d B) ] A over 4x4 input tiles d at stride 2 (Lavin & Gray 2016): 16 products
- * per 2x2 outputs instead of 36. The transforms run here; the 16 channel-mixing matrix products (Winograd domain,
- * bf16 in, fp32 sums) run in torch.bmm (oneDNN), which is what the convolution's 2.25x fewer multiplications buy.
- * Layouts: images NHWC; Winograd-domain arrays (16, T, C) with T = N * H/2 * W/2 tiles in (n, tile row, tile column)
- * order, which is also the pooled output's NHWC position order. Channel counts are multiples of 16 (one AVX-512
- * vector); fast_kernels.py checks it. */
-
 static inline v16f load_bf16_16(const uint16_t *p) {
     v16u16 h;
     memcpy(&h, p, sizeof h);
@@ -274,6 +191,144 @@ static inline v16f load_f32_16(const float *p) {
     return v;
 }
 static inline void store_f32_16(float *p, v16f v) { memcpy(p, &v, sizeof v); }
+
+
+/* One image, zero-padded by 1 and in fp32: the patch under a window is read without bounds checks. */
+static void pad_image(const uint16_t *img, long H, long W, float *pad) {
+    const long Wp = W + 2;
+    memset(pad, 0, sizeof(float) * (H + 2) * Wp);
+    for (long yy = 0; yy < H; ++yy)
+        for (long xx = 0; xx < W; ++xx) pad[(yy + 1) * Wp + xx + 1] = bf16_to_float(img[yy * W + xx]);
+}
+
+/* conv_pool_relu_forward for C % 16 == 0: 16 channels per vector, the 9 taps and the bias in registers, the patch
+ * from the padded image. Same operations in the same order, so the same bits. */
+static void forward_16_channels(const uint16_t *x, const float *w, const float *bias, uint16_t *y, int16_t *code,
+                                long r0, long r1, long H, long W, long C, float *pad) {
+    const long H2 = H / 2, W2 = W / 2, Wp = W + 2;
+    long current = -1;
+    for (long r = r0; r < r1; ++r) {
+        const long n = r / H2, i = r % H2;
+        if (n != current) pad_image(x + n * H * W, H, W, pad), current = n;
+        for (long k0 = 0; k0 < C; k0 += 16) {
+            v16f taps[9];
+            for (int t = 0; t < 9; ++t) taps[t] = load_f32_16(w + t * C + k0);
+            const v16f b = load_f32_16(bias + k0);
+            for (long j = 0; j < W2; ++j) {
+                const float *p = pad + 2 * i * Wp + 2 * j;
+                v16u best = {0};
+                v16f top = {0};
+                v16i idx = {0};
+                for (int q = 0; q < 4; ++q) {
+                    const float *pq = p + (q >> 1) * Wp + (q & 1);
+                    v16f acc = {0};
+                    for (int t = 0; t < 9; ++t) acc += taps[t] * pq[(t / 3) * Wp + t % 3];
+                    v16u bits = round_bf16_16(acc + b);
+                    v16f v = (v16f)(bits << 16);
+                    v16i up = q == 0 ? ~(v16i){0} : (v > top) | (v != v);
+                    top = (v16f)(((v16i)v & up) | ((v16i)top & ~up));
+                    best = (bits & (v16u)up) | (best & ~(v16u)up);
+                    idx = (q & up) | (idx & ~up);
+                }
+                v16i open = ~(top <= 0.0f);
+                const long at = (r * W2 + j) * C + k0;
+                store_bf16_16(y + at, best & (v16u)open);
+                v16i16 c16 = __builtin_convertvector((idx & open) | (4 & ~open), v16i16);
+                memcpy(code + at, &c16, sizeof c16);
+            }
+        }
+    }
+}
+
+static void backward_16_channels(const uint16_t *x, const uint16_t *grad, const int16_t *code, float *dw, long r0,
+                                 long r1, long H, long W, long C, long k0, float *pad) {
+    const long H2 = H / 2, W2 = W / 2, Wp = W + 2;
+    v16f acc[10] = {0};
+    long current = -1;
+    for (long r = r0; r < r1; ++r) {
+        const long n = r / H2, i = r % H2;
+        if (n != current) pad_image(x + n * H * W, H, W, pad), current = n;
+        for (long j = 0; j < W2; ++j) {
+            const float *p = pad + 2 * i * Wp + 2 * j;
+            const long at = (r * W2 + j) * C + k0;
+            v16u16 g16;
+            v16i16 c16;
+            memcpy(&g16, grad + at, sizeof g16);
+            memcpy(&c16, code + at, sizeof c16);
+            v16u bits = __builtin_convertvector(g16, v16u) << 16; /* bf16 -> fp32 bits */
+            v16i which = __builtin_convertvector(c16, v16i);      /* 0..3: the window input that won; 4: none */
+            v16f g0 = (v16f)(bits & (v16u)(which == 0)), g1 = (v16f)(bits & (v16u)(which == 1));
+            v16f g2 = (v16f)(bits & (v16u)(which == 2)), g3 = (v16f)(bits & (v16u)(which == 3));
+            for (int a = 0; a < 3; ++a)
+                for (int b = 0; b < 3; ++b) {
+                    const float *q = p + a * Wp + b;
+                    acc[3 * a + b] += g0 * q[0] + g1 * q[1] + g2 * q[Wp] + g3 * q[Wp + 1];
+                }
+            acc[9] += g0 + g1 + g2 + g3;
+        }
+    }
+    for (int t = 0; t < 10; ++t) memcpy(dw + t * C + k0, &acc[t], sizeof acc[t]);
+}
+
+/* Accumulates d(loss)/d(w) into dw[0 .. 9C) (tap-major) and d(loss)/d(bias) into dw[9C .. 10C). */
+static void conv_pool_relu_backward(const uint16_t *x, const uint16_t *grad, const int16_t *code, float *dw, long r0,
+                                    long r1, long H, long W, long C, float *pad) {
+    if (C % 16 == 0) {
+        for (long k0 = 0; k0 < C; k0 += 16) backward_16_channels(x, grad, code, dw, r0, r1, H, W, C, k0, pad);
+        return;
+    }
+    const long H2 = H / 2, W2 = W / 2;
+    for (long r = r0; r < r1; ++r) {
+        const uint16_t *img = x + (r / H2) * H * W;
+        for (long j = 0; j < W2; ++j) {
+            float patch[4][4];
+            load_patch(img, H, W, r % H2, j, patch);
+            const long at = (r * W2 + j) * C;
+            accumulate_window(grad + at, code + at, patch, dw, dw + C, dw + 2 * C, dw + 3 * C, dw + 4 * C,
+                              dw + 5 * C, dw + 6 * C, dw + 7 * C, dw + 8 * C, dw + 9 * C, C);
+        }
+    }
+}
+
+/* kind 0: forward (x, w, bias -> y, code); kind 1: backward (x, grad y, code -> dw: (10, C) fp32, overwritten).
+ * rows = N * H/2. Each thread sums its own partial dw; the partials are added in thread order (deterministic). */
+int conv_pool_relu(int kind, const void *x, const void *w, const void *bias, const void *grad, void *y, void *code,
+                   float *dw, long rows, long H, long W, long C, int threads) {
+    if (threads < 1) threads = 1;
+    float *partial = 0, *pads = malloc(sizeof(float) * threads * (H + 2) * (W + 2));
+    if (kind == 1) partial = calloc((size_t)threads * 10 * C, sizeof(float));
+    if (!pads || (kind == 1 && !partial)) {
+        free(pads);
+        free(partial);
+        return 1;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; ++t) {
+        long r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
+        float *pad = pads + (size_t)t * (H + 2) * (W + 2);
+        if (kind == 0 && C % 16 == 0) forward_16_channels(x, w, bias, y, code, r0, r1, H, W, C, pad);
+        else if (kind == 0) conv_pool_relu_forward(x, w, bias, y, code, r0, r1, H, W, C);
+        else conv_pool_relu_backward(x, grad, code, partial + (size_t)t * 10 * C, r0, r1, H, W, C, pad);
+    }
+    if (kind == 1) {
+        memset(dw, 0, sizeof(float) * 10 * C);
+        for (int t = 0; t < threads; ++t)
+            for (long e = 0; e < 10 * C; ++e) dw[e] += partial[(size_t)t * 10 * C + e];
+        free(partial);
+    }
+    free(pads);
+    return 0;
+}
+
+/* ---- the other blocks: 3x3 convolution (stride 1, padding 1) as Winograd F(2x2, 3x3), with the 2x2 max-pool and
+ * ReLU fused into its output transform (each Winograd output tile is exactly one 2x2 pooling window).
+ *
+ * y_tile = A^T [ (G w G^T) (.) (B^T d B) ] A over 4x4 input tiles d at stride 2 (Lavin & Gray 2016): 16 products
+ * per 2x2 outputs instead of 36. The transforms run here; the 16 channel-mixing matrix products (Winograd domain,
+ * bf16 in, fp32 sums) run in torch.bmm (oneDNN), which is what the convolution's 2.25x fewer multiplications buy.
+ * Layouts: images NHWC; Winograd-domain arrays (16, T, C) with T = N * H/2 * W/2 tiles in (n, tile row, tile column)
+ * order, which is also the pooled output's NHWC position order. Channel counts are multiples of 16 (one AVX-512
+ * vector); fast_kernels.py checks it. */
 
 /* V = B^T d B for tiles t0..t1: x (N, H, W, C) bf16 -> V (16, T, C) bf16. */
 static void winograd_input(const uint16_t *x, uint16_t *V, const uint16_t *zeros, long t0, long t1, long T, long H,
