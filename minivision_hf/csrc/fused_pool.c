@@ -513,20 +513,29 @@ int winograd_fused_built(void) { return 1; }
 WINOGRAD_GEMM(4, 4)
 WINOGRAD_GEMM(8, 2)
 WINOGRAD_GEMM(8, 1)
+WINOGRAD_GEMM(1, 4)
+WINOGRAD_GEMM(1, 2)
+WINOGRAD_GEMM(1, 1)
 
-/* rows (a multiple of 8) x cols (a multiple of 16) */
+/* rows x cols (a multiple of 16): blocks of 4 or 8 rows, the rest one row at a time */
 static void gemm(const uint32_t *A, long lda, long ldk, const uint32_t *B, long ldb, long K2, float *C, long ldc,
                  long rows, long cols, int accumulate) {
-    long c0 = 0;
-    for (; c0 + 64 <= cols; c0 += 64)
-        for (long r = 0; r < rows; r += 4)
+    long c0 = 0, r;
+    for (; c0 + 64 <= cols; c0 += 64) {
+        for (r = 0; r + 4 <= rows; r += 4)
             gemm_4x4(A + r * lda, lda, ldk, B + c0, ldb, K2, C + r * ldc + c0, ldc, accumulate);
-    for (; c0 + 32 <= cols; c0 += 32)
-        for (long r = 0; r < rows; r += 8)
+        for (; r < rows; ++r) gemm_1x4(A + r * lda, lda, ldk, B + c0, ldb, K2, C + r * ldc + c0, ldc, accumulate);
+    }
+    for (; c0 + 32 <= cols; c0 += 32) {
+        for (r = 0; r + 8 <= rows; r += 8)
             gemm_8x2(A + r * lda, lda, ldk, B + c0, ldb, K2, C + r * ldc + c0, ldc, accumulate);
-    for (; c0 < cols; c0 += 16)
-        for (long r = 0; r < rows; r += 8)
+        for (; r < rows; ++r) gemm_1x2(A + r * lda, lda, ldk, B + c0, ldb, K2, C + r * ldc + c0, ldc, accumulate);
+    }
+    for (; c0 < cols; c0 += 16) {
+        for (r = 0; r + 8 <= rows; r += 8)
             gemm_8x1(A + r * lda, lda, ldk, B + c0, ldb, K2, C + r * ldc + c0, ldc, accumulate);
+        for (; r < rows; ++r) gemm_1x1(A + r * lda, lda, ldk, B + c0, ldb, K2, C + r * ldc + c0, ldc, accumulate);
+    }
 }
 
 /* fp32 -> bf16 bits (low half), nearest even, in one instruction (as round_bf16_16, but denormals flush to zero) */
@@ -605,7 +614,7 @@ static void fused_forward_image(const uint16_t *x, const uint32_t *up, const flo
         }
     for (int e = 0; e < 16; ++e)
         gemm((const uint32_t *)(w->v + e * TP * CI), CI / 2, 1, up + e * (CI / 2) * CO, CO, CI / 2, w->m + e * TP * CO,
-             CO, TP, CO, 0);
+             CO, T, CO, 0);
     for (long t = 0; t < T; ++t)
         for (long k = 0; k < CO; k += 16) {
             v16f m[16];
@@ -669,13 +678,13 @@ static void fused_backward_image(const uint16_t *x, const uint16_t *grad, const 
     }
     /* dU[e] += V[e]^T dM[e] (pairs along tiles) */
     for (int e = 0; e < 16; ++e)
-        gemm(w->vp + e * (TP / 2) * CI, 1, CI, w->dmp + e * (TP / 2) * CO, CO, TP / 2, w->du + e * CI * CO, CO, CI,
-             CO, 1);
+        gemm(w->vp + e * (TP / 2) * CI, 1, CI, w->dmp + e * (TP / 2) * CO, CO, (T + 1) / 2, w->du + e * CI * CO, CO,
+             CI, CO, 1);
     if (!want_grad_x) return;
     /* dV[e] = dM[e] U[e]^T, then grad x = sum over tiles of B dV B^T */
     for (int e = 0; e < 16; ++e)
         gemm((const uint32_t *)(w->dm + e * TP * CO), CO / 2, 1, utp + e * (CO / 2) * CI, CI, CO / 2,
-             w->m + e * TP * CI, CI, TP, CI, 0);
+             w->m + e * TP * CI, CI, T, CI, 0);
     memset(w->image, 0, sizeof(float) * (H + 2) * Wp * CI);
     const long W2 = W / 2;
     for (long t = 0; t < T; ++t) {
