@@ -6,11 +6,13 @@ on the fast path). Same parameters, same saved files; only how the work is done 
     map, weight gradients summed in registers. Forward bit-identical to PyTorch's bf16-autocast conv + max_pool2d +
     ReLU; gradients equal to bf16 rounding (the kernel sums in fp32).
   - a conv with 16k input and output channels (the second block) as Winograd F(2x2, 3x3): 16 products per 2x2
-    outputs instead of 36. The C kernels do the tile transforms, torch.bmm (oneDNN, bf16 in, fp32 sums) the 16
-    channel-mixing products; each 2x2 output tile is exactly one pooling window, so max-pool and ReLU happen in the
-    output transform and the full-resolution map is never written. Batches go through in chunks of WINOGRAD_CHUNK
-    images, so the transformed arrays stay in cache. bf16 numerics, not bit-identical to oneDNN's direct conv: within
-    bf16 rounding of an exact (fp64) reference, tested. `winograd=False` keeps PyTorch's conv there.
+    outputs instead of 36. Each 2x2 output tile is exactly one pooling window, so max-pool and ReLU happen in the
+    output transform and the full-resolution map is never written. Where the compiler targets AVX-512 BF16, each
+    image goes through in one pass on its thread (`winograd_fused`): tile transforms, the 16 channel-mixing products
+    as bf16 dot products with fp32 sums (kept in fp32 until the output transform), all in cache. Elsewhere the C
+    kernels do the transforms and torch.bmm the products, in chunks of WINOGRAD_CHUNK images. bf16 numerics, not
+    bit-identical to oneDNN's direct conv: within bf16 rounding of an exact (fp64) reference, tested.
+    `winograd=False` keeps PyTorch's conv there.
 - `FusedMaxPoolReLU`: max-pool + ReLU in one pass each way (the fallback for convs the kernels do not take). PyTorch's
   eager max-pool writes int64 indices (as large as the bf16 input), its backward zero-fills and scatters the full-size
   gradient, and ReLU adds two more passes; here the forward writes the pooled map and a code per output (which of the

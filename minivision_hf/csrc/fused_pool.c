@@ -181,6 +181,15 @@ static inline v16u round_bf16_16(v16f f) { /* fp32 -> bf16 bits (in the low half
     v16i nan = (v16i)((u & 0x7fffffffu) > 0x7f800000u);
     return ((v16u)nan & ((u >> 16) | 0x40u)) | (~(v16u)nan & rounded);
 }
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+/* round_bf16_16 in one instruction (vcvtneps2bf16: nearest even; denormals flush to zero, as in oneDNN's bf16) */
+static inline v16u round_bf16_fast(v16f f) {
+    return (v16u)_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh((__m512)f));
+}
+#else
+#define round_bf16_fast round_bf16_16
+#endif
 static inline void store_bf16_16(uint16_t *p, v16u bits) {
     v16u16 h = __builtin_convertvector(bits, v16u16);
     memcpy(p, &h, sizeof h);
@@ -223,7 +232,7 @@ static void forward_16_channels(const uint16_t *x, const float *w, const float *
                     const float *pq = p + (q >> 1) * Wp + (q & 1);
                     v16f acc = {0};
                     for (int t = 0; t < 9; ++t) acc += taps[t] * pq[(t / 3) * Wp + t % 3];
-                    v16u bits = round_bf16_16(acc + b);
+                    v16u bits = round_bf16_fast(acc + b);
                     v16f v = (v16f)(bits << 16);
                     v16i up = q == 0 ? ~(v16i){0} : (v > top) | (v != v);
                     top = (v16f)(((v16i)v & up) | ((v16i)top & ~up));
@@ -538,15 +547,11 @@ static void gemm(const uint32_t *A, long lda, long ldk, const uint32_t *B, long 
     }
 }
 
-/* fp32 -> bf16 bits (low half), nearest even, in one instruction (as round_bf16_16, but denormals flush to zero) */
-static inline v16u round_bf16_native(v16f f) {
-    return (v16u)_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh((__m512)f));
-}
 static inline void store_bf16_native(uint16_t *p, v16f f) {
     _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh((__m512)f));
 }
 static inline v16u bf16_pair(v16f lo, v16f hi) { /* dword = bf16(lo) | bf16(hi) << 16 */
-    return round_bf16_native(lo) | (round_bf16_native(hi) << 16);
+    return round_bf16_fast(lo) | (round_bf16_fast(hi) << 16);
 }
 
 /* The input tile transform of image n, tile t (as winograd_input): r[e][v] = (B^T d B)[e][v] for 16 channels at k. */
@@ -624,11 +629,11 @@ static void fused_forward_image(const uint16_t *x, const uint32_t *up, const flo
             v16f b = load_f32_16(bias + k);
             v16f out[4] = {s0[0] + s0[1] + s0[2] + b, s0[1] - s0[2] - s0[3] + b, s1[0] + s1[1] + s1[2] + b,
                            s1[1] - s1[2] - s1[3] + b};
-            v16u best = round_bf16_native(out[0]);
+            v16u best = round_bf16_fast(out[0]);
             v16f top = (v16f)(best << 16);
             v16i idx = (v16i){0};
             for (int q = 1; q < 4; ++q) {
-                v16u bits = round_bf16_native(out[q]);
+                v16u bits = round_bf16_fast(out[q]);
                 v16f v = (v16f)(bits << 16);
                 v16i up_ = (v > top) | (v != v);
                 top = (v16f)(((v16i)v & up_) | ((v16i)top & ~up_));
