@@ -502,8 +502,8 @@ int winograd_fused_built(void) { return 1; }
 /* C[r][16v..] (+)= sum_k A(r, k) . B[k][16v..], over k-pairs: A(r, k) is the bf16 pair at dword A[r * lda + k * ldk],
  * B is packed [K2][ldb dwords] (bf16 pairs along k), C rows at stride ldc (fp32). R rows x NV vectors of 16 columns. */
 #define WINOGRAD_GEMM(R, NV)                                                                                          \
-    static void gemm_##R##x##NV(const uint32_t *A, long lda, long ldk, const uint32_t *B, long ldb, long K2,         \
-                                float *C, long ldc, int accumulate) {                                               \
+    static __attribute__((noinline)) void gemm_##R##x##NV(const uint32_t *A, long lda, long ldk, const uint32_t *B,   \
+                                                          long ldb, long K2, float *C, long ldc, int accumulate) {  \
         __m512 acc[R][NV];                                                                                          \
         _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v)    \
             acc[r][v] = accumulate ? _mm512_loadu_ps(C + r * ldc + 16 * v) : _mm512_setzero_ps();                   \
@@ -554,20 +554,23 @@ static inline v16u bf16_pair(v16f lo, v16f hi) { /* dword = bf16(lo) | bf16(hi) 
     return round_bf16_fast(lo) | (round_bf16_fast(hi) << 16);
 }
 
-/* The input tile transform of image n, tile t (as winograd_input): r[e][v] = (B^T d B)[e][v] for 16 channels at k. */
-static inline void input_tile(const uint16_t *x, const uint16_t *zeros, long n, long t, long H, long W, long C, long k,
-                              v16f out[16]) {
+/* The 16 input rows under image n's tile t (zeros outside the image), for input_tile. */
+static inline void tile_pointers(const uint16_t *x, const uint16_t *zeros, long n, long t, long H, long W, long C,
+                                 const uint16_t *p[16]) {
     const long W2 = W / 2, ty = t / W2, tx = t % W2;
-    const uint16_t *p[4][4];
     for (int a = 0; a < 4; ++a)
         for (int b = 0; b < 4; ++b) {
             long yy = 2 * ty - 1 + a, xx = 2 * tx - 1 + b;
-            p[a][b] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x + ((n * H + yy) * W + xx) * C : zeros;
+            p[4 * a + b] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x + ((n * H + yy) * W + xx) * C : zeros;
         }
+}
+
+/* The input tile transform (as winograd_input): out[4e + v] = (B^T d B)[e][v] for 16 channels at k. */
+static inline void input_tile(const uint16_t *const p[16], long k, v16f out[16]) {
     v16f r[4][4];
     for (int b = 0; b < 4; ++b) {
-        v16f d0 = load_bf16_16(p[0][b] + k), d1 = load_bf16_16(p[1][b] + k);
-        v16f d2 = load_bf16_16(p[2][b] + k), d3 = load_bf16_16(p[3][b] + k);
+        v16f d0 = load_bf16_16(p[b] + k), d1 = load_bf16_16(p[4 + b] + k);
+        v16f d2 = load_bf16_16(p[8 + b] + k), d3 = load_bf16_16(p[12 + b] + k);
         r[0][b] = d0 - d2, r[1][b] = d1 + d2, r[2][b] = d2 - d1, r[3][b] = d1 - d3;
     }
     for (int e = 0; e < 4; ++e) {
@@ -611,12 +614,15 @@ static void fused_forward_image(const uint16_t *x, const uint32_t *up, const flo
                                 const uint16_t *zeros, winograd_work *w, long n, long H, long W, long CI, long CO,
                                 long TP) {
     const long T = (H / 2) * (W / 2);
-    for (long t = 0; t < T; ++t)
+    for (long t = 0; t < T; ++t) {
+        const uint16_t *p[16];
+        tile_pointers(x, zeros, n, t, H, W, CI, p);
         for (long k = 0; k < CI; k += 16) {
             v16f out[16];
-            input_tile(x, zeros, n, t, H, W, CI, k, out);
+            input_tile(p, k, out);
             for (int e = 0; e < 16; ++e) store_bf16_native(w->v + (e * TP + t) * CI + k, out[e]);
         }
+    }
     for (int e = 0; e < 16; ++e)
         gemm((const uint32_t *)(w->v + e * TP * CI), CI / 2, 1, up + e * (CI / 2) * CO, CO, CI / 2, w->m + e * TP * CO,
              CO, T, CO, 0);
@@ -669,10 +675,13 @@ static void fused_backward_image(const uint16_t *x, const uint16_t *grad, const 
                 memcpy(w->dmp + (e * (TP / 2) + t / 2) * CO + k, &both, sizeof both);
             }
         }
+        const uint16_t *p0[16], *p1[16];
+        tile_pointers(x, zeros, n, t, H, W, CI, p0);
+        if (pair) tile_pointers(x, zeros, n, t + 1, H, W, CI, p1);
         for (long k = 0; k < CI; k += 16) {
             v16f v0[16], v1[16];
-            input_tile(x, zeros, n, t, H, W, CI, k, v0);
-            if (pair) input_tile(x, zeros, n, t + 1, H, W, CI, k, v1);
+            input_tile(p0, k, v0);
+            if (pair) input_tile(p1, k, v1);
             else
                 for (int e = 0; e < 16; ++e) v1[e] = (v16f){0};
             for (int e = 0; e < 16; ++e) {
