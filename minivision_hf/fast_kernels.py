@@ -326,13 +326,10 @@ def winograd_supported(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     )
 
 
-def winograd_conv(conv: nn.Module) -> bool:
-    """Whether `conv` has the shape the Winograd kernel takes: 3x3, stride 1, padding 1, with bias, C_in and C_out
-    multiples of 16."""
+def _same_3x3(conv: nn.Module) -> bool:
+    """A 3x3, stride-1, zero-padding-1 convolution with bias: what every fused conv kernel here computes."""
     return (
         isinstance(conv, nn.Conv2d)
-        and conv.in_channels % 16 == 0
-        and conv.out_channels % 16 == 0
         and conv.kernel_size == (3, 3)
         and conv.stride == (1, 1)
         and conv.padding == (1, 1)
@@ -341,6 +338,12 @@ def winograd_conv(conv: nn.Module) -> bool:
         and conv.bias is not None
         and conv.padding_mode == "zeros"
     )
+
+
+def winograd_conv(conv: nn.Module) -> bool:
+    """Whether `conv` has the shape the Winograd kernel takes: 3x3, stride 1, padding 1, with bias, C_in and C_out
+    multiples of 16."""
+    return _same_3x3(conv) and conv.in_channels % 16 == 0 and conv.out_channels % 16 == 0
 
 
 def conv_supported(x: torch.Tensor, conv: nn.Conv2d) -> bool:
@@ -356,13 +359,7 @@ def conv_supported(x: torch.Tensor, conv: nn.Conv2d) -> bool:
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
         and conv.in_channels == 1
-        and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
-        and conv.padding == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.bias is not None
-        and conv.padding_mode == "zeros"
+        and _same_3x3(conv)
         and library() is not None
     )
 

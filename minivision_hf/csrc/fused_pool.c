@@ -201,6 +201,94 @@ static inline v16f load_f32_16(const float *p) {
 }
 static inline void store_f32_16(float *p, v16f v) { memcpy(p, &v, sizeof v); }
 
+/* Rounds the 4 conv outputs of a 2x2 window to bf16 and stores relu(max) and its code (as pool_relu: first maximum,
+ * NaN wins, 4 where ReLU closes). */
+static inline void pool_relu_16(const v16f out[4], uint16_t *y, int16_t *code) {
+    v16u best = round_bf16_fast(out[0]);
+    v16f top = (v16f)(best << 16);
+    v16i idx = (v16i){0};
+    for (int q = 1; q < 4; ++q) {
+        v16u bits = round_bf16_fast(out[q]);
+        v16f v = (v16f)(bits << 16);
+        v16i up = (v > top) | (v != v);
+        top = (v16f)(((v16i)v & up) | ((v16i)top & ~up));
+        best = (bits & (v16u)up) | (best & ~(v16u)up);
+        idx = (q & up) | (idx & ~up);
+    }
+    v16i open = ~(top <= 0.0f); /* ReLU keeps it (and its gradient) unless <= 0; NaN passes */
+    store_bf16_16(y, best & (v16u)open);
+    v16i16 c16 = __builtin_convertvector((idx & open) | (4 & ~open), v16i16);
+    memcpy(code, &c16, sizeof c16);
+}
+
+/* Winograd output transform of one tile for 16 channels: A^T M A + bias, then pool_relu_16. */
+static inline void output_tile(const v16f m[16], v16f bias, uint16_t *y, int16_t *code) {
+    v16f s0[4], s1[4];
+    for (int v = 0; v < 4; ++v) s0[v] = m[v] + m[4 + v] + m[8 + v], s1[v] = m[4 + v] - m[8 + v] - m[12 + v];
+    v16f out[4] = {s0[0] + s0[1] + s0[2] + bias, s0[1] - s0[2] - s0[3] + bias, s1[0] + s1[1] + s1[2] + bias,
+                   s1[1] - s1[2] - s1[3] + bias}; /* window order (0,0) (0,1) (1,0) (1,1) */
+    pool_relu_16(out, y, code);
+}
+
+/* The 16 input rows under image n's tile t (zeros outside the image), for input_tile. */
+static inline void tile_pointers(const uint16_t *x, const uint16_t *zeros, long n, long t, long H, long W, long C,
+                                 const uint16_t *p[16]) {
+    const long W2 = W / 2, ty = t / W2, tx = t % W2;
+    for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+            long yy = 2 * ty - 1 + a, xx = 2 * tx - 1 + b;
+            p[4 * a + b] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x + ((n * H + yy) * W + xx) * C : zeros;
+        }
+}
+
+/* The input tile transform (as winograd_input): out[4e + v] = (B^T d B)[e][v] for 16 channels at k. */
+static inline void input_tile(const uint16_t *const p[16], long k, v16f out[16]) {
+    v16f r[4][4];
+    for (int b = 0; b < 4; ++b) {
+        v16f d0 = load_bf16_16(p[b] + k), d1 = load_bf16_16(p[4 + b] + k);
+        v16f d2 = load_bf16_16(p[8 + b] + k), d3 = load_bf16_16(p[12 + b] + k);
+        r[0][b] = d0 - d2, r[1][b] = d1 + d2, r[2][b] = d2 - d1, r[3][b] = d1 - d3;
+    }
+    for (int e = 0; e < 4; ++e) {
+        out[4 * e + 0] = r[e][0] - r[e][2], out[4 * e + 1] = r[e][1] + r[e][2];
+        out[4 * e + 2] = r[e][2] - r[e][1], out[4 * e + 3] = r[e][1] - r[e][3];
+    }
+}
+
+/* Backward of input_tile: adds B dV B^T (dV: d[4e + v] for 16 channels) to the tile's 4x4 input window, whose top-left
+ * element is at `at` in an fp32 image of row stride `row` (floats) and C channels. */
+static inline void input_tile_backward(const v16f d[16], float *at, long row, long C) {
+    v16f q[4][4];
+    for (int v = 0; v < 4; ++v) /* B dV: along the rows */
+        q[0][v] = d[v], q[1][v] = d[4 + v] - d[8 + v] + d[12 + v], q[2][v] = d[4 + v] + d[8 + v] - d[v],
+        q[3][v] = -d[12 + v];
+    for (int a = 0; a < 4; ++a) { /* (B dV) B^T: along the columns */
+        float *r = at + a * row;
+        v16f dd[4] = {q[a][0], q[a][1] - q[a][2] + q[a][3], q[a][1] + q[a][2] - q[a][0], -q[a][3]};
+        for (int b = 0; b < 4; ++b) store_f32_16(r + b * C, load_f32_16(r + b * C) + dd[b]);
+    }
+}
+
+/* dM of one tile for 16 channels at k (as winograd_output_backward); returns the gradient that passes (for dbias). */
+static inline v16f output_tile_backward(const uint16_t *grad, const int16_t *code, long at, v16f out[16]) {
+    const float a_rows[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}}; /* A^T */
+    v16i16 c16;
+    memcpy(&c16, code + at, sizeof c16);
+    v16i which = __builtin_convertvector(c16, v16i);
+    v16f g = (v16f)((v16i)load_bf16_16(grad + at) & (which < 4));
+    v16i row1 = (which >> 1) == 1, col1 = (which & 1) == 1;
+    v16f gi[4], cj[4];
+    for (int e = 0; e < 4; ++e) {
+        v16f r0 = (v16f){0} + a_rows[0][e], r1 = (v16f){0} + a_rows[1][e];
+        gi[e] = g * (v16f)(((v16i)r1 & row1) | ((v16i)r0 & ~row1));
+        cj[e] = (v16f)(((v16i)r1 & col1) | ((v16i)r0 & ~col1));
+    }
+    for (int e = 0; e < 4; ++e)
+        for (int v = 0; v < 4; ++v) out[4 * e + v] = gi[e] * cj[v];
+    return g;
+}
+
+
 
 /* One image, zero-padded by 1 and in fp32: the patch under a window is read without bounds checks. */
 static void pad_image(const uint16_t *img, long H, long W, float *pad) {
@@ -225,25 +313,15 @@ static void forward_16_channels(const uint16_t *x, const float *w, const float *
             const v16f b = load_f32_16(bias + k0);
             for (long j = 0; j < W2; ++j) {
                 const float *p = pad + 2 * i * Wp + 2 * j;
-                v16u best = {0};
-                v16f top = {0};
-                v16i idx = {0};
+                v16f out[4];
                 for (int q = 0; q < 4; ++q) {
                     const float *pq = p + (q >> 1) * Wp + (q & 1);
                     v16f acc = {0};
                     for (int t = 0; t < 9; ++t) acc += taps[t] * pq[(t / 3) * Wp + t % 3];
-                    v16u bits = round_bf16_fast(acc + b);
-                    v16f v = (v16f)(bits << 16);
-                    v16i up = q == 0 ? ~(v16i){0} : (v > top) | (v != v);
-                    top = (v16f)(((v16i)v & up) | ((v16i)top & ~up));
-                    best = (bits & (v16u)up) | (best & ~(v16u)up);
-                    idx = (q & up) | (idx & ~up);
+                    out[q] = acc + b;
                 }
-                v16i open = ~(top <= 0.0f);
                 const long at = (r * W2 + j) * C + k0;
-                store_bf16_16(y + at, best & (v16u)open);
-                v16i16 c16 = __builtin_convertvector((idx & open) | (4 & ~open), v16i16);
-                memcpy(code + at, &c16, sizeof c16);
+                pool_relu_16(out, y + at, code + at);
             }
         }
     }
@@ -342,29 +420,14 @@ int conv_pool_relu(int kind, const void *x, const void *w, const void *bias, con
 /* V = B^T d B for tiles t0..t1: x (N, H, W, C) bf16 -> V (16, T, C) bf16. */
 static void winograd_input(const uint16_t *x, uint16_t *V, const uint16_t *zeros, long t0, long t1, long T, long H,
                            long W, long C) {
-    const long H2 = H / 2, W2 = W / 2;
+    const long tiles = (H / 2) * (W / 2);
     for (long t = t0; t < t1; ++t) {
-        const long n = t / (H2 * W2), ty = t / W2 % H2, tx = t % W2;
-        const uint16_t *p[4][4];
-        for (int a = 0; a < 4; ++a)
-            for (int b = 0; b < 4; ++b) {
-                long yy = 2 * ty - 1 + a, xx = 2 * tx - 1 + b;
-                p[a][b] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x + ((n * H + yy) * W + xx) * C : zeros;
-            }
+        const uint16_t *p[16];
+        tile_pointers(x, zeros, t / tiles, t % tiles, H, W, C, p);
         for (long k = 0; k < C; k += 16) {
-            v16f r[4][4];
-            for (int b = 0; b < 4; ++b) { /* B^T d: along the rows */
-                v16f d0 = load_bf16_16(p[0][b] + k), d1 = load_bf16_16(p[1][b] + k);
-                v16f d2 = load_bf16_16(p[2][b] + k), d3 = load_bf16_16(p[3][b] + k);
-                r[0][b] = d0 - d2, r[1][b] = d1 + d2, r[2][b] = d2 - d1, r[3][b] = d1 - d3;
-            }
-            for (int e = 0; e < 4; ++e) { /* (B^T d) B: along the columns */
-                uint16_t *out = V + (4 * e * T + t) * C + k;
-                store_bf16_16(out, round_bf16_16(r[e][0] - r[e][2]));
-                store_bf16_16(out + T * C, round_bf16_16(r[e][1] + r[e][2]));
-                store_bf16_16(out + 2 * T * C, round_bf16_16(r[e][2] - r[e][1]));
-                store_bf16_16(out + 3 * T * C, round_bf16_16(r[e][1] - r[e][3]));
-            }
+            v16f out[16];
+            input_tile(p, k, out);
+            for (int e = 0; e < 16; ++e) store_bf16_16(V + (e * T + t) * C + k, round_bf16_fast(out[e]));
         }
     }
 }
@@ -372,58 +435,24 @@ static void winograd_input(const uint16_t *x, uint16_t *V, const uint16_t *zeros
 /* M (16, T, C) bf16 -> y = relu(max over the tile of bf16(A^T M A + bias)) (T, C) bf16 and its code (as pool_relu). */
 static void winograd_output_pool_relu(const uint16_t *M, const float *bias, uint16_t *y, int16_t *code, long t0,
                                       long t1, long T, long C) {
-    for (long t = t0; t < t1; ++t) {
+    for (long t = t0; t < t1; ++t)
         for (long k = 0; k < C; k += 16) {
             v16f m[16];
             for (int e = 0; e < 16; ++e) m[e] = load_bf16_16(M + (e * T + t) * C + k);
-            v16f s0[4], s1[4];
-            for (int v = 0; v < 4; ++v) s0[v] = m[v] + m[4 + v] + m[8 + v], s1[v] = m[4 + v] - m[8 + v] - m[12 + v];
-            v16f b = load_f32_16(bias + k);
-            v16f out[4] = {s0[0] + s0[1] + s0[2] + b, s0[1] - s0[2] - s0[3] + b, s1[0] + s1[1] + s1[2] + b,
-                           s1[1] - s1[2] - s1[3] + b}; /* window order (0,0) (0,1) (1,0) (1,1) */
-            v16u best = round_bf16_16(out[0]);
-            v16f top = (v16f)(best << 16);
-            v16i idx = (v16i){0};
-            for (int q = 1; q < 4; ++q) {
-                v16u bits = round_bf16_16(out[q]);
-                v16f v = (v16f)(bits << 16);
-                v16i up = (v > top) | (v != v); /* first maximum wins; NaN wins, as max_pool2d */
-                top = (v16f)(((v16i)v & up) | ((v16i)top & ~up));
-                best = (bits & (v16u)up) | (best & ~(v16u)up);
-                idx = (q & up) | (idx & ~up);
-            }
-            v16i open = ~(top <= 0.0f); /* ReLU keeps it (and its gradient) unless <= 0; NaN passes */
-            store_bf16_16(y + t * C + k, best & (v16u)open);
-            v16i16 c16 = __builtin_convertvector((idx & open) | (4 & ~open), v16i16);
-            memcpy(code + t * C + k, &c16, sizeof c16);
+            output_tile(m, load_f32_16(bias + k), y + t * C + k, code + t * C + k);
         }
-    }
 }
 
 /* Backward of the above: grad (T, C) bf16 and code -> dM = A g_tile A^T (16, T, C) bf16, where g_tile holds the
  * gradient at the window input that won (exact: every entry is 0 or +-g); dbias (C) += the gradients that pass. */
 static void winograd_output_backward(const uint16_t *grad, const int16_t *code, uint16_t *dM, float *dbias, long t0,
                                      long t1, long T, long C) {
-    const float a_rows[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}}; /* A^T */
-    for (long t = t0; t < t1; ++t) {
+    for (long t = t0; t < t1; ++t)
         for (long k = 0; k < C; k += 16) {
-            v16i16 c16;
-            memcpy(&c16, code + t * C + k, sizeof c16);
-            v16i which = __builtin_convertvector(c16, v16i);
-            v16f g = (v16f)((v16i)load_bf16_16(grad + t * C + k) & (which < 4));
-            store_f32_16(dbias + k, load_f32_16(dbias + k) + g);
-            v16i row1 = (which >> 1) == 1, col1 = (which & 1) == 1;
-            v16f gi[4], cj[4];
-            for (int e = 0; e < 4; ++e) {
-                v16f r0 = (v16f){0} + a_rows[0][e], r1 = (v16f){0} + a_rows[1][e];
-                gi[e] = g * (v16f)(((v16i)r1 & row1) | ((v16i)r0 & ~row1));
-                cj[e] = (v16f)(((v16i)r1 & col1) | ((v16i)r0 & ~col1));
-            }
-            for (int e = 0; e < 4; ++e)
-                for (int v = 0; v < 4; ++v)
-                    store_bf16_16(dM + ((4 * e + v) * T + t) * C + k, (v16u)(gi[e] * cj[v]) >> 16);
+            v16f d[16];
+            store_f32_16(dbias + k, load_f32_16(dbias + k) + output_tile_backward(grad, code, t * C + k, d));
+            for (int e = 0; e < 16; ++e) store_bf16_16(dM + (e * T + t) * C + k, (v16u)d[e] >> 16); /* exact */
         }
-    }
 }
 
 /* Backward of winograd_input for images n0..n1: dV (16, T, C) bf16 -> grad_x = sum over tiles of B dV B^T placed at
@@ -437,19 +466,9 @@ static void winograd_input_backward(const uint16_t *dV, uint16_t *grad_x, float 
             for (long tx = 0; tx < W2; ++tx) {
                 const long t = (n * H2 + ty) * W2 + tx;
                 for (long k = 0; k < C; k += 16) {
-                    v16f q[4][4];
-                    for (int v = 0; v < 4; ++v) { /* B dV: along the rows */
-                        v16f d0 = load_bf16_16(dV + ((0 + v) * T + t) * C + k);
-                        v16f d1 = load_bf16_16(dV + ((4 + v) * T + t) * C + k);
-                        v16f d2 = load_bf16_16(dV + ((8 + v) * T + t) * C + k);
-                        v16f d3 = load_bf16_16(dV + ((12 + v) * T + t) * C + k);
-                        q[0][v] = d0, q[1][v] = d1 - d2 + d3, q[2][v] = d1 + d2 - d0, q[3][v] = -d3;
-                    }
-                    for (int a = 0; a < 4; ++a) { /* (B dV) B^T: along the columns, added at padded (2ty + a, 2tx + b) */
-                        float *row = scratch + ((2 * ty + a) * Wp + 2 * tx) * C + k;
-                        v16f dd[4] = {q[a][0], q[a][1] - q[a][2] + q[a][3], q[a][1] + q[a][2] - q[a][0], -q[a][3]};
-                        for (int b = 0; b < 4; ++b) store_f32_16(row + b * C, load_f32_16(row + b * C) + dd[b]);
-                    }
+                    v16f d[16];
+                    for (int e = 0; e < 16; ++e) d[e] = load_bf16_16(dV + (e * T + t) * C + k);
+                    input_tile_backward(d, scratch + (2 * ty * Wp + 2 * tx) * C + k, Wp * C, C);
                 }
             }
         for (long yy = 0; yy < H; ++yy)
@@ -554,50 +573,6 @@ static inline v16u bf16_pair(v16f lo, v16f hi) { /* dword = bf16(lo) | bf16(hi) 
     return round_bf16_fast(lo) | (round_bf16_fast(hi) << 16);
 }
 
-/* The 16 input rows under image n's tile t (zeros outside the image), for input_tile. */
-static inline void tile_pointers(const uint16_t *x, const uint16_t *zeros, long n, long t, long H, long W, long C,
-                                 const uint16_t *p[16]) {
-    const long W2 = W / 2, ty = t / W2, tx = t % W2;
-    for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) {
-            long yy = 2 * ty - 1 + a, xx = 2 * tx - 1 + b;
-            p[4 * a + b] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x + ((n * H + yy) * W + xx) * C : zeros;
-        }
-}
-
-/* The input tile transform (as winograd_input): out[4e + v] = (B^T d B)[e][v] for 16 channels at k. */
-static inline void input_tile(const uint16_t *const p[16], long k, v16f out[16]) {
-    v16f r[4][4];
-    for (int b = 0; b < 4; ++b) {
-        v16f d0 = load_bf16_16(p[b] + k), d1 = load_bf16_16(p[4 + b] + k);
-        v16f d2 = load_bf16_16(p[8 + b] + k), d3 = load_bf16_16(p[12 + b] + k);
-        r[0][b] = d0 - d2, r[1][b] = d1 + d2, r[2][b] = d2 - d1, r[3][b] = d1 - d3;
-    }
-    for (int e = 0; e < 4; ++e) {
-        out[4 * e + 0] = r[e][0] - r[e][2], out[4 * e + 1] = r[e][1] + r[e][2];
-        out[4 * e + 2] = r[e][2] - r[e][1], out[4 * e + 3] = r[e][1] - r[e][3];
-    }
-}
-
-/* dM of one tile for 16 channels at k (as winograd_output_backward); returns the gradient that passes (for dbias). */
-static inline v16f output_tile_backward(const uint16_t *grad, const int16_t *code, long at, v16f out[16]) {
-    const float a_rows[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}}; /* A^T */
-    v16i16 c16;
-    memcpy(&c16, code + at, sizeof c16);
-    v16i which = __builtin_convertvector(c16, v16i);
-    v16f g = (v16f)((v16i)load_bf16_16(grad + at) & (which < 4));
-    v16i row1 = (which >> 1) == 1, col1 = (which & 1) == 1;
-    v16f gi[4], cj[4];
-    for (int e = 0; e < 4; ++e) {
-        v16f r0 = (v16f){0} + a_rows[0][e], r1 = (v16f){0} + a_rows[1][e];
-        gi[e] = g * (v16f)(((v16i)r1 & row1) | ((v16i)r0 & ~row1));
-        cj[e] = (v16f)(((v16i)r1 & col1) | ((v16i)r0 & ~col1));
-    }
-    for (int e = 0; e < 4; ++e)
-        for (int v = 0; v < 4; ++v) out[4 * e + v] = gi[e] * cj[v];
-    return g;
-}
-
 /* Per-thread work arrays for one image: TP = tiles rounded up to a multiple of 8 (rows past the tiles stay zero). */
 typedef struct {
     uint16_t *v;     /* (16, TP, CI) bf16: transformed input, rows = tiles (forward product's A) */
@@ -630,27 +605,7 @@ static void fused_forward_image(const uint16_t *x, const uint32_t *up, const flo
         for (long k = 0; k < CO; k += 16) {
             v16f m[16];
             for (int e = 0; e < 16; ++e) m[e] = load_f32_16(w->m + (e * TP + t) * CO + k);
-            v16f s0[4], s1[4];
-            for (int v = 0; v < 4; ++v) s0[v] = m[v] + m[4 + v] + m[8 + v], s1[v] = m[4 + v] - m[8 + v] - m[12 + v];
-            v16f b = load_f32_16(bias + k);
-            v16f out[4] = {s0[0] + s0[1] + s0[2] + b, s0[1] - s0[2] - s0[3] + b, s1[0] + s1[1] + s1[2] + b,
-                           s1[1] - s1[2] - s1[3] + b};
-            v16u best = round_bf16_fast(out[0]);
-            v16f top = (v16f)(best << 16);
-            v16i idx = (v16i){0};
-            for (int q = 1; q < 4; ++q) {
-                v16u bits = round_bf16_fast(out[q]);
-                v16f v = (v16f)(bits << 16);
-                v16i up_ = (v > top) | (v != v);
-                top = (v16f)(((v16i)v & up_) | ((v16i)top & ~up_));
-                best = (bits & (v16u)up_) | (best & ~(v16u)up_);
-                idx = (q & up_) | (idx & ~up_);
-            }
-            v16i open = ~(top <= 0.0f);
-            const long at = (n * T + t) * CO + k;
-            store_bf16_16(y + at, best & (v16u)open);
-            v16i16 c16 = __builtin_convertvector((idx & open) | (4 & ~open), v16i16);
-            memcpy(code + at, &c16, sizeof c16);
+            output_tile(m, load_f32_16(bias + k), y + (n * T + t) * CO + k, code + (n * T + t) * CO + k);
         }
 }
 
@@ -704,19 +659,9 @@ static void fused_backward_image(const uint16_t *x, const uint16_t *grad, const 
     for (long t = 0; t < T; ++t) {
         const long ty = t / W2, tx = t % W2;
         for (long k = 0; k < CI; k += 16) {
-            v16f q[4][4];
-            for (int v = 0; v < 4; ++v) {
-                v16f d0 = load_f32_16(w->m + ((0 + v) * TP + t) * CI + k);
-                v16f d1 = load_f32_16(w->m + ((4 + v) * TP + t) * CI + k);
-                v16f d2 = load_f32_16(w->m + ((8 + v) * TP + t) * CI + k);
-                v16f d3 = load_f32_16(w->m + ((12 + v) * TP + t) * CI + k);
-                q[0][v] = d0, q[1][v] = d1 - d2 + d3, q[2][v] = d1 + d2 - d0, q[3][v] = -d3;
-            }
-            for (int a = 0; a < 4; ++a) {
-                float *row = w->image + ((2 * ty + a) * Wp + 2 * tx) * CI + k;
-                v16f dd[4] = {q[a][0], q[a][1] - q[a][2] + q[a][3], q[a][1] + q[a][2] - q[a][0], -q[a][3]};
-                for (int b = 0; b < 4; ++b) store_f32_16(row + b * CI, load_f32_16(row + b * CI) + dd[b]);
-            }
+            v16f d[16];
+            for (int e = 0; e < 16; ++e) d[e] = load_f32_16(w->m + (e * TP + t) * CI + k);
+            input_tile_backward(d, w->image + (2 * ty * Wp + 2 * tx) * CI + k, Wp * CI, CI);
         }
     }
     for (long yy = 0; yy < H; ++yy)
