@@ -57,6 +57,7 @@ def cache_dir() -> Path:
 BUILD_FLAGS = (
     ("-O3", "-march=native", "-fopenmp"),
     ("-O3", "-march=native"),
+    ("-O3", "-fopenmp"),
     ("-O3",),
 )
 

@@ -251,6 +251,34 @@ def test_kernel_builds_into_the_cache_folder(tmp_path):
     assert len(built) == 1 and result.stdout.strip() == str(built[0])
 
 
+def test_winograd_without_avx512_bf16_uses_the_bmm_path(tmp_path):
+    """Built for a generic x86-64 (no -march=native: no AVX-512 BF16), the one-pass Winograd kernels are absent and
+    the block runs the transforms + torch.bmm path, with the same results to bf16 rounding."""
+    compiler = tmp_path / "cc-generic"
+    compiler.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && { echo "no" >&2; exit 1; }; done\n'
+                        'exec gcc "$@"\n')  # fmt: skip
+    compiler.chmod(0o755)
+    code = (
+        "import torch\n"
+        "from minivision_hf import fast_kernels\n"
+        "assert fast_kernels.library() is not None, fast_kernels.build_error()\n"
+        "assert '-march=native' not in fast_kernels.build_flags() and not fast_kernels.winograd_fused()\n"
+        "torch.manual_seed(0)\n"
+        "conv = torch.nn.Conv2d(32, 64, 3, 1, 1)\n"
+        "x = torch.randn(4, 32, 14, 14).contiguous(memory_format=torch.channels_last)\n"
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+        "    assert fast_kernels.winograd_supported(x, conv)\n"
+        "    out = fast_kernels._WinogradConvPoolReLU.apply(x, conv.weight, conv.bias)\n"
+        "    ref = fast_kernels.pool_relu_reference(conv(x))\n"
+        "err = (out.float() - ref.float()).abs().max() / ref.float().abs().max()\n"
+        "assert err < 3e-2, err\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "CC": str(compiler), "MINIVISION_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
 def test_fast_dropout_has_dropouts_distribution():
     torch.manual_seed(0)
     drop = fast_kernels.FastDropout(0.3).train()
