@@ -46,6 +46,10 @@ def test_smoke_run_saves_a_loadable_release(smoke_run):
     # 512 real digits for 7 epochs: well above chance, and the loss went down
     assert on_disk["epochs"][-1]["train_loss"] < on_disk["epochs"][0]["train_loss"]
     assert on_disk["final_eval"]["accuracy"] > 0.5
+    # The fast path's defaults: the fused kernels, the second conv as Winograd (when the C kernels build here).
+    kernels = on_disk["fast_kernels"]
+    assert kernels["fused_blocks"] == 2 and kernels["fast_dropouts"] == 1
+    assert kernels["winograd_blocks"] == 1 and kernels["kernels_built"] or kernels["build_error"]
 
 
 def test_learning_rate_halves_exactly_at_epoch_boundaries(smoke_run):
@@ -68,6 +72,13 @@ def test_lr_factor_shapes():
     assert lr_factor(0, 10, plus) == pytest.approx(1 / 20)  # warm-up from ~0
     assert lr_factor(19, 10, plus) == pytest.approx(1.0)
     assert lr_factor(plus.epochs * 10, 10, plus) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_no_winograd_keeps_pytorchs_second_conv(tiny_dir, tmp_path):
+    record = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--smoke", "--no-winograd",
+                         *TINY_ARGS])  # fmt: skip
+    assert record["fast_kernels"]["winograd_blocks"] == 0 and record["fast_kernels"]["fused_blocks"] == 2
+    assert record["final_eval"]["accuracy"] > 0.1
 
 
 def test_resume_continues_step_and_schedule(tiny_dir, tmp_path):
