@@ -257,9 +257,9 @@ def winograd_forward(xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> t
 class _WinogradConvPoolReLU(torch.autograd.Function):
     """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) in bf16 numerics for a 3x3 convolution with C_in, C_out
     multiples of 16: Winograd F(2x2, 3x3), the pooling and ReLU fused into the output transform (a 2x2 output tile is
-    one pooling window). The 16 Winograd-domain channel products are bf16 matrix products (fp32 sums) in torch.bmm.
-    The batch goes through in chunks of WINOGRAD_CHUNK images, so the transformed arrays never leave the cache; the
-    backward recomputes the input transform instead of keeping it."""
+    one pooling window). The 16 Winograd-domain channel products are bf16 matrix products with fp32 sums: the
+    one-pass kernels' own where built (`winograd_fused`), else torch.bmm over chunks of WINOGRAD_CHUNK images. Either
+    way the transformed arrays stay in cache, and the backward recomputes the input transform instead of keeping it."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

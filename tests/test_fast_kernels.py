@@ -251,13 +251,19 @@ def test_kernel_builds_into_the_cache_folder(tmp_path):
     assert len(built) == 1 and result.stdout.strip() == str(built[0])
 
 
+def _run_with_a_compiler_refusing(flag: str, code: str, tmp_path) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python whose C compiler (gcc behind a wrapper) fails on `flag`, with an empty cache."""
+    compiler = tmp_path / "cc-without-flag"
+    compiler.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = {flag} ] && {{ echo "no {flag}" >&2; exit 1; }}; done\n'
+                        'exec gcc "$@"\n')  # fmt: skip
+    compiler.chmod(0o755)
+    env = {**os.environ, "CC": str(compiler), "MINIVISION_CACHE": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_winograd_without_avx512_bf16_uses_the_bmm_path(tmp_path):
     """Built for a generic x86-64 (no -march=native: no AVX-512 BF16), the one-pass Winograd kernels are absent and
     the block runs the transforms + torch.bmm path, with the same results to bf16 rounding."""
-    compiler = tmp_path / "cc-generic"
-    compiler.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && { echo "no" >&2; exit 1; }; done\n'
-                        'exec gcc "$@"\n')  # fmt: skip
-    compiler.chmod(0o755)
     code = (
         "import torch\n"
         "from minivision_hf import fast_kernels\n"
@@ -274,8 +280,7 @@ def test_winograd_without_avx512_bf16_uses_the_bmm_path(tmp_path):
         "assert err < 3e-2, err\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "CC": str(compiler), "MINIVISION_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    result = _run_with_a_compiler_refusing("-march=native", code, tmp_path)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
@@ -315,10 +320,6 @@ def test_apply_fast_kernels_keeps_the_state_dict_and_saved_files(tmp_path):
 
 def test_kernels_build_without_openmp(tmp_path):
     """A compiler without OpenMP (e.g. Apple clang) still builds the kernels, single-threaded."""
-    compiler = tmp_path / "cc-without-openmp"
-    compiler.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && { echo "no openmp" >&2; exit 1; }; done\n'
-                        'exec gcc "$@"\n')  # fmt: skip
-    compiler.chmod(0o755)
     code = (
         "import torch\n"
         "from minivision_hf import fast_kernels\n"
@@ -327,7 +328,6 @@ def test_kernels_build_without_openmp(tmp_path):
         "x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)\n"
         "assert torch.equal(fast_kernels.FusedMaxPoolReLU()(x), fast_kernels.pool_relu_reference(x))\n"
     )
-    env = {**os.environ, "CC": str(compiler), "MINIVISION_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    result = _run_with_a_compiler_refusing("-fopenmp", code, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "-O3 -march=native"
