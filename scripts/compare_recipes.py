@@ -11,7 +11,7 @@
     python -m scripts.compare_recipes --merge records/recipes_seed.json records/recipes_plus.json \
         --output records/recipes.json
 
-Each run is `scripts/train.py` (Trainer) followed by `scripts/evaluate.py`'s evaluation of the kept model on the
+Each run is `scripts/train.py` (Trainer) followed by `scripts/eval_model.py`'s evaluation of the kept model on the
 whole test split, in fp32 through the image processor. Runs are saved under --work-dir/<recipe>-<path>-seed<k>.
 """
 
@@ -22,11 +22,13 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
+
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from minivision_hf.data import DEFAULT_DATASET, load_mnist
 from minivision_hf.training import RECIPES, write_json
-from scripts import evaluate, train
+from scripts import eval_model, train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,7 +94,7 @@ def main(argv=None) -> dict:
                 record = train.main(cli)
                 model = AutoModelForImageClassification.from_pretrained(out)
                 processor = AutoImageProcessor.from_pretrained(out)
-                result = evaluate.evaluate_model(model, processor, test_set, progress=False)
+                result = eval_model.evaluate_model(model, processor, test_set, progress=False)
                 run = {
                     "recipe": recipe,
                     "data_path": path,

@@ -30,17 +30,20 @@ int8: lower --min-agreement for such smoke exports.
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
+
 import numpy as np
-import onnx
 import onnxruntime
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import minivision_hf as mv
+import onnx
 from minivision_hf import onnx_utils
 from minivision_hf.data import DEFAULT_DATASET, decode_to_uint8, load_mnist
 from minivision_hf.training import git_commit, hardware, versions, write_json

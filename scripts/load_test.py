@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
+
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -2,13 +2,16 @@
 
     python -m scripts.make_model_card --records records --output model_card.md [--repo-id NS/NAME]
 
-Reads records/run_record.json (scripts/train.py), records/eval_test.json (scripts/evaluate.py) and, when present,
+Reads records/run_record.json (scripts/train.py), records/eval_test.json (scripts/eval_model.py) and, when present,
 records/recipes.json (scripts/compare_recipes.py) and records/benchmark.json (scripts/benchmark.py).
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -108,7 +111,7 @@ def results_section(record: dict, result: dict) -> str:
 | Train loss (kept epoch {kept["epoch"]}, augmented, dropout on) | {kept.get("train_loss", float("nan")):.4f} | {SEED_CARD["train_loss"]} |
 | Parameters | {mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).num_parameters():,} | 0.82M |
 
-Test figures come from `scripts/evaluate.py` on the released weights through the image processor
+Test figures come from `scripts/eval_model.py` on the released weights through the image processor
 (`records/eval_test.json`); training figures from `records/run_record.json`. Training took
 {record["train_wall_s"] / 60:.1f} min on {hw["cpu"]} ({hw["cpu_count"]} cores{", " + hw["gpu"] if hw.get("gpu") else ""}).
 

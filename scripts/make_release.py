@@ -11,13 +11,16 @@ also loads as remote code (`trust_remote_code=True`).
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
 
 import torch
 
 import minivision_hf as mv
-from scripts import evaluate, make_model_card, plot_curves
+from scripts import eval_model, make_model_card, plot_curves
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
@@ -69,7 +72,7 @@ def main(argv=None) -> None:
     if (run / "tensorboard").exists():
         shutil.rmtree(records / "tensorboard", ignore_errors=True)
         shutil.copytree(run / "tensorboard", records / "tensorboard")
-    evaluate.main(["--model", str(root), "--dataset", args.dataset, "--output", str(records / "eval_test.json"),
+    eval_model.main(["--model", str(root), "--dataset", args.dataset, "--output", str(records / "eval_test.json"),
                    "--no-progress"])  # fmt: skip
     plot_curves.main(["--record", str(records / "run_record.json"), "--eval", str(records / "eval_test.json"),
                       "--out", str(root / "assets")])  # fmt: skip

@@ -7,7 +7,10 @@ Writes train_loss.png, test_loss.png, test_accuracy.png, learning_rate.png and c
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
 
 import matplotlib
 
@@ -19,7 +22,7 @@ import numpy as np  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--record", default="records/run_record.json", help="run_record.json written by scripts/train.py")
-    p.add_argument("--eval", default="records/eval_test.json", help="JSON written by scripts/evaluate.py")
+    p.add_argument("--eval", default="records/eval_test.json", help="JSON written by scripts/eval_model.py")
     p.add_argument("--out", default="assets", help="folder for the PNGs")
     return p.parse_args(argv)
 

@@ -35,6 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO_ROOT / "minivision_hf"  # the single source of the remote-code files
 DEFAULT_SPACE_SRC = REPO_ROOT / "spaces_app"

@@ -12,6 +12,8 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
+
 from minivision_hf.training import kept_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +37,7 @@ def results_block() -> str:
         f"| Train loss (kept epoch {kept['epoch']} of {len(record['epochs'])}) | {kept['train_loss']:.4f} | 0.0615 |",
         f"| Training time | {record['train_wall_s'] / 60:.1f} min on {record['hardware']['cpu_count']} CPU cores | - |",
         "",
-        "Source: `records/eval_test.json` (`python -m scripts.evaluate --model . --dataset ../shared/data/mnist "
+        "Source: `records/eval_test.json` (`python -m scripts.eval_model --model . --dataset ../shared/data/mnist "
         "--output records/eval_test.json`) and `records/run_record.json`.",
     ])  # fmt: skip
 

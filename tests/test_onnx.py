@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
 import minivision_hf as mv
+import onnx
 from minivision_hf import onnx_utils
 from minivision_hf.data import decode_to_uint8
 from scripts import benchmark, export_onnx

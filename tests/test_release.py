@@ -9,7 +9,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from minivision_hf.data import load_mnist
 from minivision_hf.training import RECIPES
-from scripts import evaluate
+from scripts import eval_model
 from tests.conftest import REPO_ROOT
 
 RECORD = json.loads((REPO_ROOT / "records" / "run_record.json").read_text())
@@ -42,7 +42,7 @@ def test_card_and_readme_numbers_match_the_evaluation_record():
 def test_release_meets_the_target_on_the_full_test_split(mnist_dir):
     model = AutoModelForImageClassification.from_pretrained(REPO_ROOT)
     processor = AutoImageProcessor.from_pretrained(REPO_ROOT)
-    result = evaluate.evaluate_model(model, processor, load_mnist(str(mnist_dir), "test"), progress=False)
+    result = eval_model.evaluate_model(model, processor, load_mnist(str(mnist_dir), "test"), progress=False)
     assert result["num_samples"] == 10_000
     assert result["accuracy"] >= 0.993  # the seed card's 99.3%
     assert result["accuracy"] == pytest.approx(RESULT["accuracy"], abs=1e-4)

@@ -18,7 +18,7 @@ from minivision_hf.data import (
     random_shift_rotate,
 )
 from minivision_hf.training import RECIPES, lr_factor
-from scripts import evaluate, make_model_card, train
+from scripts import eval_model, make_model_card, train
 
 TINY_ARGS = ["--max-eval-samples", "128", "--no-progress", "--save-total-limit", "3"]
 
@@ -98,7 +98,7 @@ def test_resume_continues_step_and_schedule(tiny_dir, tmp_path):
 
 def test_evaluate_script_on_fixture(smoke_run, tiny_dir, tmp_path):
     out, _ = smoke_run
-    result = evaluate.main(["--model", str(out), "--dataset", str(tiny_dir), "--output", str(tmp_path / "e.json"),
+    result = eval_model.main(["--model", str(out), "--dataset", str(tiny_dir), "--output", str(tmp_path / "e.json"),
                             "--no-progress"])  # fmt: skip
     on_disk = json.loads((tmp_path / "e.json").read_text())
     assert on_disk["accuracy"] == result["accuracy"] and on_disk["loss"] == result["loss"]
@@ -114,7 +114,7 @@ def test_model_card_is_generated_from_the_records(smoke_run, tiny_dir, tmp_path)
     records = tmp_path / "records"
     records.mkdir()
     (records / "run_record.json").write_text((out / "run_record.json").read_text())
-    evaluate.main(["--model", str(out), "--dataset", str(tiny_dir), "--output", str(records / "eval_test.json"),
+    eval_model.main(["--model", str(out), "--dataset", str(tiny_dir), "--output", str(records / "eval_test.json"),
                    "--no-progress"])  # fmt: skip
     result = json.loads((records / "eval_test.json").read_text())
     card = make_model_card.main(["--records", str(records), "--output", str(tmp_path / "card.md")]).read_text()

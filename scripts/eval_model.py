@@ -1,15 +1,18 @@
 """Evaluate a Mini-Vision-V2 model on an MNIST split: accuracy (via the `evaluate` library, offline), loss,
 per-class accuracy and the confusion matrix, all through the model's own image processor.
 
-    python -m scripts.evaluate --model . --dataset ../shared/data/mnist --split test --output records/eval_test.json
-    python -m scripts.evaluate --model someone/mini-vision-v2 --revision <sha> --trust-remote-code ...
+    python -m scripts.eval_model --model . --dataset ../shared/data/mnist --split test --output records/eval_test.json
+    python -m scripts.eval_model --model someone/mini-vision-v2 --revision <sha> --trust-remote-code ...
 
 The JSON has top-level `accuracy` and `loss`; a readable table is printed.
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
 
 import numpy as np
 import torch
