@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the project with its dev extras; quick no-op when everything is already there.
+# Create .venv and install the project with its `dev` extra (everything: core, train, onnx, demo, test tools); a quick
+# no-op when everything is already there. A user who only runs the model needs just `pip install minivision-hf`.
 #   bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,7 +8,12 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if .venv/bin/python -c "import torch, torchvision, transformers, datasets, evaluate, gradio, onnxruntime, playwright, pytest, minivision_hf" 2>/dev/null; then
+# Every module of the `dev` extra (core + train + onnx + demo + test tools) installed: nothing to do. find_spec looks
+# without importing (a second, not the ~20 s gradio and torch take); -I keeps the repo's onnx/ folder off the path.
+MODULES="torch torchvision transformers safetensors minivision_hf datasets evaluate accelerate tensorboard matplotlib
+  onnx onnxruntime onnxscript gradio gradio_client playwright pytest ruff"
+if .venv/bin/python -I -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" \
+  $MODULES 2>/dev/null; then
   echo "setup: .venv is ready"
   exit 0
 fi
