@@ -49,7 +49,7 @@ from transformers import AutoModelForImageClassification, pipeline
 
 import minivision_hf as mv
 import onnx
-from minivision_hf import fast_kernels, onnx_utils
+from minivision_hf import fast, onnx_utils
 from minivision_hf.data import decode_to_uint8, load_mnist
 from minivision_hf.training import git_commit, hardware, versions, write_json
 from scripts import export_onnx
@@ -128,8 +128,8 @@ def matmul_peak_gflops(dtype: str, n: int, time_s: float) -> float | None:
 def conv2_step_ms(config: mv.MiniVisionConfig, batch: int, time_s: float) -> dict:
     """The second convolution alone, forward and its two backward passes (input and weight gradients) at the training
     batch, both ways: PyTorch's (oneDNN's bf16 kernel, channels_last) and the fast path's (Winograd F(2x2, 3x3) with
-    the block's max-pool + ReLU fused in, fast_kernels.py; None without a C compiler). About 78% of the training
-    FLOPs sit in this convolution, so it bounds how short a training step can get on this CPU."""
+    the block's max-pool + ReLU fused in, minivision_hf/fast; None where the fast path does not run it). About 78% of
+    the training FLOPs sit in this convolution, so it bounds how short a training step can get on this CPU."""
     c_in, c_out = config.conv_channels[0], config.conv_channels[1]
     size = config.image_size // config.pool_size
     fmt = torch.channels_last
@@ -145,15 +145,16 @@ def conv2_step_ms(config: mv.MiniVisionConfig, batch: int, time_s: float) -> dic
 
     def winograd():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = fast_kernels._WinogradConvPoolReLU.apply(x, conv.weight, conv.bias)
+            out = fast.WinogradConvPoolReLU.apply(x, conv.weight, conv.bias, plan.build.library, one_pass)
         torch.autograd.grad(out, [x, conv.weight, conv.bias], pooled_grad)
 
     warmup = min(0.5, time_s)
     speed = onnx_utils.throughput(onednn, batch, time_s, warmup_s=warmup)
     result = {"batch": batch, "ms": speed["ms_per_call_p50"], "calls": speed["calls"], "winograd_ms": None}
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        fused = fast_kernels.winograd_supported(x, conv)
-    if fused:
+    plan = fast.plan_fast_path(bf16=True)  # the path the fast path would choose for this conv on this CPU
+    path = fast.choose_block_path(conv, plan)
+    one_pass = path is fast.KernelPath.C_ONE_PASS
+    if path in (fast.KernelPath.C_ONE_PASS, fast.KernelPath.C_BMM):
         result["winograd_ms"] = onnx_utils.throughput(winograd, batch, time_s, warmup_s=warmup)["ms_per_call_p50"]
     return result
 

@@ -13,7 +13,7 @@ time, hardware).
 
 Data paths: "fast" (default) decodes MNIST once into a uint8 tensor and augments whole batches with one affine
 grid_sample, in bf16 autocast (AVX512-BF16 / AMX CPUs, CUDA) with channels_last, runs the blocks' conv/max-pool/ReLU as
-fused C kernels (minivision_hf/fast_kernels.py; the second conv as Winograd F(2x2,3x3); equal to bf16 rounding) and
+fused C kernels (minivision_hf/fast/; the second conv as Winograd F(2x2,3x3); equal to bf16 rounding) and
 keeps freed memory in the heap (glibc mallopt); "plain" is the seed's recipe written the obvious way (per-sample PIL
 torchvision transforms, fp32). Both use the same augmentation distributions.
 """
@@ -38,7 +38,7 @@ from minivision_hf.data import (
     load_mnist,
     plain_transform,
 )
-from minivision_hf.fast_kernels import apply_fast_kernels
+from minivision_hf.fast import apply_fast_kernels, detect_capabilities
 from minivision_hf.metrics import load_accuracy
 from minivision_hf.training import (
     RECIPES,
@@ -119,10 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def bf16_supported() -> bool:
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return detect_capabilities().bf16_native("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def main(argv=None) -> dict:
@@ -176,7 +173,8 @@ def main(argv=None) -> dict:
     if args.fast_kernels:
         # Fused conv/max-pool/ReLU C kernels (the second conv as Winograd) and a cheaper dropout: same parameters and
         # saved files; outputs equal to bf16 rounding.
-        fast_kernels = apply_fast_kernels(model, winograd=args.winograd)
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # where Trainer will put the model
+        fast_kernels = apply_fast_kernels(model, winograd=args.winograd, device=device, bf16=use_bf16)
         if not fast_kernels["kernels_built"]:
             print(f"--fast-kernels: {fast_kernels['build_error']}; the blocks use PyTorch's conv, max_pool2d and ReLU")
     processor = mv.MiniVisionImageProcessor()

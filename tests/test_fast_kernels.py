@@ -1,19 +1,46 @@
-"""The fast path's fused C kernels: max-pool + ReLU (bit-identical to PyTorch, values and gradients), the first
-block's conv + max-pool + ReLU (bit-identical forward under bf16 autocast, gradients to bf16 rounding) and the second
-block's Winograd conv + max-pool + ReLU (bf16 numerics: equal to an fp64 reference to bf16 rounding)."""
+"""The fast path (minivision_hf/fast): capability detection, the C build and its cache key, the header/ctypes signature
+mirror, the per-block kernel choice (with faked capability sets: AVX2-only, AVX-512 BF16, CUDA, MPS), and the kernels
+themselves: max-pool + ReLU (bit-identical to PyTorch, values and gradients), the first block's conv + max-pool + ReLU
+(bit-identical forward under bf16 autocast, gradients to bf16 rounding) and the Winograd block (bf16 numerics: equal to
+an fp64 reference to bf16 rounding), on both Winograd paths.
+
+Simulating another CPU: build a `Capabilities` by hand (AVX2_ONLY below) to test what it would choose, and run a fresh
+process with MINIVISION_ISA_LEVEL=x86-64-v3 to build and run the kernels as an AVX2-only CPU gets them
+(test_x86_64_v3_build_runs_the_avx2_choices).
+"""
 
 import copy
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
 import minivision_hf as mv
-from minivision_hf import fast_kernels
+from minivision_hf import fast
+from minivision_hf.fast import build as fast_build
+from minivision_hf.fast.capabilities import ISA_LEVELS, limit_to_level, read_cpu_features
+from minivision_hf.fast.modules import pool_relu_applies
 
-pytestmark = pytest.mark.skipif(fast_kernels.library() is None, reason=f"no fused kernel: {fast_kernels.build_error()}")
+CAPS = fast.detect_capabilities()
+BUILD = fast.load_kernels(CAPS)
+LIB = BUILD.library
+needs_kernels = pytest.mark.skipif(LIB is None, reason=f"no C kernels here: {BUILD.error}")
+needs_one_pass = pytest.mark.skipif(
+    LIB is None or not LIB.one_pass_winograd, reason="the one-pass Winograd kernels need a CPU with AVX-512 BF16"
+)
+x86 = pytest.mark.skipif(CAPS.machine not in ("x86_64", "AMD64"), reason="x86-64 ISA levels")
+
+# Faked machines. AVX2_ONLY is the AMD EPYC of issue 15 (AVX2, FMA, no AVX-512, no bf16, no VNNI).
+AVX2_ONLY = fast.Capabilities("x86_64", ISA_LEVELS["x86-64-v3"][0] | {"sse", "sse2"}, "faked AVX2-only EPYC")
+AVX512 = fast.Capabilities("x86_64", ISA_LEVELS["x86-64-v4"][0] | {"sse", "sse2", "avx512_vnni"}, "faked AVX-512")
+AVX512_BF16 = fast.Capabilities("x86_64", ISA_LEVELS["x86-64-v4-bf16"][0] | {"sse", "sse2"}, "faked AVX-512 BF16")
+AMX = fast.Capabilities("x86_64", ISA_LEVELS["x86-64-v4"][0] | {"amx_bf16", "amx_tile"}, "faked Sapphire Rapids")
+CUDA_GPU = fast.Capabilities("x86_64", AVX2_ONLY.cpu_features, "faked", cuda=True, cuda_bf16=True, cuda_device="GPU")
+MAC = fast.Capabilities("arm64", frozenset(), "faked", mps=True)
 
 
 def _channels_last(*shape, dtype=torch.float32, seed=0):
@@ -25,6 +52,377 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and torch.equal(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0))
 
 
+def _digits(n: int, seed: int = 0) -> torch.Tensor:
+    """MNIST-like normalised inputs (constant background), channels_last."""
+    g = torch.Generator().manual_seed(seed)
+    ink = (torch.rand(n, 1, 28, 28, generator=g) > 0.7).float() * torch.rand(n, 1, 28, 28, generator=g)
+    return ((ink - 0.1307) / 0.3081).contiguous(memory_format=torch.channels_last)
+
+
+def _model(dropout: float | None = None) -> mv.MiniVisionForImageClassification:
+    torch.manual_seed(0)
+    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).to(memory_format=torch.channels_last)
+    if dropout is not None:
+        model.classifier[2].p = dropout
+    return model
+
+
+def _paths(report: dict) -> list[str]:
+    return [block["path"] for block in report["blocks"].values()]
+
+
+# ---- detect -----------------------------------------------------------------------------------------------------
+
+
+def test_cpu_features_are_read_from_cpuinfo_text():
+    x86_text = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+    arm_text = "processor\t: 0\nFeatures\t: fp asimd bf16 sve\n"
+    assert read_cpu_features(x86_text) == {"fpu", "sse2", "avx2", "avx512_bf16"}
+    assert read_cpu_features(arm_text) == {"fp", "asimd", "bf16", "sve"}
+    assert read_cpu_features("") == frozenset()
+
+
+def test_isa_level_and_bf16_follow_the_features():
+    assert AVX2_ONLY.isa_level == "x86-64-v3" and not AVX2_ONLY.cpu_bf16_native
+    assert AVX512.isa_level == "x86-64-v4" and not AVX512.cpu_bf16_native
+    assert AVX512_BF16.isa_level == "x86-64-v4-bf16" and AVX512_BF16.cpu_bf16_native
+    assert AMX.isa_level == "x86-64-v4" and AMX.cpu_bf16_native  # AMX bf16, no avx512_bf16 flag: no one-pass build
+    assert fast.Capabilities("x86_64", frozenset({"sse2"})).isa_level == "x86-64"
+    assert MAC.isa_level == "arm64" and not MAC.bf16_native("mps") and not MAC.bf16_native("cpu")
+    assert CUDA_GPU.bf16_native("cuda") and not CUDA_GPU.bf16_native("cpu")
+    record = AVX512_BF16.as_record()
+    assert record["isa_level"] == "x86-64-v4-bf16" and "avx512_bf16" in record["cpu_features"]
+    assert "sse" not in record["cpu_features"]  # only the features these kernels care about are recorded
+
+
+def test_this_machine_is_detected_once():
+    assert fast.detect_capabilities() is CAPS
+    assert CAPS.isa_level in ISA_LEVELS or CAPS.machine not in ("x86_64", "AMD64")
+    assert CAPS.cuda == torch.cuda.is_available()
+    if os.path.exists("/proc/cpuinfo") and not os.environ.get("MINIVISION_ISA_LEVEL"):
+        assert CAPS.cpu_source == "/proc/cpuinfo"
+
+
+def test_isa_level_simulation_only_removes_features():
+    assert limit_to_level(AVX512_BF16.cpu_features, "x86-64-v3") == ISA_LEVELS["x86-64-v3"][0]
+    assert limit_to_level(AVX2_ONLY.cpu_features, "x86-64-v4-bf16") <= AVX2_ONLY.cpu_features  # never adds
+    with pytest.raises(ValueError, match="MINIVISION_ISA_LEVEL"):
+        limit_to_level(AVX2_ONLY.cpu_features, "native")
+
+
+# ---- build ------------------------------------------------------------------------------------------------------
+
+
+def _header_declarations() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """The exported functions declared in csrc/minivision_kernels.h: name -> (return type, [(parameter, C type)])."""
+    text = re.sub(r"/\*.*?\*/", "", fast_build.HEADER.read_text(), flags=re.S)
+    declarations = {}
+    for restype, name, params in re.findall(r"^(int)\s+(mv_\w+)\(([^)]*)\);", text, flags=re.M):
+        parsed = []
+        for param in filter(None, (p.strip() for p in " ".join(params.split()).split(","))):
+            if param == "void":
+                continue
+            match = re.fullmatch(r"(.*?)\s*(\**)\s*(\w+)", param)
+            ctype = match.group(1) + (" " + match.group(2) if match.group(2) else "")
+            parsed.append((match.group(3), ctype))
+        declarations[name] = (restype, parsed)
+    return declarations
+
+
+def test_signature_table_mirrors_the_header():
+    """Every exported C function is declared once in the header; build.SIGNATURES has the same names, parameter names
+    and C types in the same order, and every C file's definitions match the header (the compiler checks those)."""
+    assert _header_declarations() == fast_build.SIGNATURES
+    definitions = set()
+    for source in fast_build.sources():
+        definitions |= set(re.findall(r"^int\s+(mv_\w+)\(", source.read_text(), flags=re.M))
+    assert definitions == set(fast_build.SIGNATURES)
+
+
+@needs_kernels
+def test_kernel_calls_are_checked_by_name():
+    x = _channels_last(1, 16, 4, 4, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="takes"):
+        LIB.call("mv_pool_relu_forward_bf16", x=x, y=x, code=x, images=1, height=4, width=4)  # no `channels`
+    with pytest.raises(RuntimeError, match="unsupported shape"):
+        LIB.call("mv_winograd_input_transform", x=x, v=x, images=1, height=4, width=4, channels=15)
+
+
+def test_cache_key_differs_per_isa_feature_set():
+    """A library is only ever looked up under the key of this CPU's own level (or, for the compiler's default
+    target, of its exact feature set): two CPUs sharing a cache folder never load each other's libraries."""
+    identity = "/usr/bin/gcc gcc 12.2.0"
+    paths = {}
+    for caps in (AVX2_ONLY, AVX512, AVX512_BF16, AMX):
+        for target in fast_build.build_targets(caps):
+            assert target.features <= caps.cpu_features  # a build never uses a feature the CPU lacks
+            paths[(target.level, target.features, target.flags)] = fast_build.library_path(target, identity, "x86_64")
+    # One file per (level or feature set, flags): AVX512 and AMX share the x86-64-v4 library (both have all it uses),
+    # their compiler-default builds differ (keyed by each CPU's whole feature set), as every other pair does.
+    assert len(set(paths.values())) == len(paths) == 14
+    v3 = fast_build.build_targets(AVX2_ONLY)[0]
+    assert v3.level == "x86-64-v3" and "-march=x86-64-v3" in v3.flags and "-march=native" not in v3.flags
+    assert fast_build.library_path(v3, identity, "x86_64").name.startswith("minivision_kernels-x86-64-v3-")
+    assert fast_build.library_path(v3, identity, "x86_64") == fast_build.library_path(v3, identity, "x86_64")
+    assert fast_build.library_path(v3, identity, "x86_64") != fast_build.library_path(v3, "clang 18", "x86_64")
+    one_pass = fast_build.build_targets(AVX512_BF16)[0]
+    assert one_pass.flags == ("-O3", "-march=x86-64-v4", "-mavx512bf16", "-fopenmp")
+
+
+@needs_kernels
+def test_this_cpu_builds_for_its_own_level():
+    assert BUILD.target.features <= CAPS.cpu_features
+    if CAPS.isa_level in ISA_LEVELS:
+        assert BUILD.target.level == CAPS.isa_level and "-march=native" not in BUILD.target.flags
+    assert LIB.one_pass_winograd == ("avx512_bf16" in BUILD.target.features)
+
+
+def _run(code: str, tmp_path, refuse: str | None = None, **env) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python with an empty kernel cache; with `refuse`, its C compiler (gcc behind a wrapper)
+    fails on every flag starting with `refuse`."""
+    environment = {**os.environ, "MINIVISION_CACHE": str(tmp_path / "cache"), **env}
+    if refuse:
+        compiler = tmp_path / "cc-refusing"
+        compiler.write_text(f'#!/bin/sh\nfor a in "$@"; do case "$a" in {refuse}*) echo "no $a" >&2; exit 1;; esac; '
+                            'done\nexec gcc "$@"\n')  # fmt: skip
+        compiler.chmod(0o755)
+        environment["CC"] = str(compiler)
+    return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
+
+
+@needs_kernels
+def test_kernel_builds_into_the_cache_folder(tmp_path):
+    code = "from minivision_hf import fast\nprint(fast.load_kernels(fast.detect_capabilities()).library.path)\n"
+    result = _run(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    built = list((tmp_path / "cache" / "minivision_hf").glob("minivision_kernels-*.so"))
+    assert len(built) == 1 and result.stdout.strip() == str(built[0])
+    assert built[0].name.startswith(f"minivision_kernels-{BUILD.target.level}-")
+
+
+@needs_kernels
+def test_kernels_build_without_openmp(tmp_path):
+    """A compiler without OpenMP (e.g. Apple clang) still builds the kernels for the CPU's level, single-threaded."""
+    code = (
+        "import torch\n"
+        "from minivision_hf import fast\n"
+        "build = fast.load_kernels(fast.detect_capabilities())\n"
+        "print(build.flags)\n"
+        "x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)\n"
+        "assert torch.equal(fast.FusedMaxPoolReLU(build.library)(x), fast.pool_relu_reference(x))\n"
+    )
+    result = _run(code, tmp_path, refuse="-fopenmp")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == " ".join(f for f in BUILD.target.flags if f != "-fopenmp")
+
+
+@needs_kernels
+@x86
+def test_compiler_refusing_the_level_falls_back_to_its_default_target(tmp_path):
+    """A compiler that knows no -march=x86-64-vN builds for its default target (keyed by this CPU's features): no
+    one-pass Winograd there, so a CPU with native bf16 chooses the c+bmm path, with the same results to bf16
+    rounding."""
+    code = (
+        "import torch\n"
+        "from minivision_hf import fast\n"
+        "caps = fast.detect_capabilities()\n"
+        "build = fast.load_kernels(caps)\n"
+        "assert build.target.level == 'compiler-default' and build.flags == '-O3 -fopenmp', build.flags\n"
+        "assert not build.library.one_pass_winograd\n"
+        "conv = torch.nn.Conv2d(32, 64, 3, 1, 1)\n"
+        "path = fast.choose_block_path(conv, fast.plan_fast_path(caps, bf16=True))\n"
+        "assert path is (fast.KernelPath.C_BMM if caps.cpu_bf16_native else fast.KernelPath.TORCH_CONV_C_POOL), path\n"
+        "torch.manual_seed(0)\n"
+        "x = torch.randn(4, 32, 14, 14).contiguous(memory_format=torch.channels_last)\n"
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+        "    out = fast.WinogradConvPoolReLU.apply(x, conv.weight, conv.bias, build.library, False)\n"
+        "    ref = fast.conv_pool_relu_reference(x, conv)\n"
+        "err = (out.float() - ref.float()).abs().max() / ref.float().abs().max()\n"
+        "assert err < 3e-2, err\n"
+        "print('ok')\n"
+    )
+    result = _run(code, tmp_path, refuse="-march")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_no_compiler_falls_back_with_a_warning(tmp_path):
+    """Without a C compiler the fast path keeps working on PyTorch's ops, says why, and reports it."""
+    code = (
+        "import warnings, torch\n"
+        "import minivision_hf as mv\n"
+        "from minivision_hf import fast\n"
+        "build = fast.load_kernels(fast.detect_capabilities())\n"
+        "assert build.library is None and 'no C compiler' in build.error, build\n"
+        "model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    report = fast.apply_fast_kernels(model)\n"
+        "assert any('runs PyTorch' in str(w.message) for w in caught)\n"
+        "assert not report['kernels_built'] and set(p['path'] for p in report['blocks'].values()) == {'torch'}\n"
+        "x = torch.randn(2, 1, 28, 28)\n"
+        "assert model.eval()(pixel_values=x).logits.shape == (2, 10)\n"
+        "print('ok')\n"
+    )
+    result = _run(code, tmp_path, PATH=str(tmp_path), HOME=str(tmp_path), CC="")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+# ---- choose -----------------------------------------------------------------------------------------------------
+
+
+def _plan(caps: fast.Capabilities, device: str = "cpu", bf16: bool | None = None, library=LIB, winograd=True):
+    """A plan for a faked machine that uses this machine's library (which only ever runs the kernels this CPU has)."""
+    build = fast.BuildResult(library, BUILD.target) if library is not None else fast.BuildResult(None, error="none")
+    return fast.plan_fast_path(caps, device, bf16, winograd, build=build)
+
+
+class _LibraryWithoutOnePass:
+    """What the c+bmm choice looks at in a library built without AVX-512 BF16 (never called here)."""
+
+    one_pass_winograd = False
+
+
+CHOICE_CASES = ["avx512-bf16", "avx512-bf16-no-one-pass", "amx", "avx2", "avx2-forced-bf16", "bf16-off", "no-library",
+                "cuda", "mps"]  # fmt: skip
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("caps", "device", "bf16", "library", "precision", "paths"),
+    [
+        (AVX512_BF16, "cpu", None, LIB, "bf16", ["c-one-pass", "c-one-pass"]),
+        (AVX512_BF16, "cpu", None, _LibraryWithoutOnePass(), "bf16", ["c-one-pass", "c+bmm"]),
+        (AMX, "cpu", None, _LibraryWithoutOnePass(), "bf16", ["c-one-pass", "c+bmm"]),
+        (AVX2_ONLY, "cpu", None, LIB, "fp32", ["torch-conv+c-pool-relu", "torch-conv+c-pool-relu"]),
+        (AVX2_ONLY, "cpu", True, LIB, "bf16", ["c-one-pass", "torch-conv+c-pool-relu"]),  # --bf16 on: no bf16 bmm
+        (AVX512_BF16, "cpu", False, LIB, "fp32", ["torch-conv+c-pool-relu", "torch-conv+c-pool-relu"]),  # --bf16 off
+        (AVX512_BF16, "cpu", None, None, "bf16", ["torch", "torch"]),  # no compiler
+        (CUDA_GPU, "cuda", None, None, "bf16", ["torch", "torch"]),
+        (MAC, "mps", None, None, "fp32", ["torch", "torch"]),
+    ],
+    ids=CHOICE_CASES,
+)
+def test_kernel_paths_follow_the_capabilities(caps, device, bf16, library, precision, paths):
+    plan = _plan(caps, device, bf16, library) if device == "cpu" else fast.plan_fast_path(caps, device, bf16)
+    assert plan.precision == precision and plan.device == device
+    config = mv.MiniVisionConfig()
+    convs = [torch.nn.Conv2d(1, config.conv_channels[0], 3, 1, 1), torch.nn.Conv2d(*config.conv_channels[:2], 3, 1, 1)]
+    assert [str(fast.choose_block_path(conv, plan)) for conv in convs] == paths
+    assert str(fast.choose_block_path(convs[1], _plan(caps, device, bf16, library, winograd=False))) in (
+        "torch-conv+c-pool-relu",
+        "torch",
+    )  # --no-winograd
+
+
+@needs_kernels
+def test_the_chosen_path_is_stored_shown_and_reported():
+    """Chosen once when the model is prepared: on the module, in its repr, in the report the run record stores."""
+    model = _model()
+    report = fast.apply_fast_kernels(model, capabilities=CAPS)
+    expected = fast.choose_block_path(model.minivision.blocks[1].conv, fast.plan_fast_path(CAPS))
+    assert model.minivision.blocks[1].path is expected
+    assert f"path={expected}, conv=" in repr(model.minivision.blocks[1])
+    assert report["blocks"]["minivision.blocks.1"]["path"] == str(expected)
+    assert report["capabilities"] == CAPS.as_record() and report["kernel_isa_level"] == BUILD.target.level
+    assert report["precision"] == ("bf16" if CAPS.cpu_bf16_native else "fp32") and report["device"] == "cpu"
+
+
+@needs_kernels
+def test_avx2_only_cpu_trains_in_fp32_with_the_c_pooling():
+    """The AVX2-only choice, here: fp32 (bf16 would be emulated), PyTorch's convs and the C max-pool + ReLU, which
+    give exactly PyTorch's numbers."""
+    plain, fused = _model(dropout=0.0), _model(dropout=0.0)
+    plan = _plan(AVX2_ONLY)
+    swapped = fast.swap.swap_blocks(fused, plan)
+    assert [m.path for m in swapped.values()] == [fast.KernelPath.TORCH_CONV_C_POOL] * 2
+    assert "path=torch-conv+c-pool-relu, conv=torch" in repr(fused)
+    x, labels = _digits(32), torch.randint(0, 10, (32,))
+    results = []
+    for model in (plain, fused):
+        out = model.train()(pixel_values=x, labels=labels)  # fp32: no autocast
+        out.loss.backward()
+        results.append((out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert torch.equal(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        assert torch.equal(results[1][1][name], grad), name
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= CAPS.cpu_features, reason="needs a CPU with AVX2 (x86-64-v3)")
+def test_x86_64_v3_build_runs_the_avx2_choices(tmp_path):
+    """MINIVISION_ISA_LEVEL=x86-64-v3: this CPU seen as AVX2-only, end to end in a fresh process. The library is built
+    for x86-64-v3 (no AVX-512 anywhere in it), the plan is fp32 with PyTorch's convs and the C pooling, and every
+    kernel still computes its reference (run with bf16 forced, the first-block kernel and the c+bmm Winograd too)."""
+    code = (
+        "import torch\n"
+        "import minivision_hf as mv\n"
+        "from minivision_hf import fast\n"
+        "caps = fast.detect_capabilities()\n"
+        "assert caps.isa_level == 'x86-64-v3' and not caps.cpu_bf16_native, caps\n"
+        "torch.manual_seed(0)\n"
+        "model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).to(memory_format=torch.channels_last)\n"
+        "report = fast.apply_fast_kernels(model)\n"
+        "assert report['kernel_isa_level'] == 'x86-64-v3' and '-march=x86-64-v3' in report['build_flags'], report\n"
+        "assert report['precision'] == 'fp32' and report['winograd_blocks'] == 0, report\n"
+        "assert set(b['path'] for b in report['blocks'].values()) == {'torch-conv+c-pool-relu'}, report\n"
+        "build = fast.load_kernels(caps)\n"
+        "lib = build.library\n"
+        "assert not lib.one_pass_winograd\n"
+        "x = torch.randn(4, 32, 14, 14).contiguous(memory_format=torch.channels_last)\n"
+        "assert torch.equal(fast.FusedMaxPoolReLU(lib)(x), fast.pool_relu_reference(x))\n"
+        "conv1, conv2 = torch.nn.Conv2d(1, 32, 3, 1, 1), torch.nn.Conv2d(32, 64, 3, 1, 1)\n"
+        "img = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)\n"
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+        "    first = fast.Conv1PoolReLU.apply(img, conv1.weight, conv1.bias, lib)\n"
+        "    first_ref = fast.conv_pool_relu_reference(img, conv1)\n"
+        "    second = fast.WinogradConvPoolReLU.apply(x, conv2.weight, conv2.bias, lib, False)\n"
+        "    second_ref = fast.conv_pool_relu_reference(x, conv2)\n"
+        "assert (first.float() - first_ref.float()).abs().max() <= 1e-2 * first_ref.float().abs().max()\n"
+        "err = (second.float() - second_ref.float()).abs().max() / second_ref.float().abs().max()\n"
+        "assert err < 3e-2, err\n"
+        "print('ok')\n"
+    )
+    result = _run(code, tmp_path, MINIVISION_ISA_LEVEL="x86-64-v3")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    built = list((tmp_path / "cache" / "minivision_hf").glob("*.so"))
+    assert [p.name.split("-")[1:-1] for p in built] == [["x86", "64", "v3"]]
+
+
+def test_cuda_choice_runs_pytorchs_ops_and_fast_dropout():
+    """The CUDA path, testable without a GPU: a plan for device cuda uses no C kernels (every block on PyTorch's ops,
+    bf16 where the GPU has it) and the swapped model computes exactly what the plain model does."""
+    plain, fused = _model(dropout=0.0), _model(dropout=0.0)
+    report = fast.apply_fast_kernels(fused, device="cuda", capabilities=CUDA_GPU)  # builds nothing, runs nothing
+    assert report["device"] == "cuda" and report["precision"] == "bf16" and not report["kernels_built"]
+    assert _paths(report) == ["torch", "torch"] and "CPU-only" in report["build_error"]
+    assert report["fast_dropouts"] == 1 and "path=torch" in repr(fused)
+    x = _digits(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the same modules on the CPU: PyTorch's ops only
+        assert torch.equal(plain.train()(pixel_values=x).logits, fused.train()(pixel_values=x).logits)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here): the CUDA path is checked only "
+                    "through faked capabilities above")  # fmt: skip
+def test_fast_path_trains_on_cuda():
+    plain, fused = _model(dropout=0.0).cuda(), _model(dropout=0.0).cuda()
+    report = fast.apply_fast_kernels(fused)
+    assert report["device"] == "cuda" and _paths(report) == ["torch", "torch"]
+    x, labels = _digits(64).cuda(), torch.randint(0, 10, (64,)).cuda()
+    results = []
+    for model in (plain, fused):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=report["precision"] == "bf16"):
+            out = model.train()(pixel_values=x, labels=labels)
+        out.loss.backward()
+        results.append((out.logits.detach(), model.minivision.blocks[0].conv.weight.grad))
+    assert torch.allclose(results[0][0], results[1][0]) and torch.allclose(results[0][1], results[1][1])
+    drop = fast.FastDropout(0.3).train()
+    zeros = (drop(torch.ones(1000, 1000, device="cuda")) == 0).float().mean().item()
+    assert abs(zeros - 0.3) < 0.005
+
+
+# ---- the kernels ------------------------------------------------------------------------------------------------
+
+
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(8, 32, 28, 28), (4, 64, 14, 14), (3, 5, 6, 8)])
 def test_pool_relu_matches_pytorch_bit_for_bit(dtype, shape):
@@ -36,10 +434,10 @@ def test_pool_relu_matches_pytorch_bit_for_bit(dtype, shape):
     x.requires_grad_(True)
     grad = _channels_last(shape[0], shape[1], shape[2] // 2, shape[3] // 2, dtype=dtype, seed=1)
 
-    expected = fast_kernels.pool_relu_reference(x)
+    expected = fast.pool_relu_reference(x)
     (expected_grad,) = torch.autograd.grad(expected, x, grad)
-    assert fast_kernels.supported(x)
-    out = fast_kernels.FusedMaxPoolReLU()(x)
+    assert pool_relu_applies(x)
+    out = fast.FusedMaxPoolReLU(LIB)(x)
     (out_grad,) = torch.autograd.grad(out, x, grad)
 
     assert _same(out, expected) and _same(out_grad, expected_grad)
@@ -47,32 +445,32 @@ def test_pool_relu_matches_pytorch_bit_for_bit(dtype, shape):
     assert out_grad.is_contiguous(memory_format=torch.channels_last)
 
 
+@needs_kernels
 def test_pool_relu_falls_back_where_unsupported():
     x = torch.randn(2, 3, 6, 6)  # NCHW: not the kernel's layout
-    assert not fast_kernels.supported(x)
-    assert torch.equal(fast_kernels.FusedMaxPoolReLU()(x), fast_kernels.pool_relu_reference(x))
+    assert not pool_relu_applies(x)
+    assert torch.equal(fast.FusedMaxPoolReLU(LIB)(x), fast.pool_relu_reference(x))
     odd = _channels_last(2, 3, 5, 6)
-    assert not fast_kernels.supported(odd)
-    assert torch.equal(fast_kernels.FusedMaxPoolReLU()(odd), fast_kernels.pool_relu_reference(odd))
+    assert not pool_relu_applies(odd)
+    assert torch.equal(fast.FusedMaxPoolReLU(LIB)(odd), fast.pool_relu_reference(odd))
 
 
+@needs_kernels
 @pytest.mark.parametrize("out_channels", [32, 5])  # 16-channel vector path and the generic loop
 def test_conv_pool_relu_matches_autocast_pytorch(out_channels):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, out_channels, 3, 1, 1).to(memory_format=torch.channels_last)
-    ink = (torch.rand(16, 1, 28, 28) > 0.7).float() * torch.rand(16, 1, 28, 28)
-    x = ((ink - 0.1307) / 0.3081).contiguous(memory_format=torch.channels_last)  # MNIST-like: constant background
+    x = _digits(16)
     grad = _channels_last(16, out_channels, 14, 14, dtype=torch.bfloat16, seed=2)
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = fast_kernels.pool_relu_reference(conv(x))
+        expected = fast.conv_pool_relu_reference(x, conv)
     expected.backward(grad)
     expected_w, expected_b = conv.weight.grad.clone(), conv.bias.grad.clone()
     conv.zero_grad()
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fast_kernels.conv_supported(x, conv)
-        out = fast_kernels._ConvPoolReLU.apply(x, conv.weight, conv.bias)
+        out = fast.Conv1PoolReLU.apply(x, conv.weight, conv.bias, LIB)
     out.backward(grad)
 
     assert out.dtype == torch.bfloat16 and torch.equal(out, expected)  # same bf16 rounding, same winners
@@ -82,28 +480,39 @@ def test_conv_pool_relu_matches_autocast_pytorch(out_channels):
         assert (got - ref).norm() <= 1e-2 * ref.norm()
 
 
-def test_conv_pool_relu_only_where_it_applies():
-    conv = torch.nn.Conv2d(1, 8, 3, 1, 1)
-    x = torch.randn(2, 1, 28, 28)
-    assert not fast_kernels.conv_supported(x, conv)  # fp32, no autocast: PyTorch's ops
+@needs_kernels
+def test_first_block_kernel_only_where_it_applies():
+    """A block on the c-one-pass path runs the kernel only inside bf16 autocast and when x needs no gradient; else
+    PyTorch's conv (and the C pooling): the same function either way."""
+    block = mv.modeling_minivision.MiniVisionConvBlock(1, 32, mv.MiniVisionConfig()).eval()
+    fused = fast.FusedConvPoolReLUBlock(copy.deepcopy(block), fast.KernelPath.C_ONE_PASS, LIB).eval()
+    assert fused.direct and not fused.winograd and "path=c-one-pass, conv=direct" in repr(fused)
+    x = _digits(4)
+    assert torch.equal(fused(x), block(x))  # fp32, no autocast: PyTorch's ops
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fast_kernels.conv_supported(x, conv)
-        assert not fast_kernels.conv_supported(x.requires_grad_(True), conv)  # the kernel gives no input gradient
-        assert not fast_kernels.conv_supported(torch.randn(2, 1, 28, 28), torch.nn.Conv2d(1, 8, 3, 1, 0))
+        assert torch.equal(fused(x), block(x))  # the kernel: bit-identical forward
+        wanted = x.clone().requires_grad_(True)
+        fused(wanted).float().sum().backward()  # the kernel gives no input gradient: PyTorch's conv runs
+    assert wanted.grad is not None
+    with pytest.raises(ValueError, match="does not take"):
+        fast.FusedConvPoolReLUBlock(mv.modeling_minivision.MiniVisionConvBlock(3, 8, mv.MiniVisionConfig()),
+                                    fast.KernelPath.C_ONE_PASS, LIB)  # fmt: skip
 
 
+@needs_kernels
 def test_fused_model_trains_like_the_plain_model():
-    """The fused model: same state dict keys, same forward, loss and (to bf16 rounding) gradients, in bf16 autocast
-    training with channels_last, as the fast path runs it."""
-    torch.manual_seed(0)
-    plain = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).to(memory_format=torch.channels_last)
+    """The fused model without Winograd: same state dict keys, same forward, loss and (to bf16 rounding) gradients,
+    in bf16 autocast training with channels_last, as the fast path runs it."""
+    plain = _model()
     fused = copy.deepcopy(plain)
-    assert fast_kernels.fuse_pool_relu(fused, winograd=False) == 2
+    swapped = fast.swap.swap_blocks(fused, _plan(AVX512_BF16, winograd=False))
+    assert [m.path for m in swapped.values()] == [fast.KernelPath.C_ONE_PASS, fast.KernelPath.TORCH_CONV_C_POOL]
     assert list(fused.state_dict()) == list(plain.state_dict())
     assert type(fused.minivision.blocks[0]).__name__ == "FusedConvPoolReLUBlock"
 
-    ink = (torch.rand(32, 1, 28, 28) > 0.7).float()
-    x = ((ink - 0.1307) / 0.3081).contiguous(memory_format=torch.channels_last)
+    # Binary ink: on grey levels an output near zero after cancellation can round one bf16 ulp away from oneDNN's
+    # (its fp32 sums run in another order; 1 of 200k outputs on _digits(32)), which the running means then show.
+    x = (((torch.rand(32, 1, 28, 28) > 0.7).float() - 0.1307) / 0.3081).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (32,))
     results = []
     for model in (plain, fused):
@@ -117,8 +526,7 @@ def test_fused_model_trains_like_the_plain_model():
     assert torch.equal(logits_a, logits_b) and torch.equal(loss_a, loss_b)
     for name, grad in grads_a.items():
         assert (grads_b[name] - grad).norm() <= 2e-2 * grad.norm() + 1e-6, name
-    # Running statistics were updated identically.
-    for (name, a), b in zip(plain.named_buffers(), fused.buffers()):
+    for (name, a), b in zip(plain.named_buffers(), fused.buffers()):  # running statistics updated identically
         assert torch.equal(a, b), name
 
 
@@ -136,28 +544,27 @@ def _routed_reference(x, conv, code, grad):
     return pooled.detach(), x64.grad, w64.grad, b64.grad
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["one-pass", "bmm"])
+@needs_kernels
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "bmm"])
 @pytest.mark.parametrize(
     ("shape", "out_channels", "chunk"), [((20, 32, 14, 14), 64, 32), ((5, 16, 6, 8), 32, 2), ((3, 48, 10, 10), 16, 2)]
 )
-def test_winograd_conv_pool_relu_matches_an_fp64_reference(monkeypatch, fused, shape, out_channels, chunk):
-    """Both implementations: the one-pass kernels (own AVX-512 BF16 products) and transforms + torch.bmm (in chunks
-    of `chunk` images, the last one shorter). Shapes cover 64-, 32- and 16-column products and odd tile counts."""
-    monkeypatch.setattr(fast_kernels, "WINOGRAD_CHUNK", chunk)
-    monkeypatch.setattr(fast_kernels, "WINOGRAD_FUSED", fused)
-    if fused and not fast_kernels.winograd_fused():
-        pytest.skip("the one-pass Winograd kernels need a compiler targeting AVX-512 BF16")
+def test_winograd_conv_pool_relu_matches_an_fp64_reference(one_pass, shape, out_channels, chunk):
+    """Both Winograd paths: one pass (own AVX-512 BF16 products) and transforms + torch.bmm (in chunks of `chunk`
+    images, the last one shorter). Shapes cover 64-, 32- and 16-column products and odd tile counts."""
+    if one_pass and not LIB.one_pass_winograd:
+        pytest.skip("the one-pass Winograd kernels need a library built for AVX-512 BF16")
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(shape[1], out_channels, 3, 1, 1)
     x = _channels_last(*shape, dtype=torch.bfloat16).requires_grad_(True)
     grad = _channels_last(shape[0], out_channels, shape[2] // 2, shape[3] // 2, dtype=torch.bfloat16, seed=3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fast_kernels.winograd_supported(x, conv)
-        out = fast_kernels._WinogradConvPoolReLU.apply(x, conv.weight, conv.bias)
-        reference = fast_kernels.pool_relu_reference(conv(x.detach()))
+        out = fast.WinogradConvPoolReLU.apply(x, conv.weight, conv.bias, LIB, one_pass, chunk)
+        reference = fast.conv_pool_relu_reference(x.detach(), conv)
     out.backward(grad)
-    u = fast_kernels._winograd_weights(conv.weight.detach().to(torch.bfloat16).float()).to(torch.bfloat16)
-    y, code = fast_kernels.winograd_forward(x.detach(), u, conv.bias.detach().to(torch.bfloat16).float())
+    u = fast.winograd_weights(conv.weight.detach().to(torch.bfloat16).float()).to(torch.bfloat16)
+    bias = conv.bias.detach().to(torch.bfloat16).float()
+    y, code = fast.functions.winograd_forward(LIB, x.detach(), u, bias, one_pass, chunk)
     assert torch.equal(y, out) and out.dtype == torch.bfloat16
     assert out.is_contiguous(memory_format=torch.channels_last)
 
@@ -173,40 +580,40 @@ def test_winograd_conv_pool_relu_matches_an_fp64_reference(monkeypatch, fused, s
     assert x.grad.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32
 
 
+@needs_kernels
 def test_winograd_only_where_it_applies():
-    conv = torch.nn.Conv2d(32, 64, 3, 1, 1)
-    x = _channels_last(2, 32, 14, 14)
-    assert not fast_kernels.winograd_supported(x, conv)  # no autocast: PyTorch's fp32 conv
+    plan = _plan(AVX512_BF16)
+    for other in (torch.nn.Conv2d(24, 64, 3, 1, 1), torch.nn.Conv2d(32, 64, 3, 2, 1), torch.nn.Conv2d(32, 64, 5, 1, 2)):
+        assert fast.choose_block_path(other, plan) is fast.KernelPath.TORCH_CONV_C_POOL
+    # On a Winograd path, outside bf16 autocast (or with odd sizes) the block runs PyTorch's conv: the same function.
+    block = mv.modeling_minivision.MiniVisionConvBlock(32, 64, mv.MiniVisionConfig()).eval()
+    fused = fast.FusedConvPoolReLUBlock(copy.deepcopy(block), fast.KernelPath.C_BMM, LIB).eval()
+    assert fused.winograd and "path=c+bmm, conv=winograd" in repr(fused)
+    z = _channels_last(2, 32, 14, 14)
+    assert torch.equal(fused(z), block(z))
+    odd = _channels_last(2, 32, 13, 14)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fast_kernels.winograd_supported(x, conv)
-        assert not fast_kernels.winograd_supported(_channels_last(2, 32, 13, 14), conv)  # odd H
-        for other in (
-            torch.nn.Conv2d(24, 64, 3, 1, 1),
-            torch.nn.Conv2d(32, 64, 3, 2, 1),
-            torch.nn.Conv2d(32, 64, 5, 1, 2),
-        ):
-            assert not fast_kernels.winograd_supported(x, other)
-        # A block whose conv the kernel does not take runs PyTorch's conv and the fused pool + ReLU.
-        block = mv.modeling_minivision.MiniVisionConvBlock(24, 40, mv.MiniVisionConfig())
-        fused = fast_kernels.FusedConvPoolReLUBlock(copy.deepcopy(block)).eval()
-        z = _channels_last(2, 24, 14, 14)
-        assert torch.equal(fused(z), block.eval()(z))
+        assert torch.equal(fused(odd), block(odd))
+    with pytest.raises(ValueError, match="does not take"):
+        fast.FusedConvPoolReLUBlock(mv.modeling_minivision.MiniVisionConvBlock(24, 40, mv.MiniVisionConfig()),
+                                    fast.KernelPath.C_BMM, LIB)  # fmt: skip
 
 
-def test_winograd_model_trains_like_the_plain_model():
+@needs_kernels
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "bmm"])
+def test_winograd_model_trains_like_the_plain_model(one_pass):
     """With the second block as Winograd, bf16 training stays as close to exact (fp64) arithmetic as PyTorch's own bf16
     autocast model: loss, logits and every gradient (bf16 alone is ~10% off in early-layer gradients here, because
     near-tied pooling windows route differently)."""
-    torch.manual_seed(0)
-    plain = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).to(memory_format=torch.channels_last)
-    plain.classifier[2].p = 0.0  # no dropout: the same function on every side
+    if one_pass and not LIB.one_pass_winograd:
+        pytest.skip("the one-pass Winograd kernels need a library built for AVX-512 BF16")
+    plain = _model(dropout=0.0)  # no dropout: the same function on every side
     fused, exact = copy.deepcopy(plain), copy.deepcopy(plain).double()
-    report = fast_kernels.apply_fast_kernels(fused)
-    assert report["winograd_blocks"] == 1 and fused.minivision.blocks[1].winograd
+    library = LIB if one_pass else _OnlyBmm(LIB)
+    swapped = fast.swap.swap_blocks(fused, _plan(AVX512_BF16, library=library))
+    assert [m.path for m in swapped.values()][1] is (fast.KernelPath.C_ONE_PASS if one_pass else fast.KernelPath.C_BMM)
 
-    ink = (torch.rand(64, 1, 28, 28) > 0.7).float()
-    x = ((ink - 0.1307) / 0.3081).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (64,))
+    x, labels = _digits(64), torch.randint(0, 10, (64,))
     results = []
     for model in (plain, fused, exact):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=model is not exact):
@@ -222,71 +629,18 @@ def test_winograd_model_trains_like_the_plain_model():
         assert error(grads_w[name], exact_grad) <= 1.5 * error(grads_p[name], exact_grad) + 0.03, name
 
 
-def test_no_compiler_falls_back_with_a_warning(tmp_path):
-    """Without a C compiler the fast path keeps working on PyTorch's ops and says why, once."""
-    code = (
-        "import warnings, torch\n"
-        "from minivision_hf import fast_kernels\n"
-        "assert fast_kernels.library() is None, 'built without a compiler?'\n"
-        "assert 'no C compiler' in fast_kernels.build_error()\n"
-        "x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)\n"
-        "with warnings.catch_warnings(record=True) as caught:\n"
-        "    warnings.simplefilter('always')\n"
-        "    y = fast_kernels.FusedMaxPoolReLU()(x)\n"
-        "assert torch.equal(y, fast_kernels.pool_relu_reference(x))\n"
-        "assert any('falls back' in str(w.message) for w in caught)\n"
-        "print('ok')\n"
-    )
-    env = {"PATH": str(tmp_path), "MINIVISION_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+class _OnlyBmm:
+    """This machine's library as one built without AVX-512 BF16 would be chosen: the c+bmm path, real kernels."""
 
+    one_pass_winograd = False
 
-def test_kernel_builds_into_the_cache_folder(tmp_path):
-    code = "from minivision_hf import fast_kernels\nlib = fast_kernels.library()\nprint(lib._name)\n"
-    env = {**os.environ, "MINIVISION_CACHE": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    built = list((tmp_path / "minivision_hf").glob("fused_pool_*.so"))
-    assert len(built) == 1 and result.stdout.strip() == str(built[0])
-
-
-def _run_with_a_compiler_refusing(flag: str, code: str, tmp_path) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh Python whose C compiler (gcc behind a wrapper) fails on `flag`, with an empty cache."""
-    compiler = tmp_path / "cc-without-flag"
-    compiler.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = {flag} ] && {{ echo "no {flag}" >&2; exit 1; }}; done\n'
-                        'exec gcc "$@"\n')  # fmt: skip
-    compiler.chmod(0o755)
-    env = {**os.environ, "CC": str(compiler), "MINIVISION_CACHE": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_winograd_without_avx512_bf16_uses_the_bmm_path(tmp_path):
-    """Built for a generic x86-64 (no -march=native: no AVX-512 BF16), the one-pass Winograd kernels are absent and
-    the block runs the transforms + torch.bmm path, with the same results to bf16 rounding."""
-    code = (
-        "import torch\n"
-        "from minivision_hf import fast_kernels\n"
-        "assert fast_kernels.library() is not None, fast_kernels.build_error()\n"
-        "assert '-march=native' not in fast_kernels.build_flags() and not fast_kernels.winograd_fused()\n"
-        "torch.manual_seed(0)\n"
-        "conv = torch.nn.Conv2d(32, 64, 3, 1, 1)\n"
-        "x = torch.randn(4, 32, 14, 14).contiguous(memory_format=torch.channels_last)\n"
-        "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
-        "    assert fast_kernels.winograd_supported(x, conv)\n"
-        "    out = fast_kernels._WinogradConvPoolReLU.apply(x, conv.weight, conv.bias)\n"
-        "    ref = fast_kernels.pool_relu_reference(conv(x))\n"
-        "err = (out.float() - ref.float()).abs().max() / ref.float().abs().max()\n"
-        "assert err < 3e-2, err\n"
-        "print('ok')\n"
-    )
-    result = _run_with_a_compiler_refusing("-march=native", code, tmp_path)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    def __init__(self, library):
+        self.call = library.call
 
 
 def test_fast_dropout_has_dropouts_distribution():
     torch.manual_seed(0)
-    drop = fast_kernels.FastDropout(0.3).train()
+    drop = fast.FastDropout(0.3).train()
     x = torch.ones(1000, 1000, dtype=torch.bfloat16, requires_grad=True)
     y = drop(x)
     zeros = (y == 0).float().mean().item()
@@ -295,39 +649,24 @@ def test_fast_dropout_has_dropouts_distribution():
     assert torch.allclose(kept, torch.full_like(kept, 1 / 0.7), rtol=1e-2) and y.dtype == torch.bfloat16
     y.float().sum().backward()  # the gradient passes through the kept elements only, scaled alike
     assert torch.equal(x.grad != 0, y != 0)
-    assert torch.equal(drop.eval()(x), x) and torch.equal(fast_kernels.FastDropout(0.0).train()(x), x)
+    assert torch.equal(drop.eval()(x), x) and torch.equal(fast.FastDropout(0.0).train()(x), x)
 
 
+@needs_kernels
 def test_apply_fast_kernels_keeps_the_state_dict_and_saved_files(tmp_path):
     model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = fast_kernels.apply_fast_kernels(model)
-    assert report == {
-        "fused_blocks": 2,
-        "winograd_blocks": 1,
-        "fast_dropouts": 1,
-        "kernels_built": True,
-        "build_flags": " ".join(fast_kernels.build_flags()),
-        "build_error": None,
-    }
-    assert any(isinstance(m, fast_kernels.FastDropout) for m in model.modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the kernels built: nothing to warn about
+        report = fast.apply_fast_kernels(model)
+    assert report["fused_blocks"] == 2 and report["fast_dropouts"] == 1
+    assert report["winograd_blocks"] == (1 if CAPS.cpu_bf16_native else 0)
+    assert report["kernels_built"] and report["build_flags"] == " ".join(BUILD.target.flags)
+    assert report["build_error"] is None
+    assert any(isinstance(m, fast.FastDropout) for m in model.modules())
     after = model.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    copy.deepcopy(model)  # the library travels by reference
     model.save_pretrained(tmp_path)  # reloads as the plain model, with the same weights
     reloaded = mv.MiniVisionForImageClassification.from_pretrained(tmp_path)
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in before.items())
-
-
-def test_kernels_build_without_openmp(tmp_path):
-    """A compiler without OpenMP (e.g. Apple clang) still builds the kernels, single-threaded."""
-    code = (
-        "import torch\n"
-        "from minivision_hf import fast_kernels\n"
-        "assert fast_kernels.library() is not None, fast_kernels.build_error()\n"
-        "print(' '.join(fast_kernels.build_flags()))\n"
-        "x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)\n"
-        "assert torch.equal(fast_kernels.FusedMaxPoolReLU()(x), fast_kernels.pool_relu_reference(x))\n"
-    )
-    result = _run_with_a_compiler_refusing("-fopenmp", code, tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "-O3 -march=native"

@@ -1,0 +1,253 @@
+"""The C build: compile csrc/*.c for a named ISA level with the system's C compiler, cache the library, load it with
+ctypes and give it the signature table that mirrors csrc/minivision_kernels.h.
+
+No library built for one CPU is ever loaded on another: a build targets the ISA level the CPU was detected to have
+(`Capabilities.isa_level`, e.g. `-march=x86-64-v4 -mavx512bf16`, never `-march=native`), and the cache file's name
+holds a key over the sources, the compiler, the flags and the features that level needs. A CPU looks only for its
+own level's key, so a cache folder shared between machines (an NFS home, a container image) holds one library per
+level side by side. Where the compiler refuses the level's flags, the fallback build uses the compiler's default
+target and is keyed by the CPU's full feature set instead.
+
+Flag sets are tried in order: the level's flags with OpenMP (the kernels run on torch's own OpenMP threads), without
+OpenMP (single-threaded, e.g. Apple clang), then the compiler's default target, with and without OpenMP. Without a
+compiler, or when nothing builds, `load_kernels` returns a `BuildResult` with the reason and no library: the fast path
+then runs PyTorch's ops.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .capabilities import ISA_LEVELS, Capabilities
+
+CSRC = Path(__file__).with_name("csrc")
+HEADER = CSRC / "minivision_kernels.h"
+OPTIMIZE = ("-O3",)
+OPENMP = ("-fopenmp",)
+COMPILER_DEFAULT = "compiler-default"  # the fallback build's level: whatever the compiler targets by default
+
+# The exported functions of csrc/minivision_kernels.h: name -> (return type, [(parameter, C type)]), in the header's
+# order and spelling (tests/test_fast_kernels.py parses the header and checks this table against it).
+SIGNATURES: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "mv_pool_relu_forward_bf16": ("int", [
+        ("x", "const uint16_t *"), ("y", "uint16_t *"), ("code", "int16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_pool_relu_forward_f32": ("int", [
+        ("x", "const float *"), ("y", "float *"), ("code", "int32_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_pool_relu_backward_bf16": ("int", [
+        ("grad_y", "const uint16_t *"), ("code", "const int16_t *"), ("grad_x", "uint16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_pool_relu_backward_f32": ("int", [
+        ("grad_y", "const float *"), ("code", "const int32_t *"), ("grad_x", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_conv1_pool_relu_forward": ("int", [
+        ("x", "const uint16_t *"), ("taps", "const float *"), ("bias", "const float *"), ("y", "uint16_t *"),
+        ("code", "int16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_conv1_pool_relu_backward": ("int", [
+        ("x", "const uint16_t *"), ("grad_y", "const uint16_t *"), ("code", "const int16_t *"),
+        ("grad_taps", "float *"), ("grad_bias", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd_input_transform": ("int", [
+        ("x", "const uint16_t *"), ("v", "uint16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd_output_pool_relu": ("int", [
+        ("m", "const uint16_t *"), ("bias", "const float *"), ("y", "uint16_t *"), ("code", "int16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd_output_pool_relu_backward": ("int", [
+        ("grad_y", "const uint16_t *"), ("code", "const int16_t *"), ("grad_m", "uint16_t *"),
+        ("grad_bias", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd_input_transform_backward": ("int", [
+        ("grad_v", "const uint16_t *"), ("grad_x", "uint16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd_one_pass_built": ("int", []),
+    "mv_winograd_one_pass_forward": ("int", [
+        ("x", "const uint16_t *"), ("weight_pairs", "const uint32_t *"), ("bias", "const float *"),
+        ("y", "uint16_t *"), ("code", "int16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("in_channels", "long"), ("out_channels", "long"),
+        ("threads", "int"),
+    ]),
+    "mv_winograd_one_pass_backward": ("int", [
+        ("x", "const uint16_t *"), ("weight_pairs_t", "const uint32_t *"), ("grad_y", "const uint16_t *"),
+        ("code", "const int16_t *"), ("grad_x", "uint16_t *"), ("grad_u", "float *"), ("grad_bias", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("in_channels", "long"), ("out_channels", "long"),
+        ("threads", "int"),
+    ]),
+}  # fmt: skip
+CTYPES = {"int": ctypes.c_int, "long": ctypes.c_long}  # every pointer is passed as c_void_p (a tensor's data_ptr())
+STATUS = {1: "out of memory", 2: "unsupported shape", -1: "not built at this ISA level"}  # the header's return codes
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept: $MINIVISION_CACHE, else $XDG_CACHE_HOME, else ~/.cache; then minivision_hf/."""
+    root = os.environ.get("MINIVISION_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "minivision_hf"
+
+
+def sources() -> list[Path]:
+    """The C files compiled into the library (headers are hashed into the key too)."""
+    return sorted(CSRC.glob("*.c"))
+
+
+def find_compiler() -> str | None:
+    """$CC, else gcc, cc or clang: the first one on PATH."""
+    return next((c for c in (os.environ.get("CC"), "gcc", "cc", "clang") if c and shutil.which(c)), None)
+
+
+@functools.cache
+def compiler_identity(compiler: str) -> str:
+    """The compiler's resolved path and `--version` line: a different compiler makes a different library."""
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    return f"{shutil.which(compiler)} {version.splitlines()[0] if version else ''}"
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """One way to build the library: the ISA level it targets, the CPU features it may use, the compiler flags."""
+
+    level: str
+    features: frozenset[str]
+    flags: tuple[str, ...]
+
+
+def build_targets(capabilities: Capabilities) -> list[BuildTarget]:
+    """The flag sets to try for this CPU, in order (see the module docstring)."""
+    targets = []
+    if capabilities.isa_level in ISA_LEVELS:
+        needs, level_flags = ISA_LEVELS[capabilities.isa_level]
+        for openmp in (OPENMP, ()):
+            targets.append(BuildTarget(capabilities.isa_level, needs, (*OPTIMIZE, *level_flags, *openmp)))
+    # The compiler's default target may be above the baseline (some distributions default to x86-64-v2): keyed by
+    # everything this CPU has, so only a CPU with the same features loads it.
+    for openmp in (OPENMP, ()):
+        targets.append(BuildTarget(COMPILER_DEFAULT, capabilities.cpu_features, (*OPTIMIZE, *openmp)))
+    return targets
+
+
+def cache_key(target: BuildTarget, compiler_id: str, machine: str) -> str:
+    """A key over everything that makes a library different: sources and headers, compiler, flags, the level and the
+    CPU features the build may use, the machine."""
+    digest = hashlib.sha256()
+    for path in sorted(CSRC.glob("*.[ch]")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for part in (compiler_id, " ".join(target.flags), target.level, " ".join(sorted(target.features)), machine):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def library_path(target: BuildTarget, compiler_id: str, machine: str) -> Path:
+    """The cache file for `target`: minivision_kernels-<level>-<key>.so (the level in the name is for readers)."""
+    return cache_dir() / f"minivision_kernels-{target.level}-{cache_key(target, compiler_id, machine)}.so"
+
+
+class KernelLibrary:
+    """The loaded C kernels, called by name with named arguments that must match SIGNATURES (tensors are passed as
+    their data pointers, None as NULL, `threads` defaults to torch's thread count). Copies and pickles of a module
+    holding one share the same loaded library."""
+
+    def __init__(self, path: Path, target: BuildTarget):
+        self.path, self.target = path, target
+        self._cdll = ctypes.CDLL(str(path))
+        for name, (restype, params) in SIGNATURES.items():
+            function = getattr(self._cdll, name)
+            function.restype = CTYPES[restype]
+            function.argtypes = [CTYPES.get(ctype, ctypes.c_void_p) for _, ctype in params]
+        self.one_pass_winograd = bool(self._cdll.mv_winograd_one_pass_built())
+
+    def call(self, name: str, **arguments) -> None:
+        """Run the C function `name`; raises RuntimeError with the header's meaning of a nonzero status."""
+        _, params = SIGNATURES[name]
+        arguments.setdefault("threads", torch.get_num_threads())
+        names = [param for param, _ in params]
+        if sorted(arguments) != sorted(names):
+            raise TypeError(f"{name} takes ({', '.join(names)}), got ({', '.join(arguments)})")
+        values = [_c_value(arguments[param]) for param in names]
+        status = getattr(self._cdll, name)(*values)
+        if status:
+            raise RuntimeError(f"{name} failed: {STATUS.get(status, f'status {status}')}")
+
+    def __repr__(self) -> str:
+        return f"KernelLibrary({self.path.name}, flags={' '.join(self.target.flags)!r})"
+
+    def __deepcopy__(self, memo: dict) -> "KernelLibrary":
+        return self  # read-only once loaded: a deep-copied model keeps calling the same library
+
+    def __reduce__(self):
+        return _load_library, (self.path, self.target)
+
+
+def _c_value(value):
+    if isinstance(value, torch.Tensor):
+        return value.data_ptr()
+    return value  # ints, and None for NULL
+
+
+@functools.cache
+def _load_library(path: Path, target: BuildTarget) -> KernelLibrary:
+    return KernelLibrary(path, target)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `load_kernels` did: the library (None when nothing built), the target it was built for, and why not."""
+
+    library: KernelLibrary | None
+    target: BuildTarget | None = None
+    error: str | None = None
+    attempts: list[str] = field(default_factory=list)
+
+    @property
+    def flags(self) -> str | None:
+        return " ".join(self.target.flags) if self.target else None
+
+
+def _compile(compiler: str, target: BuildTarget, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        out = Path(tmp) / path.name
+        command = [compiler, *target.flags, "-shared", "-fPIC", f"-I{CSRC}", *map(str, sources()), "-o", str(out)]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        os.replace(out, path)  # atomic: concurrent builders (torchrun ranks) each write a whole file
+
+
+@functools.cache
+def load_kernels(capabilities: Capabilities) -> BuildResult:
+    """The C kernels for a CPU with `capabilities`, built on first use into cache_dir() (once per process and
+    capability set). Pass the detected capabilities: a library built for a level this CPU lacks would crash it."""
+    compiler = find_compiler()
+    if compiler is None:
+        return BuildResult(None, error="no C compiler found (gcc, cc or clang)")
+    identity = compiler_identity(compiler)
+    attempts = []
+    for target in build_targets(capabilities):
+        path = library_path(target, identity, capabilities.machine)
+        try:
+            if not path.exists():
+                _compile(compiler, target, path)
+            return BuildResult(_load_library(path, target), target, attempts=attempts)
+        except (OSError, subprocess.CalledProcessError) as err:
+            attempts.append(f"{' '.join(target.flags)}: {(getattr(err, 'stderr', '') or str(err)).strip()[:300]}")
+    return BuildResult(None, error=f"building the fast kernels with {compiler} failed: " + " | ".join(attempts))

@@ -1,0 +1,212 @@
+"""The torch autograd Functions over the C kernels (one per fused operation, forward and backward), and the PyTorch
+expressions each one equals (the references the tests compare against and the modules fall back to).
+
+- `PoolReLU`: relu(max_pool2d(x, 2)) in one pass each way, bf16 or fp32, bit-identical to PyTorch (first-maximum
+  ties, NaN). PyTorch's eager max-pool writes int64 indices (as large as a bf16 input), its backward zero-fills and
+  scatters the full-size gradient, and ReLU adds two more passes; here the forward writes the pooled map and a code per
+  output (which window input won, or "ReLU closed"), the backward writes every input gradient once.
+- `Conv1PoolReLU`: the first block, relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) for a 1-channel x, as one direct
+  kernel that never writes the full-resolution map. Forward bit-identical to PyTorch under bf16 autocast (but for a
+  rare output near zero after cancellation, which can round one bf16 ulp apart where oneDNN sums in another order);
+  weight gradients equal to bf16 rounding (summed in fp32).
+- `WinogradConvPoolReLU`: a 3x3 conv with C_in, C_out multiples of 16 as Winograd F(2x2, 3x3) (16 products per 2x2
+  outputs instead of 36), the max-pool and ReLU in its output transform (a 2x2 output tile is one pooling window).
+  Two implementations, chosen by the caller: one pass per image with the library's own AVX-512 BF16 products
+  (`one_pass=True`), or C transforms around torch.bmm over chunks of images. bf16 numerics, equal to an exact
+  (fp64) reference to bf16 rounding.
+
+Every Function takes the `KernelLibrary` to call as an argument: which kernels run is decided by the module that
+holds them (modules.py), never here.
+"""
+
+import torch
+from torch import nn
+
+from .build import KernelLibrary
+
+POOL_CODE_DTYPES = {torch.bfloat16: torch.int16, torch.float32: torch.int32}  # codes as wide as the data
+WINOGRAD_CHUNK = 32  # images per c+bmm pass: the chunk's Winograd-domain arrays (~5 MB at 64 channels) stay in cache
+# Winograd F(2x2, 3x3): U = G w G^T (weights), V = B^T d B (input tiles), y = A^T (U . V) A (output tiles).
+WINOGRAD_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def pool_relu_reference(x: torch.Tensor) -> torch.Tensor:
+    """What `PoolReLU` computes, in PyTorch ops: ReLU of a 2x2 stride-2 max-pool."""
+    return torch.relu(nn.functional.max_pool2d(x, 2))
+
+
+def conv_pool_relu_reference(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """What `Conv1PoolReLU` and `WinogradConvPoolReLU` compute (under bf16 autocast), in PyTorch ops."""
+    return pool_relu_reference(conv(x))
+
+
+def _channels_last_empty(shape, dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, memory_format=torch.channels_last)
+
+
+def _sizes(x_shape) -> dict:
+    n, c, h, w = x_shape
+    return {"images": n, "height": h, "width": w, "channels": c}
+
+
+class PoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(x, 2)) for a CPU channels_last (N, C, H, W) bf16 or fp32 x with even H and W."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernels: KernelLibrary) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = _channels_last_empty((n, c, h // 2, w // 2), x.dtype)
+        code = _channels_last_empty((n, c, h // 2, w // 2), POOL_CODE_DTYPES[x.dtype])
+        name = "mv_pool_relu_forward_bf16" if x.dtype == torch.bfloat16 else "mv_pool_relu_forward_f32"
+        kernels.call(name, x=x, y=y, code=code, **_sizes(x.shape))
+        ctx.save_for_backward(code)
+        ctx.kernels, ctx.input_shape, ctx.input_dtype = kernels, x.shape, x.dtype
+        ctx.mark_non_differentiable(code)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (code,) = ctx.saved_tensors
+        grad = grad.to(ctx.input_dtype).contiguous(memory_format=torch.channels_last)
+        grad_x = _channels_last_empty(ctx.input_shape, ctx.input_dtype)
+        name = "mv_pool_relu_backward_bf16" if ctx.input_dtype == torch.bfloat16 else "mv_pool_relu_backward_f32"
+        ctx.kernels.call(name, grad_y=grad, code=code, grad_x=grad_x, **_sizes(ctx.input_shape))
+        return grad_x, None
+
+
+class Conv1PoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) for a 1-channel x in bf16 autocast numerics; gradients for w and
+    b only (the first block's input needs none)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernels: KernelLibrary):
+        n, _, h, w = x.shape
+        c = weight.shape[0]
+        xb = x.to(torch.bfloat16).contiguous()  # autocast's casts: bf16 input, weights and bias
+        taps = weight.detach().to(torch.bfloat16).float().reshape(c, 9).t().contiguous()  # (9, C)
+        bias_b = bias.detach().to(torch.bfloat16).float().contiguous()
+        y = _channels_last_empty((n, c, h // 2, w // 2), torch.bfloat16)
+        code = _channels_last_empty((n, c, h // 2, w // 2), torch.int16)
+        kernels.call("mv_conv1_pool_relu_forward", x=xb, taps=taps, bias=bias_b, y=y, code=code,
+                     images=n, height=h, width=w, channels=c)  # fmt: skip
+        ctx.save_for_backward(xb, code)
+        ctx.mark_non_differentiable(code)
+        ctx.kernels, ctx.weight_dtype = kernels, weight.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xb, code = ctx.saved_tensors
+        n, c, h2, w2 = grad.shape
+        grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        grad_taps, grad_bias = torch.empty(9, c), torch.empty(c)
+        ctx.kernels.call("mv_conv1_pool_relu_backward", x=xb, grad_y=grad, code=code, grad_taps=grad_taps,
+                         grad_bias=grad_bias, images=n, height=2 * h2, width=2 * w2, channels=c)  # fmt: skip
+        grad_weight = grad_taps.t().reshape(c, 1, 3, 3).to(ctx.weight_dtype)
+        return None, grad_weight, grad_bias.to(ctx.weight_dtype), None
+
+
+def winograd_weights(weight: torch.Tensor) -> torch.Tensor:
+    """U = G w G^T for (C_out, C_in, 3, 3) fp32 weights, as (16, C_in, C_out) fp32 (autocast off: exact fp32)."""
+    with torch.autocast("cpu", enabled=False):
+        u = torch.einsum("xa,oiab,yb->xyio", WINOGRAD_G, weight, WINOGRAD_G)
+    return u.reshape(16, weight.shape[1], weight.shape[0])
+
+
+def _bf16_pairs(u: torch.Tensor) -> torch.Tensor:
+    """(16, K, N) bf16 -> (16, K/2, N, 2): bf16 pairs along K, the dot-product instructions' operand layout."""
+    return u.unflatten(1, (-1, 2)).transpose(2, 3).contiguous()
+
+
+def _chunk_buffer(images: int, h: int, w: int, channels: int):
+    """One buffer for a chunk's Winograd-domain array; returns k -> its (16, k * H/2 * W/2, channels) view."""
+    flat = torch.empty(16 * images * (h // 2) * (w // 2) * channels, dtype=torch.bfloat16)
+    return lambda k: flat[: 16 * k * (h // 2) * (w // 2) * channels].view(16, -1, channels)
+
+
+def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, one_pass: bool,
+                     chunk: int = WINOGRAD_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The Winograd block's forward: bf16 channels_last x (N, C_in, H, W), Winograd weights u (16, C_in, C_out) bf16,
+    fp32 bias -> the pooled map (N, C_out, H/2, W/2) bf16 and its codes (which window input won, 4 where ReLU closed).
+    `one_pass`: the library's own AVX-512 BF16 products; else C transforms around torch.bmm, `chunk` images a pass."""
+    n, c_in, h, w = xb.shape
+    c_out = u.shape[2]
+    y = _channels_last_empty((n, c_out, h // 2, w // 2), torch.bfloat16)
+    code = _channels_last_empty((n, c_out, h // 2, w // 2), torch.int16)
+    if one_pass:
+        kernels.call("mv_winograd_one_pass_forward", x=xb, weight_pairs=_bf16_pairs(u), bias=bias, y=y, code=code,
+                     images=n, height=h, width=w, in_channels=c_in, out_channels=c_out)  # fmt: skip
+        return y, code
+    chunk = min(n, chunk)
+    v, m = _chunk_buffer(chunk, h, w, c_in), _chunk_buffer(chunk, h, w, c_out)
+    for i in range(0, n, chunk):
+        k = min(chunk, n - i)
+        vk, mk = v(k), m(k)
+        kernels.call("mv_winograd_input_transform", x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
+        torch.bmm(vk, u, out=mk)
+        kernels.call("mv_winograd_output_pool_relu", m=mk, bias=bias, y=y[i : i + k], code=code[i : i + k],
+                     images=k, height=h, width=w, channels=c_out)  # fmt: skip
+    return y, code
+
+
+def winograd_backward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, code: torch.Tensor,
+                      grad: torch.Tensor, want_x: bool, one_pass: bool, chunk: int = WINOGRAD_CHUNK):  # fmt: skip
+    """The Winograd block's backward -> (grad x (bf16, channels_last) or None, dU (16, C_in, C_out) fp32, grad bias
+    fp32); the input transform is recomputed rather than kept from the forward."""
+    n, c_in, h, w = xb.shape
+    c_out = u.shape[2]
+    grad_bias = torch.zeros(c_out)
+    du = torch.zeros(16, c_in, c_out)  # fp32 sums
+    grad_x = _channels_last_empty(xb.shape, torch.bfloat16) if want_x else None
+    if one_pass:
+        kernels.call("mv_winograd_one_pass_backward", x=xb, weight_pairs_t=_bf16_pairs(u.transpose(1, 2)),
+                     grad_y=grad, code=code, grad_x=grad_x, grad_u=du, grad_bias=grad_bias, images=n, height=h,
+                     width=w, in_channels=c_in, out_channels=c_out)  # fmt: skip
+        return grad_x, du, grad_bias
+    chunk = min(n, chunk)
+    v, dm, dv = _chunk_buffer(chunk, h, w, c_in), _chunk_buffer(chunk, h, w, c_out), _chunk_buffer(chunk, h, w, c_in)
+    du_part = torch.empty(16, c_in, c_out, dtype=torch.bfloat16)
+    u_t = u.transpose(1, 2).contiguous()
+    for i in range(0, n, chunk):
+        k = min(chunk, n - i)
+        vk, dmk, dvk = v(k), dm(k), dv(k)
+        kernels.call("mv_winograd_output_pool_relu_backward", grad_y=grad[i : i + k], code=code[i : i + k],
+                     grad_m=dmk, grad_bias=grad_bias, images=k, height=h, width=w, channels=c_out)  # fmt: skip
+        if grad_x is not None:
+            torch.bmm(dmk, u_t, out=dvk)
+            kernels.call("mv_winograd_input_transform_backward", grad_v=dvk, grad_x=grad_x[i : i + k], images=k,
+                         height=h, width=w, channels=c_in)  # fmt: skip
+        kernels.call("mv_winograd_input_transform", x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
+        du += torch.bmm(vk.transpose(1, 2), dmk, out=du_part)
+    return grad_x, du, grad_bias
+
+
+class WinogradConvPoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) in bf16 numerics for a 3x3 convolution with C_in, C_out
+    multiples of 16: Winograd F(2x2, 3x3), the pooling and ReLU fused into the output transform. The 16
+    Winograd-domain channel products are bf16 matrix products with fp32 sums: the library's own (`one_pass`, the
+    "c-one-pass" path), or torch.bmm over chunks of `chunk` images (the "c+bmm" path)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernels: KernelLibrary,
+                one_pass: bool, chunk: int = WINOGRAD_CHUNK) -> torch.Tensor:  # fmt: skip
+        xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)  # autocast's casts
+        u = winograd_weights(weight.detach().to(torch.bfloat16).float()).to(torch.bfloat16)
+        bias_b = bias.detach().to(torch.bfloat16).float().contiguous()
+        y, code = winograd_forward(kernels, xb, u, bias_b, one_pass, chunk)
+        ctx.save_for_backward(xb, u, code)
+        ctx.mark_non_differentiable(code)
+        ctx.kernels, ctx.one_pass, ctx.chunk = kernels, one_pass, chunk
+        ctx.input_dtype, ctx.weight_dtype = x.dtype, weight.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xb, u, code = ctx.saved_tensors
+        grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        grad_x, du, grad_bias = winograd_backward(ctx.kernels, xb, u, code, grad, ctx.needs_input_grad[0],
+                                                  ctx.one_pass, ctx.chunk)  # fmt: skip
+        with torch.autocast("cpu", enabled=False):  # fp32 transforms, as in the forward
+            grad_weight = torch.einsum("xa,yb,xyio->oiab", WINOGRAD_G, WINOGRAD_G, du.unflatten(0, (4, 4)))
+        grad_x = None if grad_x is None else grad_x.to(ctx.input_dtype)
+        return grad_x, grad_weight.to(ctx.weight_dtype).contiguous(), grad_bias.to(ctx.weight_dtype), None, None, None
