@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,25 @@ from torch import nn
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 20  # torch 2.14's default; the dynamo exporter needs >= 18, QDQ per-channel needs >= 13
-# Static QDQ: activations uint8 or int8, weights int8 per output channel; dynamic: weights int8, activations
-# quantised at run time per tensor (ConvInteger / MatMulInteger).
-QUANT_METHODS = ("static_qdq_u8", "static_qdq_s8", "dynamic")
+# int8 schemes: static QDQ (activation ranges calibrated on training images, weights per output channel). How ORT's
+# CPU kernels multiply each one decides whether it holds on every CPU (see minivision_hf/int8_emulation.py):
+# - u8s8: uint8 activations x int8 weights. Exact on VNNI/AMX; on AVX2 without VNNI `vpmaddubsw` adds two u8 x s8
+#   products into a saturating int16 (2 x 255 x 127 = 64770 > 32767): 98.91% vs 99.39% fp32 on an AVX2-only EPYC.
+# - u8s8_reduce_range: the same with 7-bit weights (|w| <= 64): 2 x 255 x 64 = 32640 <= 32767, cannot saturate.
+# - u8u8: uint8 weights; MLAS widens both operands to int16 (`vpmaddwd`) on AVX2: cannot saturate, but slower.
+# - s8s8: int8 activations; on x86 MLAS shifts them to uint8 (+128) and runs the u8s8 kernels: saturates like u8s8.
+# `float_logits` keeps the last Gemm (256 x 10, 0.03% of the FLOPs) in float: its logits otherwise come out on a
+# uint8 grid (one step ~0.1) where near-ties round together.
+QUANT_SCHEMES: dict[str, dict] = {
+    "u8s8": {"activations": "uint8", "weights": "int8", "reduce_range": False, "float_logits": False},
+    "u8s8_reduce_range": {"activations": "uint8", "weights": "int8", "reduce_range": True, "float_logits": True},
+    "u8u8": {"activations": "uint8", "weights": "uint8", "reduce_range": False, "float_logits": True},
+    "s8s8": {"activations": "int8", "weights": "int8", "reduce_range": False, "float_logits": False},
+}
+QUANT_METHODS = tuple(QUANT_SCHEMES)
+# Schemes whose integer sums cannot saturate on any x86 CPU ORT supports (checked from the weights in the file too:
+# int8_emulation.weight_pair_bounds). Only these may ship as model_quantized.onnx.
+SATURATION_FREE = ("u8s8_reduce_range", "u8u8")
 
 
 def cpu_cores() -> int:
@@ -31,6 +48,36 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+# x86 ISA features the int8 and bf16 choices depend on (Linux /proc/cpuinfo flag names).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which of `CPU_FEATURES` this CPU has, read from /proc/cpuinfo (all False where it cannot be read). One small
+    function on purpose: the package's capability detection (minivision_hf.fast) replaces it once it exists."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return dict.fromkeys(CPU_FEATURES, False)
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return {f: f in flags for f in CPU_FEATURES}
+
+
+def int8_arithmetic(features: dict[str, bool]) -> str:
+    """How ORT's x86 kernels sum u8 x s8 products on this CPU: "amx", "vnni" (exact int32 dot products) or
+    "vpmaddubsw" (pairs saturate at int16; AVX2 and AVX-512 without VNNI)."""
+    if features.get("amx_int8"):
+        return "amx"
+    if features.get("avx512_vnni") or features.get("avx_vnni"):
+        return "vnni"
+    return "vpmaddubsw"
+
+
+def bf16_native(features: dict[str, bool]) -> bool:
+    """Whether bf16 matmuls run in hardware (AVX-512 BF16 or AMX); elsewhere oneDNN emulates them, ~100x slower."""
+    return bool(features.get("avx512_bf16") or features.get("amx_bf16"))
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -153,31 +200,40 @@ def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> Path:
 
 
 def quantize_int8(prepared_path: Path, out_path: Path, method: str, calibration: np.ndarray | None = None) -> Path:
-    """Quantise a pre-processed fp32 model with one of `QUANT_METHODS`; static methods need `calibration` images
-    (normalised pixel_values) to set the activation ranges (min/max)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    """Quantise a pre-processed fp32 model with one of `QUANT_SCHEMES` (static QDQ, min/max calibration on
+    `calibration`: normalised pixel_values)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if method == "dynamic":
-        quantize_dynamic(str(prepared_path), str(out_path), per_channel=True, weight_type=QuantType.QInt8)
-    elif method in ("static_qdq_u8", "static_qdq_s8"):
-        if calibration is None or not len(calibration):
-            raise ValueError(f"{method} needs calibration images")
-        quantize_static(
-            str(prepared_path),
-            str(out_path),
-            _calibration_reader(np.ascontiguousarray(calibration, dtype=np.float32)),
-            quant_format=QuantFormat.QDQ,
-            # BatchNorm stays float: ORT has no int8 kernel for it, and quantising its scale per channel only warns.
-            op_types_to_quantize=["Conv", "Gemm", "MaxPool", "Relu"],
-            per_channel=True,
-            reduce_range=False,  # AVX512-VNNI (and AMX) accumulate int8 products without saturation
-            activation_type=QuantType.QUInt8 if method.endswith("u8") else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-    else:
+    if method not in QUANT_SCHEMES:
         raise ValueError(f"unknown quantisation method {method!r}; use one of {QUANT_METHODS}")
+    if calibration is None or not len(calibration):
+        raise ValueError(f"{method} needs calibration images")
+    scheme = QUANT_SCHEMES[method]
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    exclude = [_output_node(prepared_path)] if scheme["float_logits"] else []
+    quantize_static(
+        str(prepared_path),
+        str(out_path),
+        _calibration_reader(np.ascontiguousarray(calibration, dtype=np.float32)),
+        quant_format=QuantFormat.QDQ,
+        # BatchNorm stays float: ORT has no int8 kernel for it, and quantising its scale per channel only warns.
+        op_types_to_quantize=["Conv", "Gemm", "MaxPool", "Relu"],
+        nodes_to_exclude=exclude,
+        per_channel=True,
+        reduce_range=scheme["reduce_range"],
+        activation_type=types[scheme["activations"]],
+        weight_type=types[scheme["weights"]],
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     return Path(out_path)
+
+
+def _output_node(path: Path) -> str:
+    """Name of the node that writes the graph's output (the last Gemm)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    return next(n.name for n in graph.node if OUTPUT_NAME in n.output)
 
 
 # ---- ONNX Runtime -----------------------------------------------------------------------------------------------
@@ -204,6 +260,156 @@ def ort_logits(session, pixel_values: np.ndarray | torch.Tensor, batch_size: int
         for start in range(0, len(pixel_values), batch_size)
     ]
     return np.concatenate(chunks)
+
+
+# ---- the export, step by step (scripts/export_onnx.py) ----------------------------------------------------------
+
+FP32_FILE = "model.onnx"  # the names Transformers.js / Optimum-style repos look for
+QUANTIZED_FILE = "model_quantized.onnx"
+REPORT_FILE = "export_report.json"
+
+
+@dataclass
+class ExportData:
+    """What the export checks against: calibration images (training split), evaluation images (test split) and their
+    labels, all as the image processor's pixel_values; and the PyTorch model's logits for the evaluation images."""
+
+    calibration: np.ndarray
+    pixels: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray
+    mean: float
+    std: float
+
+    def accuracy(self, logits: np.ndarray) -> float:
+        return float((logits.argmax(1) == self.labels).mean())
+
+    def agreement(self, logits: np.ndarray) -> float:
+        """Top-1 agreement with the PyTorch model."""
+        return float((logits.argmax(1) == self.reference.argmax(1)).mean())
+
+
+def load_export_data(model: nn.Module, processor, dataset: str, calibration_samples: int,
+                     eval_samples: int | None) -> ExportData:  # fmt: skip
+    """Decode the calibration and evaluation images once and run the PyTorch model on the evaluation images."""
+    from .data import decode_to_uint8, load_mnist
+    from .image_processing_minivision import to_pixel_values
+
+    calibration_x, _ = decode_to_uint8(load_mnist(dataset, "train", calibration_samples))
+    eval_x, eval_y = decode_to_uint8(load_mnist(dataset, "test", eval_samples))
+    # The image processor's tensor path: uint8 -> /255 -> (x - mean) / std, as in training and evaluation.
+    mean, std = float(np.ravel(processor.image_mean)[0]), float(np.ravel(processor.image_std)[0])
+    pixels = to_pixel_values(eval_x, mean, std)
+    with torch.no_grad():
+        reference = torch.cat([model(pixel_values=pixels[i : i + 1024]).logits for i in range(0, len(pixels), 1024)])
+    return ExportData(to_pixel_values(calibration_x, mean, std).numpy(), pixels.numpy(), eval_y.numpy(),
+                      reference.numpy(), mean, std)  # fmt: skip
+
+
+def speed_b1024(session, pixels: np.ndarray, time_s: float) -> dict:
+    """Throughput of an ORT session at batch 1024 (the evaluation images, repeated if fewer)."""
+    inputs = {INPUT_NAME: np.resize(pixels, (1024, *pixels.shape[1:]))}
+    return throughput(lambda: session.run(None, inputs), 1024, time_s, min(0.5, time_s))
+
+
+def check_fp32(path: Path, data: ExportData, threads: int, time_s: float) -> dict:
+    """The exported fp32 graph against PyTorch: max |logit difference| at batch 1, batch 7 (the dynamic axis) and
+    over the evaluation images; its accuracy; its speed at batch 1024."""
+    session = ort_session(path, threads)
+    logits = ort_logits(session, data.pixels)
+    diffs = {
+        "batch_1": float(np.abs(ort_logits(session, data.pixels[:1]) - data.reference[:1]).max()),
+        "batch_7": float(np.abs(ort_logits(session, data.pixels[:7]) - data.reference[:7]).max()),
+        f"eval_{len(data.pixels)}": float(np.abs(logits - data.reference).max()),
+    }
+    return {
+        "max_abs_logit_diff": diffs,
+        "accuracy": data.accuracy(logits),
+        "pytorch_accuracy": data.accuracy(data.reference),
+        "speed_b1024": speed_b1024(session, data.pixels, time_s),
+    }
+
+
+def evaluate_int8(path: Path, method: str, data: ExportData, threads: int, time_s: float,
+                  emulate_samples: int | None = None) -> dict:  # fmt: skip
+    """One int8 candidate: accuracy and speed with ONNX Runtime on this CPU, the weights' int16 pair-sum bound, and
+    its accuracy under the emulated AVX2 arithmetic (`vpmaddubsw`, int16 saturation; minivision_hf.int8_emulation)
+    on the first `emulate_samples` evaluation images (default: all)."""
+    from . import int8_emulation
+
+    session = ort_session(path, threads)
+    logits = ort_logits(session, data.pixels)
+    n = len(data.pixels) if emulate_samples is None else min(emulate_samples, len(data.pixels))
+    emulated = int8_emulation.run_qdq(path, data.pixels[:n], "vpmaddubsw")
+    emulated_accuracy = float((emulated["logits"].argmax(1) == data.labels[:n]).mean())
+    fp32_on_subset = float((data.reference[:n].argmax(1) == data.labels[:n]).mean())
+    bounds = int8_emulation.weight_pair_bounds(path)
+    return {
+        "scheme": QUANT_SCHEMES[method],
+        "accuracy": data.accuracy(logits),
+        "top1_agreement": data.agreement(logits),
+        "max_abs_logit_diff": float(np.abs(logits - data.reference).max()),
+        "saturation_free_by_arithmetic": all(b["fits_int16"] for b in bounds.values()),
+        "weight_pair_bounds": bounds,
+        "avx2_emulated": {
+            "samples": n,
+            "accuracy": emulated_accuracy,
+            "pytorch_accuracy_same_samples": fp32_on_subset,
+            "saturated_pairs": emulated["saturated_pairs"],
+            "saturated_fraction": emulated["saturated_fraction"],
+        },
+        "speed_b1024": speed_b1024(session, data.pixels, time_s),
+        "bytes": Path(path).stat().st_size,
+    }
+
+
+def choose_int8(candidates: dict[str, dict], fp32_accuracy: float, max_drop: float) -> tuple[str, str, bool]:
+    """The scheme to ship: the fastest at batch 1024 among those that (1) cannot saturate on any x86 CPU (by the
+    arithmetic, from the weights in the file), (2) stay within `max_drop` of fp32's accuracy here and (3) under the
+    emulated AVX2 arithmetic. Returns (name, why, qualified); with none qualifying, the most accurate
+    saturation-free scheme, and qualified=False."""
+    def holds(c: dict) -> bool:
+        emulated = c["avx2_emulated"]
+        return (c["saturation_free_by_arithmetic"] and c["accuracy"] >= fp32_accuracy - max_drop - 1e-9
+                and emulated["accuracy"] >= emulated["pytorch_accuracy_same_samples"] - max_drop - 1e-9)  # fmt: skip
+
+    for c in candidates.values():
+        c["qualifies"] = holds(c)
+    qualified = [m for m, c in candidates.items() if c["qualifies"]]
+    if qualified:
+        chosen = max(qualified, key=lambda m: candidates[m]["speed_b1024"]["images_per_s"])
+        why = (f"fastest at batch 1024 among the schemes that cannot saturate int16 on CPUs without VNNI and stay "
+               f"within {max_drop * 100:g} points of fp32 here and under the emulated AVX2 arithmetic "
+               f"({', '.join(qualified)})")  # fmt: skip
+        return chosen, why, True
+    safe = [m for m, c in candidates.items() if c["saturation_free_by_arithmetic"]] or list(candidates)
+    chosen = max(safe, key=lambda m: min(candidates[m]["accuracy"], candidates[m]["avx2_emulated"]["accuracy"]))
+    return chosen, f"no scheme within {max_drop * 100:g} points everywhere; kept the most accurate safe one", False
+
+
+def onnx_metadata(model: nn.Module, source: str, data: ExportData) -> dict:
+    """Labels, preprocessing and provenance for both files' metadata_props."""
+    return {
+        "model_type": model.config.model_type,
+        "id2label": {str(k): v for k, v in model.config.id2label.items()},
+        "label2id": dict(model.config.label2id),
+        "preprocessing": "MiniVisionImageProcessor (MNIST protocol), then pixel_values = (pixel / 255 - mean) / std",
+        "image_mean": data.mean,
+        "image_std": data.std,
+        "source_model": str(source),
+        "weights_sha256": weights_digest(model),
+    }
+
+
+def export_checks(fp32: dict, int8: dict, max_logit_diff: float, min_agreement: float, qualified: bool) -> dict:
+    """Pass/fail of the export: fp32 parity, int8 agreement with PyTorch, and an int8 scheme that holds everywhere."""
+    worst = max(fp32["max_abs_logit_diff"].values())
+    return {
+        "fp32_max_abs_logit_diff": {"value": worst, "limit": max_logit_diff, "passed": worst < max_logit_diff},
+        "int8_top1_agreement": {"value": int8["top1_agreement"], "limit": min_agreement,
+                                "passed": int8["top1_agreement"] >= min_agreement},  # fmt: skip
+        "int8_holds_on_every_cpu": {"value": int(qualified), "limit": 1, "passed": qualified},
+    }
 
 
 # ---- timing -----------------------------------------------------------------------------------------------------
@@ -235,10 +441,27 @@ def throughput(fn: Callable[[], object], images_per_call: int, time_s: float = 2
 
 
 __all__ = [
+    "CPU_FEATURES",
+    "bf16_native",
+    "cpu_features",
+    "int8_arithmetic",
+    "FP32_FILE",
+    "QUANTIZED_FILE",
+    "REPORT_FILE",
+    "ExportData",
+    "check_fp32",
+    "choose_int8",
+    "evaluate_int8",
+    "export_checks",
+    "load_export_data",
+    "onnx_metadata",
+    "speed_b1024",
     "DEFAULT_OPSET",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "QUANT_METHODS",
+    "QUANT_SCHEMES",
+    "SATURATION_FREE",
     "OnnxExportGraph",
     "cpu_cores",
     "export_onnx",
