@@ -3,6 +3,9 @@
 Training settings live in `scripts/train.py`; preprocessing settings live in the image processor.
 """
 
+import math
+import numbers
+
 from transformers import PretrainedConfig
 
 
@@ -94,6 +97,8 @@ class MiniVisionConfig(PretrainedConfig):
         return self.conv_channels[-1] * self.feature_map_size**2
 
     def _validate(self) -> None:
+        """Raise `ValueError` naming the field when a value would fail (or silently misbehave) inside torch: every
+        number must be a number of the right kind, not a string or a bool that happens to convert."""
         positive = {
             "num_channels": self.num_channels,
             "image_size": self.image_size,
@@ -103,24 +108,34 @@ class MiniVisionConfig(PretrainedConfig):
             "hidden_size": self.hidden_size,
         }
         for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.padding, int) or self.padding < 0:
+        if not _is_int(self.padding) or self.padding < 0:
             raise ValueError(f"padding must be a non-negative integer, got {self.padding!r}")
-        if not self.conv_channels or any(not isinstance(c, int) or c < 1 for c in self.conv_channels):
+        if not self.conv_channels or any(not _is_int(c) or c < 1 for c in self.conv_channels):
             raise ValueError(f"conv_channels must be a non-empty list of positive integers, got {self.conv_channels!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not float(self.batch_norm_eps) > 0:
-            raise ValueError(f"batch_norm_eps must be > 0, got {self.batch_norm_eps!r}")
+        if not (_is_real(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not (_is_real(self.batch_norm_eps) and self.batch_norm_eps > 0):
+            raise ValueError(f"batch_norm_eps must be a number > 0, got {self.batch_norm_eps!r}")
         if self.num_labels < 2:
             raise ValueError(f"num_labels must be at least 2 for classification, got {self.num_labels}")
+        if sorted(self.id2label) != list(range(self.num_labels)):
+            raise ValueError(f"id2label must map every class index 0..{self.num_labels - 1}, got {self.id2label!r}")
         if self.feature_map_size < 1:
             raise ValueError(
                 f"image_size={self.image_size} is too small for {len(self.conv_channels)} blocks of "
                 f"kernel {self.kernel_size}, stride {self.stride}, padding {self.padding}, pool {self.pool_size}: "
                 "the feature map would vanish"
             )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = ["MiniVisionConfig"]

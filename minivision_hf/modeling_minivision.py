@@ -54,13 +54,31 @@ class MiniVisionPreTrainedModel(PreTrainedModel):
         "AutoImageProcessor": "image_processing_minivision.MiniVisionImageProcessor",
     }
 
+    # The image-classification pipeline that reads drawings with their transparency (pipeline_minivision.py), declared
+    # the way transformers' `pipeline(..., trust_remote_code=True)` looks it up.
+    _custom_pipelines = {
+        "image-classification": {
+            "impl": "pipeline_minivision.MiniVisionImageClassificationPipeline",
+            "pt": ["AutoModelForImageClassification"],
+            "type": "image",
+        }
+    }
+    # Code files the model's own module does not import, copied beside it so the folder is complete remote code.
+    _extra_code_files = ("image_processing_minivision.py", "pipeline_minivision.py")
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a complete `auto_map` and the image processor's code file."""
+        """`PreTrainedModel.save_pretrained`, plus a complete `auto_map`, the `custom_pipelines` entry and the image
+        processor's and pipeline's code files."""
         self.config.auto_map = {**self._auto_map, **(getattr(self.config, "auto_map", None) or {})}
+        code_files = [Path(__file__).with_name(name) for name in self._extra_code_files]
+        if code_files[-1].exists():  # absent when this model was itself loaded as remote code without the pipeline
+            custom = getattr(self.config, "custom_pipelines", None) or {}
+            self.config.custom_pipelines = {**custom, **self._custom_pipelines}
         super().save_pretrained(save_directory, *args, **kwargs)
-        processor_code = Path(__file__).with_name("image_processing_minivision.py")
-        if processor_code.exists() and kwargs.get("is_main_process", True):
-            shutil.copyfile(processor_code, Path(save_directory) / processor_code.name)
+        if kwargs.get("is_main_process", True):
+            for source in code_files:
+                if source.exists():
+                    shutil.copyfile(source, Path(save_directory) / source.name)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -147,12 +165,28 @@ class MiniVisionForImageClassification(MiniVisionPreTrainedModel):
 
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
+            loss = nn.functional.cross_entropy(logits.float(), _class_indices(labels, logits).to(logits.device))
 
         if not return_dict:
             output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + output) if loss is not None else output
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+def _class_indices(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Labels as int64 class indices, refused with a clear error when they are not integers: a float label (0.7)
+    would otherwise be truncated to a class silently. Values are left to cross_entropy (-100 means "ignore")."""
+    labels = torch.as_tensor(labels)
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"labels must be integer class indices (0..{logits.shape[-1] - 1}), got dtype {labels.dtype}: "
+            "pass a torch.long tensor (soft or float labels are not supported)"
+        )
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {tuple(logits.shape[:-1])} (one per image), got {tuple(labels.shape)}"
+        )
+    return labels.long()
 
 
 __all__ = ["MiniVisionPreTrainedModel", "MiniVisionModel", "MiniVisionForImageClassification"]

@@ -16,8 +16,15 @@ processor; this file only unpacks the Sketchpad value and calls processor + mode
 Both endpoints return {label: probability}. The labels are the digits "0".."9"; a canvas or image without ink returns
 the single entry {BLANK_LABEL: 1.0} instead of a confident-looking digit. An upload that cannot be decoded, or one
 too large to decode safely, raises gr.Error with the reason; the app keeps serving.
+
+No upload is decoded beyond the image processor's `max_pixels`: before Gradio's own preprocessing runs, every encoded
+image in the request (uploaded file, data: URL, sketchpad layer) has its header read and is refused when larger, so a
+13,000 x 13,000 PNG of 0.5 MB never becomes a 0.5 GB bitmap. The Upload tab hands predict() the file path and the
+image processor decodes it; Pillow's own limit is set to the same value as a backstop.
 """
 
+import base64
+import binascii
 import html
 import json
 import os
@@ -84,6 +91,8 @@ def describe_source(source: str, revision: str | None) -> str:
 MODEL_SOURCE, MODEL_REVISION = resolve_model_source()
 model, processor = load_model(MODEL_SOURCE, MODEL_REVISION)
 LABELS = [model.config.id2label[i] for i in range(model.config.num_labels)]
+# Backstop for any decode the upload guard below does not see: Pillow refuses outright above twice its limit.
+Image.MAX_IMAGE_PIXELS = processor.max_pixels
 
 
 def _user_error(message: str) -> gr.Error:
@@ -98,6 +107,8 @@ def classify(image) -> dict[str, float]:
         return {BLANK_LABEL: 1.0}
     try:
         pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+        if pixel_values.shape[0] != 1:
+            raise ValueError(f"give one image, not a batch of {pixel_values.shape[0]}")
     except (ValueError, TypeError) as err:  # corrupt file, decompression bomb, unsupported array
         raise _user_error(f"Could not use this image: {err}") from err
     # The processor maps an image without ink to a uniform background (what `processor.has_ink` reports as False);
@@ -126,17 +137,50 @@ def predict_image(image) -> dict[str, float]:
     return classify(image)
 
 
-def _report_decode_errors(component: gr.components.Component) -> gr.components.Component:
-    """Gradio decodes uploads with Pillow before predict() runs; unwrapped, a corrupt file reaches the user as a bare
-    "Error". Re-raise decode failures as gr.Error with the reason."""
+def _encoded_images(value, blobs: dict | None = None):
+    """Every encoded image (file path or bytes) in a Gradio image or sketchpad payload, before Gradio decodes it:
+    uploaded files, data: URLs, and the sketchpad's background / layers / composite (sent inline or as blobs)."""
+    if value is None:
+        return
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        yield bytes(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _encoded_images(item)
+    elif getattr(value, "path", None):
+        yield value.path
+    elif str(getattr(value, "url", None) or "").startswith("data:"):
+        try:
+            yield base64.b64decode(value.url.split(",", 1)[-1], validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise ValueError("the data: URL does not hold base64 data") from err
+    else:
+        for part in ("background", "layers", "composite"):
+            yield from _encoded_images(getattr(value, part, None))
+        if blobs is not None and getattr(value, "id", None) is not None:
+            yield from _encoded_images(blobs.get(value.id))
+
+
+def _guard_uploads(component: gr.components.Component) -> gr.components.Component:
+    """Wrap the component's preprocess (Gradio decodes uploads with Pillow before predict() runs): first refuse any
+    image whose header says it exceeds the processor's max_pixels, then report decode failures as gr.Error with the
+    reason instead of a bare "Error"."""
     preprocess = component.preprocess
 
     def checked_preprocess(payload):
         try:
+            for source in _encoded_images(payload, getattr(component, "blob_storage", None)):
+                processor.check_image_file(source)  # reads the header only
             return preprocess(payload)
         except UnidentifiedImageError as err:  # its message names the server's temp file: say it plainly instead
             raise _user_error("Could not read the uploaded image: it is not an image file Pillow can decode") from err
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except ValueError as err:
+            if isinstance(err.__cause__, UnidentifiedImageError):
+                raise _user_error(
+                    "Could not read the uploaded image: it is not an image file Pillow can decode"
+                ) from err
+            raise _user_error(f"Could not read the uploaded image: {err}") from err
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
             raise _user_error(f"Could not read the uploaded image: {err}") from err
 
     component.preprocess = checked_preprocess
@@ -199,8 +243,10 @@ def build_demo() -> gr.Blocks:
                 with gr.Tab("Upload"):
                     upload = gr.Image(
                         label="Upload an image of a digit",
-                        type="pil",
-                        image_mode=None,  # keep the file's mode (alpha included); the processor handles every mode
+                        # The file itself, opened by the processor (header checked first, alpha kept, EXIF honoured):
+                        # with image_mode=None Gradio only reads the header, never the pixels.
+                        type="filepath",
+                        image_mode=None,
                         sources=["upload", "clipboard"],
                         height=CANVAS_PX + 60,
                         elem_id="upload",
@@ -216,8 +262,8 @@ def build_demo() -> gr.Blocks:
                 label = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
                 gr.Markdown(f"Model: {describe_source(MODEL_SOURCE, MODEL_REVISION)}")
 
-        _report_decode_errors(sketch)
-        _report_decode_errors(upload)
+        _guard_uploads(sketch)
+        _guard_uploads(upload)
         # always_last: while the user keeps drawing, skip stale strokes and classify only the latest canvas.
         sketch.change(predict, sketch, label, api_name="predict", trigger_mode="always_last", show_progress="hidden")
         upload.change(predict_image, upload, label, api_name="predict_image", show_progress="hidden")

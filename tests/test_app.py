@@ -7,20 +7,18 @@ repo root); the accuracy tests need trained weights there, e.g.
     MINIVISION_MODEL=outputs/quick .venv/bin/python -m pytest -q tests/test_app.py
 """
 
+import base64
 import os
 import re
 import socket
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from tests.conftest import load_app
+from tests.conftest import load_app, run_fresh
+from tests.drawings import draw_like_a_person, png_header_only, write_png_bomb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_FILE = REPO_ROOT / "spaces_app" / "app.py"
@@ -53,43 +51,6 @@ def example_files() -> list[tuple[Path, str]]:
     """spaces_app/examples/*.png with the label in their name (..._label7_...)."""
     files = sorted(EXAMPLES_DIR.glob("*.png"))
     return [(path, re.search(r"label(\d)", path.name).group(1)) for path in files]
-
-
-def draw_like_a_person(digit: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """An MNIST digit (28x28, white on black) rendered the ways people draw or upload one: a 280-800 px canvas, the
-    digit large or small and off-centre, solid pen or anti-aliased, normal or thick strokes, as black ink on a
-    transparent layer (gradio's RGBA Sketchpad), black on white, or white on black."""
-    canvas = int(rng.integers(280, 801))
-    box = int(canvas * rng.uniform(0.35, 0.95))  # the 28x28 frame; the ink fills ~20/28 of it
-    ink = np.asarray(digit.resize((box, box), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-    if rng.random() < 0.6:
-        ink = (ink > 0.35).astype(np.float32)  # a solid pen stroke, as a sketchpad draws
-    if rng.random() < 0.4:
-        # A thicker pen: MNIST strokes are ~9% of the frame wide; grow them by ~2% of the frame on each side (~13%).
-        k = 2 * max(1, round(0.02 * box)) + 1
-        ink = F.max_pool2d(torch.from_numpy(ink)[None, None], k, stride=1, padding=k // 2)[0, 0].numpy()
-    full = np.zeros((canvas, canvas), dtype=np.float32)
-    top, left = (int(rng.integers(0, canvas - box + 1)) for _ in range(2))
-    full[top : top + box, left : left + box] = ink
-    ink8 = np.round(full * 255).astype(np.uint8)
-    style = rng.choice(["transparent", "black_on_white", "white_on_black"], p=[0.5, 0.35, 0.15])
-    if style == "transparent":
-        rgba = np.zeros((canvas, canvas, 4), dtype=np.uint8)
-        rgba[..., 3] = ink8  # black ink, alpha = coverage; RGB under alpha 0 is 0, as the canvas exports it
-        return Image.fromarray(rgba, "RGBA")
-    if style == "black_on_white":
-        return Image.fromarray(255 - ink8, "L").convert("RGB")
-    return Image.fromarray(ink8, "L")
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A small PNG that claims width x height pixels (with one tiny IDAT): a decompression bomb as Pillow sees it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))  # 8-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
 
 
 # ---- predict() ---------------------------------------------------------------------------------------------------
@@ -138,6 +99,90 @@ def test_corrupt_and_huge_uploads_raise_gr_error_and_the_app_recovers(app):
             app.predict({"background": None, "layers": [], "composite": bad})
     assert "exceeds" in err.value.message  # the bomb says why
     assert app.predict_image(good) == before  # still serving, same answer
+
+
+@pytest.fixture(scope="module")
+def png_bomb(tmp_path_factory) -> Path:
+    """A real 13,000 x 13,000 RGB PNG of ~0.5 MB: decoded, ~507 MB."""
+    return write_png_bomb(tmp_path_factory.mktemp("bomb") / "bomb.png")
+
+
+def component(app, elem_id: str):
+    return next(block for block in app.demo.blocks.values() if getattr(block, "elem_id", None) == elem_id)
+
+
+def test_oversized_uploads_are_refused_before_anything_decodes_them(app, png_bomb, monkeypatch):
+    """The upload and the sketchpad refuse a 13k x 13k PNG from its header, whichever way it arrives; no pixel of it
+    is decoded (Pillow's ImageFile.load is watched), and Pillow's own limit is the processor's."""
+    import gradio as gr
+    from gradio.components.image_editor import EditorData, EditorDataBlobs
+    from gradio.data_classes import FileData, ImageData
+    from PIL import ImageFile
+
+    assert png_bomb.stat().st_size < 600_000 and Image.open(png_bomb).size == (13_000, 13_000)
+    assert 13_000 * 13_000 > app.processor.max_pixels
+    assert Image.MAX_IMAGE_PIXELS == app.processor.max_pixels
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def watched_load(image):
+        decoded.append(image.size)
+        return real_load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", watched_load)
+    upload, sketch = component(app, "upload"), component(app, "sketchpad")
+    bomb_bytes = png_bomb.read_bytes()
+    sketch.blob_storage["bomb-blobs"] = EditorDataBlobs(background=None, layers=[bomb_bytes], composite=bomb_bytes)
+    payloads = [
+        (upload, ImageData(path=str(png_bomb), orig_name="bomb.png")),
+        (upload, ImageData(url="data:image/png;base64," + base64.b64encode(bomb_bytes).decode(), orig_name="b.png")),
+        (sketch, EditorData(background=None, layers=[], composite=FileData(path=str(png_bomb)))),
+        (sketch, EditorData(background=FileData(path=str(png_bomb)), layers=[], composite=None)),
+        (sketch, EditorData(background=None, layers=[], composite=None, id="bomb-blobs")),
+    ]
+    for target, payload in payloads:
+        with pytest.raises(gr.Error) as err:
+            target.preprocess(payload)
+        assert "Could not read the uploaded image" in err.value.message and "exceeds" in err.value.message
+    assert decoded == [], f"decoded before refusing: {decoded}"
+
+    path, label = example_files()[0]
+    value = upload.preprocess(ImageData(path=str(path), orig_name=path.name))
+    assert value == str(path)  # type="filepath": the processor opens the file, Gradio never decodes it
+    assert top_label(app.predict_image(value)) == label
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_under_repeated_oversized_uploads(app, png_bomb):
+    """In a fresh process serving the app: four 13k x 13k uploads leave the peak RSS where it was; decoding one
+    (the control) raises it by ~0.5 GB."""
+    out = run_fresh(
+        f"""
+        import importlib.util, json, resource
+        spec = importlib.util.spec_from_file_location("space_app", {str(APP_FILE)!r})
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+        from gradio.data_classes import ImageData
+        from PIL import Image
+        upload = next(b for b in app.demo.blocks.values() if getattr(b, "elem_id", None) == "upload")
+        peak_mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        before, refused = peak_mb(), 0
+        for _ in range(4):
+            try:
+                upload.preprocess(ImageData(path={str(png_bomb)!r}, orig_name="bomb.png"))
+            except Exception as err:
+                refused += "exceeds" in getattr(err, "message", "")
+        after = peak_mb()
+        Image.MAX_IMAGE_PIXELS = None  # the control: what a decode costs
+        Image.open({str(png_bomb)!r}).load()
+        print(json.dumps({{"before": before, "after": after, "control": peak_mb(), "refused": refused}}))
+        """,
+        cwd=REPO_ROOT,
+        block_package=False,
+    )
+    assert out["refused"] == 4
+    assert out["after"] - out["before"] < 50, out
+    assert out["control"] - out["after"] > 400, out  # the measurement does see a decode
 
 
 def test_examples_are_read_correctly(app):
@@ -204,7 +249,7 @@ def test_gradio_client_both_endpoints(app, client, tmp_path):
 
 
 @pytest.mark.slow
-def test_gradio_client_corrupt_upload_is_reported_and_the_app_keeps_serving(client, tmp_path):
+def test_gradio_client_corrupt_upload_is_reported_and_the_app_keeps_serving(client, tmp_path, png_bomb):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError  # what a gr.Error raised in the app becomes on the client
 
@@ -212,7 +257,7 @@ def test_gradio_client_corrupt_upload_is_reported_and_the_app_keeps_serving(clie
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header_only(30_000, 30_000))
-    for bad, reason in ((corrupt, "not an image file"), (bomb, "exceeds")):
+    for bad, reason in ((corrupt, "not an image file"), (bomb, "exceeds"), (png_bomb, "exceeds")):
         with pytest.raises(AppError, match=f"Could not read the uploaded image.*{reason}"):
             client.predict(handle_file(str(bad)), api_name="/predict_image")
         with pytest.raises(AppError, match=f"Could not read the uploaded image.*{reason}"):
@@ -224,8 +269,6 @@ def test_gradio_client_corrupt_upload_is_reported_and_the_app_keeps_serving(clie
 @pytest.mark.slow
 def test_app_runs_on_remote_code_without_the_package(app):  # app: skips when there is no model to load
     """As on a Space: minivision_hf is not installed, the model's own code files load with trust_remote_code."""
-    from tests.conftest import run_fresh
-
     path, label = example_files()[0]
     out = run_fresh(
         f"""

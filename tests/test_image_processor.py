@@ -110,18 +110,78 @@ def test_arrays_and_tensors_match_pil(processor):
     hwc = np.asarray(pil)
     chw = torch.from_numpy(hwc).permute(2, 0, 1)
     gray = np.asarray(pil.convert("L"))
-    for image in (hwc, chw, chw.float() / 255, gray, torch.from_numpy(gray)):
+    for image in (hwc, gray, torch.from_numpy(gray), gray[None], torch.from_numpy(hwc)):
         assert torch.allclose(processor(image)["pixel_values"], reference, atol=2e-2)
+    for image in (chw, chw.float() / 255, chw.numpy()):  # (3, H, W) also reads as 3 grayscale images: say which
+        out = processor(image, input_data_format="channels_first")["pixel_values"]
+        assert torch.allclose(out, reference, atol=2e-2)
+    assert torch.allclose(processor(hwc, input_data_format="channels_last")["pixel_values"], reference, atol=2e-2)
 
 
 def test_batches(processor, tiny_test):
     digits = [np.asarray(im) for im in tiny_test[:6]["image"]]
-    stacked = np.stack(digits)  # (B, 28, 28) with B > 4: a batch of grayscale images
-    assert processor(stacked)["pixel_values"].shape == (6, 1, 28, 28)
-    as_tensor = torch.from_numpy(stacked)[:, None]  # (B, 1, 28, 28): always a batch
-    assert torch.equal(processor(as_tensor)["pixel_values"], processor(stacked)["pixel_values"])
+    one_by_one = torch.cat([processor(d)["pixel_values"] for d in digits])
+    nchw = np.stack(digits)[:, None]  # (B, 1, 28, 28): a batch
+    assert torch.equal(processor(nchw)["pixel_values"], one_by_one)
+    assert torch.equal(processor(torch.from_numpy(nchw))["pixel_values"], one_by_one)
+    assert torch.equal(processor(np.stack(digits)[..., None])["pixel_values"], one_by_one)  # (B, 28, 28, 1)
+    assert torch.equal(processor(digits)["pixel_values"], one_by_one)  # a list of 2-D arrays
     mixed = [digits[0], Image.fromarray(digits[1]), draw_seven(300, (0, 0, 0), (255, 255, 255))]
     assert processor(mixed)["pixel_values"].shape == (3, 1, 28, 28)
+    rgb = [np.asarray(draw_seven(300, (0, 0, 0), (255, 255, 255))), np.asarray(draw_seven(300, 0, 255, "L"))]
+    rgb[1] = np.repeat(rgb[1][..., None], 3, axis=-1)
+    nhwc = np.stack(rgb)  # (2, 300, 300, 3)
+    expected = torch.cat([processor(image)["pixel_values"] for image in rgb])
+    assert torch.allclose(processor(nhwc)["pixel_values"], expected)
+    assert torch.allclose(processor(torch.from_numpy(nhwc).permute(0, 3, 1, 2))["pixel_values"], expected)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_a_stack_of_two_to_four_digits_is_not_read_as_one_colour_image(processor, tiny_test, n):
+    digits = [np.asarray(im) for im in tiny_test[:n]["image"]]
+    stack = np.stack(digits)  # (n, 28, 28): n grayscale digits, or one n-channel image?
+    for array in (stack, torch.from_numpy(stack)):
+        with pytest.raises(ValueError, match=r"ambiguous.*input_data_format='channels_first'.*images\[:, None\]"):
+            processor(array)
+        with pytest.raises(ValueError, match="ambiguous"):
+            processor.has_ink(array)
+    assert processor(stack[:, None])["pixel_values"].shape == (n, 1, 28, 28)  # what the error says to pass
+    assert processor(stack, input_data_format="channels_first")["pixel_values"].shape == (1, 1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((28, 28, 5), "no channel axis"),  # one 5-channel image? not 28 slivers of 28x5
+        ((6, 28, 28), r"no channel axis.*\(6, 1, 28, 28\)"),  # a stack without its channel axis
+        ((2, 3, 10, 3), "ambiguous: channels could be first or last"),
+        ((2, 7, 28, 28), "no channel axis"),
+        ((28,), "2, 3 or 4 dimensions"),
+    ],
+)
+def test_shapes_that_read_two_ways_or_none_are_refused(processor, shape, match):
+    with pytest.raises(ValueError, match=match):
+        processor(np.zeros(shape, dtype=np.uint8))
+
+
+def test_input_data_format_resolves_and_is_checked(processor):
+    image = np.zeros((2, 3, 10, 3), dtype=np.uint8)
+    assert processor(image, input_data_format="channels_last")["pixel_values"].shape == (2, 1, 28, 28)
+    assert processor(image, input_data_format="channels_first")["pixel_values"].shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="has 5 channels"):
+        processor(np.zeros((28, 28, 5), dtype=np.uint8), input_data_format="channels_last")
+    with pytest.raises(ValueError, match="input_data_format must be"):
+        processor(np.zeros((28, 28, 3), dtype=np.uint8), input_data_format="hwc")
+
+
+@pytest.mark.parametrize(
+    "empty",
+    [[], (), [[]], np.zeros((0, 28, 28, 1), dtype=np.uint8), torch.zeros(0, 1, 28, 28)],
+    ids=["list", "tuple", "nested", "array", "tensor"],
+)
+def test_empty_batches_are_a_clear_value_error(processor, empty):
+    with pytest.raises(ValueError, match="empty batch"):
+        processor(empty)
 
 
 def test_blank_images_give_the_documented_background(processor):
@@ -187,3 +247,78 @@ def test_options_are_saved_and_validated(tmp_path):
         mv.MiniVisionImageProcessor(invert="sometimes")
     with pytest.raises(ValueError, match="fit_size"):
         mv.MiniVisionImageProcessor(fit_size=40)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("image_std", 0),  # NaN scores
+        ("image_std", -0.3),
+        ("image_std", "0.3081"),
+        ("image_std", [0.3, 0.3, 0.3]),  # three channels' worth for a one-channel model
+        ("image_std", [0.0]),
+        ("image_mean", "0.1307"),
+        ("image_mean", [0.1, 0.2]),
+        ("max_pixels", 0),  # the bomb guard silently off
+        ("max_pixels", -1),  # everything refused
+        ("max_pixels", 1.5e6),
+        ("max_pixels", True),
+        ("fit_size", "20"),
+        ("fit_size", -1),
+        ("ink_threshold", 1.0),
+        ("ink_threshold", "0.1"),
+        ("do_normalize", "false"),  # a non-empty string is truthy
+        ("mnist_passthrough", 1),
+        ("flatten_alpha", "yes"),
+        ("crop_to_ink", "NoneType"),
+        ("center_of_mass", 0),
+        ("invert", True),
+        ("size", {"height": 0, "width": 28}),
+        ("size", {"height": 28.5, "width": 28}),
+    ],
+)
+def test_preprocessor_config_values_that_break_inference_fail_on_load(tmp_path, field, value):
+    import json
+
+    mv.MiniVisionImageProcessor().save_pretrained(tmp_path)
+    config_file = tmp_path / "preprocessor_config.json"
+    config = json.loads(config_file.read_text())
+    config[field] = value
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=field):
+        AutoImageProcessor.from_pretrained(tmp_path)
+
+
+def test_call_time_overrides_are_validated_too(processor):
+    image = draw_seven(100, 0, 255, "L")
+    with pytest.raises(ValueError, match="image_std"):
+        processor(image, image_std=0.0)
+    with pytest.raises(ValueError, match="max_pixels"):
+        processor(image, max_pixels=0)
+    assert torch.isfinite(processor(image, image_std=[0.5])["pixel_values"]).all()  # a one-channel list is fine
+
+
+def test_check_image_file_reads_the_header_only(processor, tmp_path):
+    path = tmp_path / "seven.png"
+    draw_seven(300, 0, 255, "L").save(path)
+    assert processor.check_image_file(str(path)) == (300, 300)
+    assert processor.check_image_file(path.read_bytes()) == (300, 300)
+    with pytest.raises(ValueError, match="max_pixels"):
+        mv.MiniVisionImageProcessor(max_pixels=10_000).check_image_file(str(path))
+    with pytest.raises(ValueError, match="could not decode"):
+        processor.check_image_file(b"not an image")
+
+
+def test_exif_orientation_is_honoured_for_pil_images_and_files(processor, tmp_path):
+    upright = draw_seven(300, (0, 0, 0), (255, 255, 255))
+    reference = processor(upright)["pixel_values"]
+    # A phone saves the pixels rotated and records how to turn them back: orientation 6 = rotate 90 degrees clockwise.
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "photo.jpg"
+    stored.save(path, exif=exif, quality=95)
+    from_file = processor(str(path))["pixel_values"]
+    from_pil = processor(Image.open(path))["pixel_values"]
+    assert torch.allclose(from_file, from_pil)
+    assert (from_file - reference).abs().mean() < 0.05, "the JPEG comes back upright"

@@ -1,5 +1,7 @@
 """MiniVisionConfig and the model: validation, shapes, loss, gradients, parameter count, save/load."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
@@ -29,11 +31,37 @@ def test_config_defaults_are_the_seed_table():
         ({"padding": -1}, "padding"),
         ({"image_size": 3, "conv_channels": [8, 8, 8]}, "image_size"),
         ({"num_labels": 1}, "num_labels"),
+        ({"dropout": "0.3"}, "dropout"),  # a string that float() would accept, then torch would not
+        ({"dropout": float("nan")}, "dropout"),
+        ({"dropout": True}, "dropout"),
+        ({"batch_norm_eps": "1e-5"}, "batch_norm_eps"),
+        ({"batch_norm_eps": 0}, "batch_norm_eps"),
+        ({"image_size": 28.0}, "image_size"),
+        ({"num_channels": "1"}, "num_channels"),
+        ({"padding": True}, "padding"),
+        ({"conv_channels": [32, True]}, "conv_channels"),
+        ({"conv_channels": [32.0, 64]}, "conv_channels"),
+        ({"id2label": {0: "0", 2: "2"}}, "id2label"),
     ],
 )
 def test_config_rejects_invalid_values(kwargs, field):
     with pytest.raises(ValueError, match=field):
         mv.MiniVisionConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("dropout", "0.3"), ("hidden_size", "256"), ("conv_channels", [32, "64"]), ("batch_norm_eps", None)],
+)
+def test_bad_config_json_fails_on_load_naming_the_field(tmp_path, field, value):
+    import json
+
+    mv.MiniVisionConfig().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=field):
+        AutoConfig.from_pretrained(tmp_path)
 
 
 def test_config_round_trip(tmp_path):
@@ -69,6 +97,23 @@ def test_forward_shapes_loss_and_backward():
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
     assert model(pixel_values=pixel_values, return_dict=False)[0].shape == (5, 10)
+
+
+def test_loss_refuses_non_integer_labels():
+    torch.manual_seed(0)
+    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).eval()  # no dropout: same logits each call
+    pixel_values = torch.randn(2, 1, 28, 28)
+    for labels in (torch.tensor([0.7, 1.2]), torch.tensor([1.0, 2.0]), torch.tensor([True, False])):
+        with pytest.raises(ValueError, match="labels must be integer class indices"):
+            model(pixel_values=pixel_values, labels=labels)
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        model(pixel_values=pixel_values, labels=torch.tensor([[0, 1]]))
+    logits = model(pixel_values=pixel_values).logits
+    for labels in (torch.tensor([3, 4]), torch.tensor([3, 4], dtype=torch.int32), [3, 4]):
+        loss = model(pixel_values=pixel_values, labels=labels).loss
+        assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, torch.tensor([3, 4])))
+    ignored = model(pixel_values=pixel_values, labels=torch.tensor([3, -100])).loss  # Trainer's "ignore" index
+    assert torch.allclose(ignored, torch.nn.functional.cross_entropy(logits[:1], torch.tensor([3])))
 
 
 def test_block_order_is_conv_relu_pool_bn():
@@ -112,3 +157,26 @@ def test_save_pretrained_writes_complete_auto_map_and_code(tmp_path):
         assert (tmp_path / f"{target.split('.')[0]}.py").exists()
     processor_map = json.loads((tmp_path / "preprocessor_config.json").read_text())["auto_map"]
     assert processor_map == {"AutoImageProcessor": "image_processing_minivision.MiniVisionImageProcessor"}
+
+
+def test_save_pretrained_declares_and_copies_the_pipeline(tmp_path):
+    """What `pipeline(..., trust_remote_code=True)` reads: custom_pipelines in config.json, its module beside it."""
+    import json
+
+    mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).save_pretrained(tmp_path)
+    custom = json.loads((tmp_path / "config.json").read_text())["custom_pipelines"]
+    assert custom == {
+        "image-classification": {
+            "impl": "pipeline_minivision.MiniVisionImageClassificationPipeline",
+            "pt": ["AutoModelForImageClassification"],
+            "type": "image",
+        }
+    }
+    module, cls = custom["image-classification"]["impl"].split(".")
+    assert (tmp_path / f"{module}.py").read_bytes() == Path(mv.pipeline_minivision.__file__).read_bytes()
+    assert cls == mv.MiniVisionImageClassificationPipeline.__name__
+    # The released config.json at the repo root was regenerated with it (never edited by hand).
+    from tests.conftest import REPO_ROOT
+
+    assert json.loads((REPO_ROOT / "config.json").read_text())["custom_pipelines"] == custom
+    assert (REPO_ROOT / f"{module}.py").resolve() == (REPO_ROOT / "minivision_hf" / f"{module}.py").resolve()

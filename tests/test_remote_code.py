@@ -27,8 +27,14 @@ def test_auto_classes_in_package(saved_release):
 
 
 def test_pipeline_in_package(saved_release):
-    clf = pipeline("image-classification", model=str(saved_release), trust_remote_code=False)
+    """The in-package line (README "Use it"): no remote code, the package's own pipeline class."""
+    clf = pipeline(
+        "image-classification", model=str(saved_release), trust_remote_code=False,
+        pipeline_class=mv.MiniVisionImageClassificationPipeline,
+    )  # fmt: skip
+    assert isinstance(clf, mv.MiniVisionImageClassificationPipeline)
     assert isinstance(clf.model, mv.MiniVisionForImageClassification)
+    assert isinstance(clf.image_processor, mv.MiniVisionImageProcessor)
     canvas = Image.new("RGBA", (300, 300))
     ImageDraw.Draw(canvas).line([(150, 40), (150, 260)], fill=(0, 0, 0, 255), width=18)
     top3 = clf(canvas, top_k=3)
@@ -37,7 +43,15 @@ def test_pipeline_in_package(saved_release):
     assert sorted(r["label"] for r in everything) == [str(i) for i in range(10)]
     assert abs(sum(r["score"] for r in everything) - 1) < 1e-4
     batch = clf([canvas, Image.new("L", (28, 28))], top_k=2)
-    assert len(batch) == 2 and all(len(r) == 2 for r in batch)
+    assert len(batch) == 2 and len(batch[0]) == 2
+    assert batch[1] == [{"label": mv.BLANK_LABEL, "score": 1.0}]  # an empty image is not a digit
+
+
+def test_pipeline_without_pipeline_class_or_remote_code_is_refused(saved_release):
+    """config.json declares the custom pipeline: transformers refuses to fall back to the stock one (which would drop
+    the alpha channel) unless told which class to use."""
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        pipeline("image-classification", model=str(saved_release), trust_remote_code=False)
 
 
 @pytest.mark.slow
@@ -59,11 +73,15 @@ def test_remote_code_in_a_fresh_process(saved_release, tmp_path):
         x = torch.randn(2, 1, 28, 28)
         logits = model(x).logits.tolist()
         clf = pipeline("image-classification", model=path, trust_remote_code=True)
-        out = clf([Image.new("RGBA", (200, 200)), Image.new("L", (28, 28))], top_k=3)
+        kinds["pipeline"] = [type(clf).__name__, type(clf).__module__]
+        ink = Image.new("L", (28, 28))
+        ink.paste(255, (12, 4, 16, 24))
+        out = clf([Image.new("RGBA", (200, 200)), ink], top_k=3)
         print(json.dumps({{"kinds": kinds, "logits": logits, "pipeline": out}}))
         """,
         cwd=tmp_path,
     )
+    assert result["kinds"]["pipeline"][0] == "MiniVisionImageClassificationPipeline"
     assert result["kinds"]["AutoModel"][0] == "MiniVisionModel"
     assert result["kinds"]["AutoModelForImageClassification"][0] == "MiniVisionForImageClassification"
     assert result["kinds"]["AutoImageProcessor"][0] == "MiniVisionImageProcessor"
@@ -72,4 +90,5 @@ def test_remote_code_in_a_fresh_process(saved_release, tmp_path):
     x = torch.randn(2, 1, 28, 28)
     local = AutoModelForImageClassification.from_pretrained(saved_release).eval()
     assert torch.allclose(torch.tensor(result["logits"]), local(x).logits, atol=1e-5)
-    assert len(result["pipeline"]) == 2 and len(result["pipeline"][0]) == 3
+    assert result["pipeline"][0] == [{"label": "blank", "score": 1.0}]
+    assert len(result["pipeline"][1]) == 3 and {r["label"] for r in result["pipeline"][1]} <= set("0123456789")

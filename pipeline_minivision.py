@@ -1,0 +1,1 @@
+minivision_hf/pipeline_minivision.py
