@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -36,7 +37,6 @@ from safetensors.torch import load_file
 
 import minivision_hf as mv
 from minivision_hf.extras import explain_missing_extra
-from minivision_hf.training import git_commit
 
 SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # Tensors each kind of layer must have; num_batches_tracked is optional (state_dicts older than PyTorch 0.4.1 lack it,
@@ -212,6 +212,16 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def git_head() -> str | None:
+    """This checkout's HEAD commit, or None. (minivision_hf.training.git_commit needs the `train` extra; this
+    script needs only the core install.)"""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    except OSError:
+        return None
+    return head.stdout.strip() or None
+
+
 def render_card(
     checkpoint: Path, digest: str, mapping: dict[str, str], output: Path, parameters: int, evaluation: dict | None
 ) -> str:
@@ -223,7 +233,7 @@ def render_card(
         tags=["image-classification", "mnist", "custom_code", "converted"],
         datasets=["ylecun/mnist"],
     )
-    commit = git_commit().get("commit")
+    commit = git_head()
     rows = "\n".join(f"| `{ours}` | `{theirs}` |" for ours, theirs in mapping.items())
     lines = [
         "---",

@@ -63,8 +63,9 @@ def link_distributions(dists: dict[str, metadata.Distribution], site: Path) -> N
     owners: dict[tuple[Path, str], set[str]] = {}
     for root in {Path(d.locate_file("")) for d in dists.values()}:
         for other in metadata.distributions(path=[str(root)]):
-            for file in other.files or []:
-                owners.setdefault((root, file.parts[0]), set()).add(canonicalize_name(other.metadata["Name"]))
+            other_name = canonicalize_name(other.metadata["Name"])
+            for top in {file.parts[0] for file in other.files or []}:
+                owners.setdefault((root, top), set()).add(other_name)
     for name, dist in dists.items():
         root = Path(dist.locate_file(""))
         if dist.files is None:
@@ -193,3 +194,21 @@ def test_core_venv_script_names_the_missing_extra(core_python, script, extra):
     assert proc.returncode != 0
     last_line = proc.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ModuleNotFoundError") and f"pip install 'minivision-hf[{extra}]'" in last_line
+
+
+@pytest.mark.slow
+def test_core_venv_converts_a_seed_checkpoint(core_python, tmp_path):
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    from tests.test_convert import seed_inputs, seed_sequential, trained_like
+
+    seed = trained_like(seed_sequential())
+    torch.save(seed.state_dict(), tmp_path / "Mini-Vision-V2.pth")
+    proc = subprocess.run([core_python, "-m", "scripts.convert_seed_checkpoint", tmp_path / "Mini-Vision-V2.pth",
+                           "--output", tmp_path / "converted"], cwd=REPO_ROOT, env=core_venv_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "converted").eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(pixel_values=seed_inputs()).logits, seed(seed_inputs()))
