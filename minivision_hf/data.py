@@ -100,12 +100,16 @@ def random_shift_rotate(
     scale: tuple[float, float] = (1.0, 1.0),
     generator: torch.Generator | None = None,
     mode: str = "nearest",
+    shear: float = 0.0,
 ) -> torch.Tensor:
     """Batched RandomCrop(28, padding=max_shift) then RandomRotation(max_degrees), fresh per sample.
 
     RandomCrop with zero padding p is an integer shift uniform in [-p, p] on each axis with zero fill; rotation is
     about the image centre with zero fill and nearest interpolation (torchvision's defaults). Both are folded into one
-    affine sampling grid: source = R^-1 (out - c) + c - shift. `scale` optionally zooms too (1.0 = the seed's recipe).
+    affine sampling grid: source = R^-1 (out - c) + c - shift. `scale` optionally zooms too (1.0 = the seed's recipe);
+    `shear` (degrees) optionally shears along x by an angle uniform in [-shear, shear] (0 = none); `mode` is
+    grid_sample's interpolation ("nearest" as torchvision's default, or "bilinear"). The random draws for zoom and
+    shear are made only when they are on, so the seed's and `plus`'s augmentation streams are unchanged.
     """
     b, _, h, w = images.shape
     angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(max_degrees)
@@ -114,6 +118,11 @@ def random_shift_rotate(
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    if shear:
+        # source = (rotation/zoom) @ [[1, tan s], [0, 1]] @ out: x moves in proportion to y (a handwriting slant)
+        tan = torch.tan((torch.rand(b, generator=generator) * 2 - 1) * math.radians(shear))
+        theta[:, 0, 1] = theta[:, 0, 1] + theta[:, 0, 0] * tan
+        theta[:, 1, 1] = theta[:, 1, 1] + theta[:, 1, 0] * tan
     theta[:, 0, 2] = -shift[:, 0] * 2 / w  # normalised coordinates span 2 over the width (align_corners=False)
     theta[:, 1, 2] = -shift[:, 1] * 2 / h
     grid = affine_grid(theta.to(images.device), h, w)
@@ -165,9 +174,12 @@ class BatchCollator:
         scale: tuple[float, float] = (1.0, 1.0),
         channels_last: bool = False,
         seed: int | None = None,
+        shear: float = 0.0,
+        interpolation: str = "nearest",
     ):
         self.images, self.labels = images, labels
         self.augment_below, self.max_shift, self.max_degrees, self.scale = augment_below, max_shift, max_degrees, scale
+        self.shear, self.interpolation = shear, interpolation
         self.channels_last = channels_last
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -175,11 +187,22 @@ class BatchCollator:
         index = torch.as_tensor(indices, dtype=torch.long)
         pixels = self.images[index].float().div_(255.0)
         if int(index[0]) < self.augment_below:
-            pixels = random_shift_rotate(pixels, self.max_shift, self.max_degrees, self.scale, self.generator)
+            pixels = random_shift_rotate(pixels, self.max_shift, self.max_degrees, self.scale, self.generator,
+                                         mode=self.interpolation, shear=self.shear)  # fmt: skip
         pixels = to_pixel_values(pixels)
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return {"pixel_values": pixels, "labels": self.labels[index]}
+
+
+def validation_split(num_rows: int, val_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (train, validation) of a split held out of the training split: `val_size` rows drawn by a seeded
+    permutation, both index lists sorted. The same (num_rows, val_size, seed) always gives the same split, so the
+    evaluation and temperature-fitting scripts rebuild exactly the validation set a run held out."""
+    if not 0 < val_size < num_rows:
+        raise ValueError(f"val_size must be in 1..{num_rows - 1}, got {val_size}")
+    perm = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
 def plain_transform(augment: bool, max_shift: int = 2, max_degrees: float = 10.0):
@@ -206,4 +229,5 @@ __all__ = [
     "load_mnist",
     "plain_transform",
     "random_shift_rotate",
+    "validation_split",
 ]

@@ -10,13 +10,25 @@
     # comparisons run separately (e.g. one recipe at a time) combined into one record
     python -m scripts.compare_recipes --merge records/recipes_seed.json records/recipes_plus.json \
         --output records/recipes.json
+    # recipe search on a validation split held out of the training split (the test split is not touched):
+    # each --variant is NAME RECIPE "extra train.py flags"
+    python -m scripts.compare_recipes --val-size 5000 --no-test --seeds 1 --dataset ../shared/data/mnist \
+        --variant plus-ema plus "--ema-decay 0.999" --variant plus-ema-50 plus "--ema-decay 0.999 --epochs 50" \
+        --output records/recipe_search.json
+    # then, once the choice is made on the validation rows, the chosen runs' one evaluation on the test split
+    python -m scripts.compare_recipes --evaluate-test records/recipe_search_b.json --dataset ../shared/data/mnist \
+        --output records/recipes_best.json
 
 Each run is `scripts/train.py` (Trainer) followed by `scripts/eval_model.py`'s evaluation of the kept model on the
-whole test split, in fp32 through the image processor. Runs are saved under --work-dir/<recipe>-<path>-seed<k>.
+whole test split, in fp32 through the image processor. Runs are saved under --work-dir/<recipe>-<path>-seed<k>
+(<variant>-seed<k> for --variant). With --val-size, every run evaluates on rows held out of the training split
+(data.validation_split) during training; its `val_*` figures and per-epoch curve are recorded, and the test split is
+evaluated once at the end of the run unless --no-test (a search that must not look at the test set).
 """
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -42,6 +54,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", default="records/recipes.json")
     p.add_argument("--smoke", action="store_true", help="tiny runs (train.py --smoke) for CI")
     p.add_argument("--merge", nargs="+", default=None, help="combine existing comparison JSONs instead of training")
+    p.add_argument("--variant", nargs=3, action="append", default=None, metavar=("NAME", "RECIPE", "FLAGS"),
+                   help="a named variant: a recipe plus extra train.py flags (quoted); replaces --recipes")  # fmt: skip
+    p.add_argument("--val-size", type=int, default=None, help="hold out this many training rows for validation")
+    p.add_argument("--evaluate-test", default=None, metavar="RECORD",
+                   help="evaluate the finished runs of a --no-test record on the test split (once), then summarise")
+    p.add_argument("--test", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate each finished run on the test split (--no-test for a validation-only search)")
     return p.parse_args(argv)
 
 
@@ -59,67 +78,145 @@ def merge(paths: list[str], output: Path) -> dict:
     return summary
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarize(runs: list[dict]) -> dict:
-    accuracies = [r["accuracy"] for r in runs]
-    return {
-        "epochs": runs[0]["epochs"],
-        "accuracies": accuracies,
-        "losses": [r["loss"] for r in runs],
-        "accuracy_mean": statistics.mean(accuracies),
-        "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-        "loss_mean": statistics.mean(r["loss"] for r in runs),
-        "train_wall_s_mean": statistics.mean(r["train_wall_s"] for r in runs),
-        "notes": RECIPES[runs[0]["recipe"]].notes,
+    summary = {"epochs": runs[0]["epochs"], "seeds": [r["seed"] for r in runs]}
+    if all(r.get("accuracy") is not None for r in runs):  # test figures (absent in a --no-test search)
+        accuracies = [r["accuracy"] for r in runs]
+        summary.update(
+            accuracies=accuracies,
+            losses=[r["loss"] for r in runs],
+            accuracy_mean=mean_std(accuracies)[0],
+            accuracy_std=mean_std(accuracies)[1],
+            loss_mean=statistics.mean(r["loss"] for r in runs),
+        )
+    if all(r.get("val_accuracy") is not None for r in runs):
+        val = [r["val_accuracy"] for r in runs]
+        summary.update(val_accuracies=val, val_accuracy_mean=mean_std(val)[0], val_accuracy_std=mean_std(val)[1])
+        if all(r.get("val_accuracy_live") is not None for r in runs):
+            summary["val_accuracy_live_mean"] = statistics.mean(r["val_accuracy_live"] for r in runs)
+    summary["train_wall_s_mean"] = statistics.mean(r["train_wall_s"] for r in runs)
+    summary["notes"] = runs[0].get("notes") or RECIPES[runs[0]["recipe"]].notes
+    return summary
+
+
+def evaluate_test(record_path: Path, dataset: str, output: Path, command: str) -> dict:
+    """The test-split evaluation of runs already trained and compared on validation rows (`--no-test`): each run's
+    kept weights once, with ECE and TTA (reported separately) from scripts/eval_model.py."""
+    record = json.loads(Path(record_path).read_text())
+    test_set = load_mnist(dataset, "test")
+    groups: dict[str, list[dict]] = {}
+    for run in record["runs"]:
+        model = AutoModelForImageClassification.from_pretrained(run["output_dir"])
+        processor = AutoImageProcessor.from_pretrained(run["output_dir"])
+        result = eval_model.evaluate_model(model, processor, test_set, progress=False, tta=True)
+        run = {**run, **{k: result[k] for k in ("accuracy", "loss", "ece", "tta_accuracy")}}
+        groups.setdefault(run.get("variant") or run["recipe"], []).append(run)
+        print(f"{run['output_dir']}: test accuracy {run['accuracy']:.4f} (TTA {run['tta_accuracy']:.4f})", flush=True)
+    summary = {
+        "description": record["description"].replace("; the test split was not evaluated (validation-only search)", "")
+        + " The test split was evaluated once per run, after the choice was made on the validation rows.",
+        "dataset": record["dataset"],
+        "recipes": {name: summarize(runs) for name, runs in groups.items()},
+        "runs": [run for runs in groups.values() for run in runs],
+        "trained_by": record["command"],
+        "command": command,
     }
+    for name, runs in groups.items():
+        tta = [r["tta_accuracy"] for r in runs]
+        summary["recipes"][name].update(tta_accuracy_mean=statistics.mean(tta), tta_accuracies=tta,
+                                        ece_mean=statistics.mean(r["ece"] for r in runs))  # fmt: skip
+    write_json(output, summary)
+    return summary
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.merge:
         return merge(args.merge, Path(args.output))
-    test_set = load_mnist(args.dataset, "test")
+    if args.evaluate_test:
+        command = "python -m scripts.compare_recipes " + " ".join(argv if argv is not None else sys.argv[1:])
+        return evaluate_test(Path(args.evaluate_test), args.dataset, Path(args.output), command)
+    test_set = load_mnist(args.dataset, "test") if args.test else None
+    # (group name, recipe, data path, extra train.py flags, work-dir prefix)
+    if args.variant:
+        plan = [(name, recipe, args.data_paths[0], shlex.split(flags), name) for name, recipe, flags in args.variant]
+    else:
+        plan = [
+            (recipe if len(args.data_paths) == 1 else f"{recipe} / {path} path", recipe, path, [], f"{recipe}-{path}")
+            for recipe in args.recipes
+            for path in args.data_paths
+        ]
     groups: dict[str, list[dict]] = {}
-    for recipe in args.recipes:
-        for path in args.data_paths:
-            name = recipe if len(args.data_paths) == 1 else f"{recipe} / {path} path"
-            for seed in args.seeds:
-                out = Path(args.work_dir) / f"{recipe}-{path}-seed{seed}"
-                cli = ["--recipe", recipe, "--data-path", path, "--seed", str(seed), "--dataset", args.dataset,
-                       "--output-dir", str(out), "--no-progress", "--save-total-limit", "1"]  # fmt: skip
-                if args.epochs is not None:
-                    cli += ["--epochs", str(args.epochs)]
-                if args.smoke:
-                    cli += ["--smoke"]
-                start = time.perf_counter()
-                record = train.main(cli)
+    for name, recipe, path, extra, prefix in plan:
+        for seed in args.seeds:
+            out = Path(args.work_dir) / f"{prefix}-seed{seed}"
+            cli = ["--recipe", recipe, "--data-path", path, "--seed", str(seed), "--dataset", args.dataset,
+                   "--output-dir", str(out), "--no-progress", "--save-total-limit", "1"]  # fmt: skip
+            if args.epochs is not None:
+                cli += ["--epochs", str(args.epochs)]
+            if args.val_size is not None:
+                cli += ["--val-size", str(args.val_size)]
+            if args.smoke:
+                cli += ["--smoke"]
+            cli += extra  # last, so a variant's own flags win
+            start = time.perf_counter()
+            record = train.main(cli)
+            result = {"accuracy": None, "loss": None}
+            if test_set is not None:
                 model = AutoModelForImageClassification.from_pretrained(out)
                 processor = AutoImageProcessor.from_pretrained(out)
                 result = eval_model.evaluate_model(model, processor, test_set, progress=False)
-                run = {
-                    "recipe": recipe,
-                    "data_path": path,
-                    "seed": seed,
-                    "epochs": record["recipe_values"]["epochs"],
-                    "kept": record["kept"],
-                    "accuracy": result["accuracy"],
-                    "loss": result["loss"],
-                    "train_wall_s": record["train_wall_s"],
-                    "wall_s": round(time.perf_counter() - start, 1),
-                }
-                groups.setdefault(name, []).append(run)
-                print(f"{name} seed {seed}: accuracy {run['accuracy']:.4f}, loss {run['loss']:.4f}", flush=True)
-                summary = {
-                    "description": "Each row: independent full training runs (one per seed) of the same "
-                    "architecture, evaluated on the 10,000-image MNIST test split.",
-                    "dataset": str(args.dataset),
-                    "recipes": {name: summarize(runs) for name, runs in groups.items()},
-                    "runs": [run for runs in groups.values() for run in runs],
-                    "command": "python -m scripts.compare_recipes "
-                    + " ".join(argv if argv is not None else sys.argv[1:]),
-                }
-                write_json(Path(args.output), summary)  # after every run: an interrupted comparison keeps its runs
+            held_out = record["recipe_values"].get("val_size", 0) > 0
+            run = {
+                "recipe": recipe,
+                "variant": name,
+                "flags": " ".join(extra),
+                "notes": f"{recipe} + {' '.join(extra)}" if extra else "",
+                "data_path": path,
+                "seed": seed,
+                "epochs": record["recipe_values"]["epochs"],
+                "kept": record["kept"],
+                "accuracy": result["accuracy"],
+                "loss": result["loss"],
+                # the kept weights (EMA, last or best) on the held-out rows, and the live weights' last epoch
+                "val_accuracy": record["final_eval"]["accuracy"] if held_out else None,
+                "val_loss": record["final_eval"]["loss"] if held_out else None,
+                "val_accuracy_live": record["epochs"][-1].get("test_accuracy") if held_out else None,
+                "eval_split": record["dataset"]["eval_split"],
+                "recipe_values": record["recipe_values"],
+                "curve": [
+                    {k: e.get(k) for k in ("epoch", "lr", "train_loss", "test_accuracy", "ema_accuracy")}
+                    for e in record["epochs"]
+                ],
+                "output_dir": str(out),
+                "train_wall_s": record["train_wall_s"],
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
+            groups.setdefault(name, []).append(run)
+            shown = {k: run[k] for k in ("accuracy", "loss", "val_accuracy", "val_accuracy_live") if run[k]}
+            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), flush=True)
+            summary = {
+                "description": "Each row: independent full training runs (one per seed) of the same "
+                "architecture, evaluated on the 10,000-image MNIST test split"
+                + (f"; choices made on {args.val_size} rows held out of the training split (val_*)"
+                   if args.val_size else "")
+                + ("" if args.test else "; the test split was not evaluated (validation-only search)")
+                + ".",
+                "dataset": str(args.dataset),
+                "recipes": {name: summarize(runs) for name, runs in groups.items()},
+                "runs": [run for runs in groups.values() for run in runs],
+                "command": "python -m scripts.compare_recipes "
+                + " ".join(argv if argv is not None else sys.argv[1:]),
+            }
+            write_json(Path(args.output), summary)  # after every run: an interrupted comparison keeps its runs
     for name, s in summary["recipes"].items():
-        print(f"{name:>24}: {s['accuracy_mean']:.4%} ± {s['accuracy_std']:.4%} over {len(s['accuracies'])} seeds")
+        for key in ("accuracy", "val_accuracy"):
+            if f"{key}_mean" in s:
+                print(f"{name:>24}: {key} {s[f'{key}_mean']:.4%} ± {s[f'{key}_std']:.4%} over {len(s['seeds'])} seeds")
     return summary
 
 

@@ -4,7 +4,11 @@ per-class accuracy and the confusion matrix, all through the model's own image p
     python -m scripts.eval_model --model . --dataset ../shared/data/mnist --split test --output records/eval_test.json
     python -m scripts.eval_model --model someone/mini-vision-v2 --revision <sha> --trust-remote-code ...
 
-The JSON has top-level `accuracy` and `loss`; a readable table is printed.
+The JSON has top-level `accuracy` and `loss`; a readable table is printed. Calibration is reported next to them:
+`ece` (expected calibration error, 15 equal-width confidence bins) of the softmax scores, and when the config stores
+a `calibration_temperature` T (fitted on validation rows by scripts/make_variant.py), `ece_temperature` and
+`loss_temperature` of softmax(logits / T) too. `--tta` adds test-time augmentation figures (`tta_accuracy`, the
+softmax averaged over the image and its 1-pixel shifts), reported separately and never in `accuracy`.
 """
 
 import argparse
@@ -22,7 +26,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 import minivision_hf  # noqa: F401  (registers the Auto classes, so local folders need no remote code)
 from minivision_hf.data import DEFAULT_DATASET, load_mnist
 from minivision_hf.metrics import load_accuracy
-from minivision_hf.training import git_commit, versions, write_json
+from minivision_hf.training import check_model_source, git_commit, versions, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,24 +41,62 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--output", default=None, help="JSON file to write")
+    p.add_argument("--tta", action="store_true", help="also report test-time augmentation (shifted copies, averaged)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
+ECE_BINS = 15  # the usual choice (Guo et al. 2017, "On calibration of modern neural networks")
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (dy, dx) pixels: the image and its four 1-pixel shifts
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """ECE: sum over equal-width confidence bins of |accuracy - mean confidence|, weighted by the bin's share."""
+    confidence, preds = probs.max(-1)
+    correct = (preds == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.float().mean().item() * abs(correct[in_bin].mean().item() - confidence[in_bin].mean().item())
+    return ece
+
+
+def shifted(pixel_values: torch.Tensor, dy: int, dx: int, fill: float) -> torch.Tensor:
+    """Shift normalised images by (dy, dx) pixels, filling the uncovered border with the background value."""
+    if dy == 0 and dx == 0:
+        return pixel_values
+    h, w = pixel_values.shape[-2:]
+    padded = torch.nn.functional.pad(pixel_values, (1, 1, 1, 1), value=fill)
+    return padded[..., 1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]
+
+
 @torch.inference_mode()
-def evaluate_model(model, processor, dataset, batch_size: int = 1000, progress: bool = True) -> dict:
-    """Accuracy, loss, per-class accuracy and confusion matrix of `model` on a datasets split of MNIST."""
+def collect_logits(model, processor, dataset, batch_size: int = 1000, progress: bool = True, tta: bool = False):
+    """(logits, labels, tta_probs): fp32 logits of every image through the image processor; with `tta`, the softmax
+    averaged over TTA_SHIFTS (else None)."""
     model.eval()
-    labels_all, preds_all, loss_sum = [], [], 0.0
+    fill = (0.0 - float(processor.image_mean)) / float(processor.image_std)  # a black pixel, normalised
+    logits_all, labels_all, tta_all = [], [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", disable=not progress):
         batch = dataset[start : start + batch_size]
-        pixel_values = processor(batch["image"], return_tensors="pt")["pixel_values"]
-        labels = torch.as_tensor(batch["label"])
-        logits = model(pixel_values=pixel_values.to(model.dtype)).logits.float()
-        loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        labels_all.append(labels)
-        preds_all.append(logits.argmax(-1))
-    labels, preds = torch.cat(labels_all).numpy(), torch.cat(preds_all).numpy()
+        pixel_values = processor(batch["image"], return_tensors="pt")["pixel_values"].to(model.dtype)
+        logits_all.append(model(pixel_values=pixel_values).logits.float())
+        labels_all.append(torch.as_tensor(batch["label"]))
+        if tta:
+            probs = [model(pixel_values=shifted(pixel_values, dy, dx, fill)).logits.float().softmax(-1)
+                     for dy, dx in TTA_SHIFTS]  # fmt: skip
+            tta_all.append(torch.stack(probs).mean(0))
+    return torch.cat(logits_all), torch.cat(labels_all), torch.cat(tta_all) if tta else None
+
+
+def evaluate_model(model, processor, dataset, batch_size: int = 1000, progress: bool = True, tta: bool = False) -> dict:
+    """Accuracy, loss, ECE, per-class accuracy and confusion matrix of `model` on a datasets split of MNIST (and
+    temperature-scaled calibration when the config has `temperature`; TTA figures, separately, with `tta`)."""
+    logits, labels_t, tta_probs = collect_logits(model, processor, dataset, batch_size, progress, tta)
+    loss_sum = torch.nn.functional.cross_entropy(logits, labels_t, reduction="sum").item()
+    labels, preds = labels_t.numpy(), logits.argmax(-1).numpy()
     num_labels = model.config.num_labels
     confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
     np.add.at(confusion, (labels, preds), 1)
@@ -63,9 +105,26 @@ def evaluate_model(model, processor, dataset, batch_size: int = 1000, progress: 
         for i in range(num_labels)
     }
     accuracy = load_accuracy().compute(predictions=preds.tolist(), references=labels.tolist())["accuracy"]
+    calibration = {"ece": expected_calibration_error(logits.softmax(-1), labels_t), "ece_bins": ECE_BINS}
+    temperature = getattr(model.config, "calibration_temperature", None)
+    if temperature:
+        scaled = logits / temperature
+        calibration.update(
+            temperature=temperature,
+            ece_temperature=expected_calibration_error(scaled.softmax(-1), labels_t),
+            loss_temperature=torch.nn.functional.cross_entropy(scaled, labels_t).item(),
+        )
+    if tta_probs is not None:
+        tta_preds = tta_probs.argmax(-1)
+        calibration.update(
+            tta_accuracy=float((tta_preds == labels_t).float().mean()),
+            tta_errors=int((tta_preds != labels_t).sum()),
+            tta_shifts=[list(s) for s in TTA_SHIFTS],
+        )
     return {
         "accuracy": accuracy,
         "loss": loss_sum / len(labels),
+        **calibration,
         "num_samples": int(len(labels)),
         "errors": int((preds != labels).sum()),
         "per_class_accuracy": per_class,
@@ -77,7 +136,11 @@ def evaluate_model(model, processor, dataset, batch_size: int = 1000, progress: 
 def format_table(result: dict) -> str:
     lines = [
         f"accuracy {result['accuracy']:.4%}   loss {result['loss']:.4f}   "
-        f"errors {result['errors']} / {result['num_samples']}",
+        f"errors {result['errors']} / {result['num_samples']}   ECE ({result['ece_bins']} bins) {result['ece']:.4f}"
+        + (f"   with T={result['temperature']:.3f}: ECE {result['ece_temperature']:.4f}" if "temperature" in result
+           else "")
+        + (f"\nTTA ({len(result['tta_shifts'])} shifted copies, separate from the accuracy above): "
+           f"{result['tta_accuracy']:.4%}" if "tta_accuracy" in result else ""),
         "",
         "true\\pred " + " ".join(f"{label:>5}" for label in result["labels"]) + "   class acc",
     ]
@@ -90,11 +153,12 @@ def format_table(result: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     kwargs = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
+    check_model_source(args.model)  # a mistyped local path: "no such folder: ..."
     model = AutoModelForImageClassification.from_pretrained(args.model, **kwargs)
     processor = AutoImageProcessor.from_pretrained(args.model, **kwargs)
     dataset = load_mnist(args.dataset, args.split, args.max_samples)
     start = time.perf_counter()
-    result = evaluate_model(model, processor, dataset, args.batch_size, progress=not args.no_progress)
+    result = evaluate_model(model, processor, dataset, args.batch_size, progress=not args.no_progress, tta=args.tta)
     result = {
         **result,
         "model": str(args.model),

@@ -77,8 +77,10 @@ def plot_all(record: dict, result: dict | None, out: Path) -> list[Path]:
     name = f"Mini-Vision-V2, {record['recipe']} recipe"
     paths = [out / "train_loss.png", out / "test_loss.png", out / "test_accuracy.png", out / "learning_rate.png"]
     _curve(epochs, "train_loss", f"{name}: training loss (augmented)", "cross-entropy", paths[0], log=True)
-    _curve(epochs, "test_loss", f"{name}: test loss", "cross-entropy", paths[1], best, log=True)
-    _curve(epochs, "test_accuracy", f"{name}: test accuracy", "accuracy (%)", paths[2], best, pct=True)
+    # A run with a held-out validation split evaluated on it every epoch (keys stay test_*; the title says which).
+    held_out = "validation" if record.get("recipe_values", {}).get("val_size") else "test"
+    _curve(epochs, "test_loss", f"{name}: {held_out} loss", "cross-entropy", paths[1], best, log=True)
+    _curve(epochs, "test_accuracy", f"{name}: {held_out} accuracy", "accuracy (%)", paths[2], best, pct=True)
     _curve(epochs, "lr", f"{name}: learning rate per epoch", "learning rate", paths[3], log=True)
     if result is not None:
         paths.append(out / "confusion_matrix.png")

@@ -454,6 +454,8 @@ class _HubHandler(BaseHTTPRequestHandler):
             return self._list_commits(repo_type, repo_id, tail[1])
         if tail == ["refs"] and method == "GET":
             return self._refs(repo_type, repo_id)
+        if len(tail) == 2 and tail[0] == "branch" and method == "POST":
+            return self._create_branch(repo_type, repo_id, tail[1])
         if tail == ["variables"] and repo_type == "space" and method in ("GET", "POST", "DELETE"):
             return self._variables(repo_id, method)
         raise HttpError(404, f"HubServer does not implement {method} /api/{repo_type}s/{repo_id}/{'/'.join(tail)}")
@@ -731,6 +733,17 @@ class _HubHandler(BaseHTTPRequestHandler):
             repo = self._get_repo(repo_type, repo_id, authenticated)
             branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": oid} for b, oid in repo.branches.items()]
         self._json({"branches": branches, "tags": [], "converts": []})
+
+    def _create_branch(self, repo_type: str, repo_id: str, branch: str) -> None:
+        """HfApi.create_branch: a new branch at `startingPoint` (default main); 409 when it exists."""
+        self._check_write()
+        start = (self._body_json() or {}).get("startingPoint") or "main"
+        with self.hub._lock:
+            repo = self._get_repo(repo_type, repo_id, True)
+            if branch in repo.branches:
+                raise HttpError(409, f"Reference already exists: refs/heads/{branch}")
+            repo.branches[branch] = self._get_revision(repo, start)
+        self._json({})
 
     def _variables(self, repo_id: str, method: str) -> None:
         self._check_write()  # reading a Space's variables needs write access on the real Hub too

@@ -1,0 +1,139 @@
+"""Turn one training run into a shipped variant folder (default `variants/best/`): weights, configs, code, records,
+its own generated model card. The repo root stays the seed recipe's release; push_to_hub publishes each variant as a
+branch of the model repo (`revision="best"`).
+
+    python -m scripts.make_variant --run outputs/best/best-fast-seed1 --name best --dataset ../shared/data/mnist \
+        --comparison records/recipes_best.json --search records/recipe_search.json
+
+Steps, in order:
+1. load the run's kept weights (save_pretrained folder written by scripts/train.py; for the `best` recipe, the EMA);
+2. fit a softmax temperature T on the run's validation rows (held out of the training split, rebuilt exactly from the
+   run record with data.validation_split) by minimising their cross-entropy, and store it in config.json as
+   `calibration_temperature` (the logits are unchanged; the Space and scripts/eval_model.py divide by it);
+3. save_pretrained the model and image processor into the variant folder (code files included, auto_map complete);
+4. evaluate the variant on the test split, once, with ECE and TTA reported separately (records/eval_test.json), and
+   record the calibration fit (records/calibration.json);
+5. copy the run record and the comparison records, plot the curves, write the variant's model_card.md.
+"""
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
+
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+import minivision_hf  # noqa: F401  (registers the Auto classes)
+from minivision_hf.data import load_mnist, validation_split
+from minivision_hf.training import git_commit, write_json
+from scripts import eval_model, make_model_card, plot_curves
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="output dir of scripts/train.py (with run_record.json)")
+    p.add_argument("--name", default="best", help="variant name: folder variants/<name>, Hub branch <name>")
+    p.add_argument("--out", default=None, help="variant folder (default: variants/<name>)")
+    p.add_argument("--dataset", default="ylecun/mnist", help="Hub id or local copy of MNIST")
+    p.add_argument("--comparison", default=None, help="compare_recipes JSON of the recipe's seeds (copied)")
+    p.add_argument("--search", nargs="*", default=[], help="recipe-search JSONs (copied; the variants table)")
+    p.add_argument("--repo-id", default=make_model_card.DEFAULT_REPO_ID, help="Hub id for the card's snippets")
+    p.add_argument("--no-temperature", action="store_true", help="do not fit or store a temperature")
+    return p.parse_args(argv)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The T > 0 minimising mean cross-entropy of logits / T: a log-spaced grid, then golden-section refinement
+    (the loss is unimodal in log T for a fixed set of logits)."""
+
+    def nll(log_t: float) -> float:
+        return torch.nn.functional.cross_entropy(logits / math.exp(log_t), labels).item()
+
+    grid = [math.log(0.05) + i * (math.log(20.0) - math.log(0.05)) / 200 for i in range(201)]
+    best = min(range(len(grid)), key=lambda i: nll(grid[i]))
+    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(40):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return round(math.exp((lo + hi) / 2), 4)
+
+
+def validation_rows(record: dict, dataset: str):
+    """The rows the run held out of its training split (the split is rebuilt from the run record)."""
+    values, args = record["recipe_values"], record["args"]
+    if not values.get("val_size"):
+        raise SystemExit("the run held out no validation rows (val_size 0): a temperature cannot be fitted honestly")
+    train = load_mnist(dataset, args.get("train_split", "train"), args.get("max_train_samples"))
+    _, val_rows = validation_split(len(train), values["val_size"], args.get("val_seed", 0))
+    return train.select(val_rows.tolist())
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    run = Path(args.run)
+    out = Path(args.out) if args.out else ROOT / "variants" / args.name
+    record = json.loads((run / "run_record.json").read_text())
+    model = AutoModelForImageClassification.from_pretrained(run).eval()
+    processor = AutoImageProcessor.from_pretrained(run)
+    records = out / "records"
+    records.mkdir(parents=True, exist_ok=True)
+
+    # ---- calibration on the validation rows (never the test split) ----
+    calibration = {"fitted_on": None, "temperature": None}
+    if not args.no_temperature:
+        val = validation_rows(record, args.dataset)
+        logits, labels, _ = eval_model.collect_logits(model, processor, val, progress=False)
+        temperature = fit_temperature(logits, labels)
+        scaled = logits / temperature
+        calibration = {
+            "fitted_on": record["dataset"]["eval_split"],
+            "num_samples": len(labels),
+            "temperature": temperature,
+            "val_accuracy": float((logits.argmax(-1) == labels).float().mean()),
+            "val_loss": torch.nn.functional.cross_entropy(logits, labels).item(),
+            "val_loss_temperature": torch.nn.functional.cross_entropy(scaled, labels).item(),
+            "val_ece": eval_model.expected_calibration_error(logits.softmax(-1), labels),
+            "val_ece_temperature": eval_model.expected_calibration_error(scaled.softmax(-1), labels),
+            "ece_bins": eval_model.ECE_BINS,
+            "method": "temperature scaling (Guo et al. 2017): T = argmin cross-entropy(logits / T), validation rows",
+        }
+        model.config.calibration_temperature = temperature  # read by eval_model.py and the Space; logits stay raw
+        print(f"temperature {temperature} (val ECE {calibration['val_ece']:.4f} -> "
+              f"{calibration['val_ece_temperature']:.4f})")  # fmt: skip
+
+    # ---- the variant folder ----
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    shutil.copyfile(run / "run_record.json", records / "run_record.json")
+    if (run / "tensorboard").exists():
+        shutil.rmtree(records / "tensorboard", ignore_errors=True)
+        shutil.copytree(run / "tensorboard", records / "tensorboard")
+    for source in [args.comparison, *args.search]:
+        if source:
+            shutil.copyfile(source, records / Path(source).name)
+    write_json(records / "calibration.json", {**calibration, "run": str(run), "git": git_commit()})
+
+    # ---- the one test evaluation of the shipped weights (TTA separately) ----
+    eval_model.main(["--model", str(out), "--dataset", args.dataset, "--tta", "--no-progress",
+                     "--output", str(records / "eval_test.json")])  # fmt: skip
+    plot_curves.main(["--record", str(records / "run_record.json"), "--eval", str(records / "eval_test.json"),
+                      "--out", str(out / "assets")])  # fmt: skip
+    make_model_card.main(["--records", str(records), "--output", str(out / "model_card.md"), "--repo-id",
+                          args.repo_id, "--variant", args.name])  # fmt: skip
+    print(f"wrote variant {args.name!r} to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
