@@ -201,7 +201,7 @@ def convert_state_dict(
             new_state[key] = tensor.to(new_state[key].dtype).clone()
             mapping[key] = f"{s.prefix}.{suffix}" if s.prefix else suffix
     model.load_state_dict(new_state, strict=True)
-    return model.eval(), mapping
+    return model.eval(), {key: mapping[key] for key in new_state if key in mapping}  # in the model's order
 
 
 def sha256(path: Path) -> str:
@@ -223,7 +223,13 @@ def git_head() -> str | None:
 
 
 def render_card(
-    checkpoint: Path, digest: str, mapping: dict[str, str], output: Path, parameters: int, evaluation: dict | None
+    command: str,
+    checkpoint: Path,
+    digest: str,
+    mapping: dict[str, str],
+    output: Path,
+    parameters: int,
+    evaluation: dict | None,
 ) -> str:
     """The converted folder's README.md: where the weights came from, how they were mapped, and how to load them."""
     data = ModelCardData(
@@ -243,7 +249,7 @@ def render_card(
         "# Mini-Vision-V2, converted from the original checkpoint",
         "",
         f"Converted from `{checkpoint.name}` (sha256 `{digest}`) by "
-        f"`python -m scripts.convert_seed_checkpoint {checkpoint.name} --output {output.name}` of minivision-hf "
+        f"`{command}` of minivision-hf "
         f"{mv.__version__} (commit {commit[:10] if commit else 'unknown'}) on "
         f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
         f"with torch {torch.__version__} and transformers {transformers.__version__}.",
@@ -291,6 +297,9 @@ def write_atomically(output: Path, fill, overwrite: bool) -> None:
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); a model folder is an ordinary folder
         fill(tmp)
+        for file in tmp.rglob("*"):  # some writers (safetensors via a temp file) leave 0600 files
+            if file.is_file():
+                file.chmod(0o666 & ~umask)
         if output.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
             os.rename(output, old / output.name)
@@ -349,7 +358,11 @@ def main(argv=None) -> Path:
         if args.dataset:
             evaluation = evaluate_folder(folder, args.dataset, args.split, args.max_samples, args.batch_size)
             print(f"{args.dataset} {args.split}: accuracy {evaluation['accuracy']:.4%}, loss {evaluation['loss']:.4f}")
-        card = render_card(args.checkpoint, digest, mapping, args.output, model.num_parameters(), evaluation)
+        command = f"python -m scripts.convert_seed_checkpoint {args.checkpoint} --output {args.output}"
+        if args.dataset:
+            command += f" --dataset {args.dataset} --split {args.split}"
+            command += f" --max-samples {args.max_samples}" if args.max_samples else ""
+        card = render_card(command, args.checkpoint, digest, mapping, args.output, model.num_parameters(), evaluation)
         (folder / "README.md").write_text(card)
 
     try:
