@@ -106,7 +106,9 @@ def _fetch(image, timeout: float | None):
     if not isinstance(image, str):
         return image
     if image.startswith(("http://", "https://")):
-        import httpx  # transformers' own HTTP client for images
+        # transformers' own HTTP client (httpx2 under huggingface_hub 2.x); a plain `import httpx` would make remote
+        # code demand the httpx package, which the core install (transformers + huggingface_hub) does not have
+        from huggingface_hub.utils import httpx
 
         response = httpx.get(image, timeout=timeout, follow_redirects=True)
         response.raise_for_status()
