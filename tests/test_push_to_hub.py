@@ -47,7 +47,8 @@ TRAINED_FILES = (
     "model_card.md",
     "records/eval_test.json",
 )
-CODE_FILES = {"configuration_minivision.py", "modeling_minivision.py", "image_processing_minivision.py"}
+CODE_FILES = {"configuration_minivision.py", "modeling_minivision.py", "image_processing_minivision.py",
+              "pipeline_minivision.py"}  # fmt: skip
 
 # The same guard as the script's load check: minivision_hf must not be importable, even if pip-installed.
 NO_PACKAGE = (
