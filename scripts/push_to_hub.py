@@ -5,8 +5,9 @@
 
 What goes up (staged in a temporary folder, never the repo root itself):
 - model repo NS/NAME: config.json, model.safetensors, preprocessor_config.json; the code files their `auto_map`
-  names (and what those import), copied from the minivision_hf/ package, the single source; README.md made from
-  the release's model_card.md; assets/ (images), records/ (run and evaluation JSON, TensorBoard events), onnx/.
+  and `custom_pipelines` name (and what those import), copied from the minivision_hf/ package, the single source;
+  README.md made from the release's model_card.md; assets/ (images), records/ (run and evaluation JSON, TensorBoard
+  events), onnx/.
 - Space NS/NAME-demo (Gradio): spaces_app/ minus caches, plus model_source.json
   {"model": "NS/NAME", "revision": "<sha of the model commit just made>"} so the demo loads exactly that commit
   (and, when the Hub allows it, Space variables MINIVISION_MODEL / MINIVISION_REVISION with the same values).
@@ -79,10 +80,13 @@ def _prepare_out_dir(out_dir: Path) -> Path:
 
 
 def _auto_map_modules(json_file: Path) -> set[str]:
-    """Module names in a config's auto_map: {"AutoModel": "modeling_x.Cls"} -> {"modeling_x"}."""
-    auto_map = json.loads(json_file.read_text()).get("auto_map") or {}
+    """Module names of the remote code a config names: its auto_map ({"AutoModel": "modeling_x.Cls"} -> {"modeling_x"})
+    and its custom_pipelines ({"image-classification": {"impl": "pipeline_x.Cls", ...}} -> {"pipeline_x"})."""
+    config = json.loads(json_file.read_text())
+    auto_map = config.get("auto_map") or {}
+    pipelines = [task.get("impl") for task in (config.get("custom_pipelines") or {}).values()]
     modules = set()
-    for refs in auto_map.values():
+    for refs in [*auto_map.values(), *pipelines]:
         for ref in refs if isinstance(refs, list | tuple) else [refs]:
             if ref:
                 modules.add(ref.split("--")[-1].rsplit(".", 1)[0])  # "repo--module.Class" names a remote repo
