@@ -11,13 +11,16 @@ import io
 import math
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .extras import explain_missing_extra
 from .image_processing_minivision import to_pixel_values
+
+with explain_missing_extra():  # `datasets` comes with the `train` extra: say so when it is missing
+    import datasets
 
 DEFAULT_DATASET = "ylecun/mnist"  # the `mnist` entry of datasets; a local copy with the same layout works too
 IMAGE_SIZE = 28
