@@ -38,19 +38,19 @@ COMPILER_DEFAULT = "compiler-default"  # the fallback build's level: whatever th
 # order and spelling (tests/test_fast_kernels.py parses the header and checks this table against it).
 SIGNATURES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "mv_pool_relu_forward_bf16": ("int", [
-        ("x", "const uint16_t *"), ("y", "uint16_t *"), ("code", "int16_t *"),
+        ("x", "const uint16_t *"), ("y", "uint16_t *"), ("code", "uint16_t *"),
         ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
     ]),
     "mv_pool_relu_forward_f32": ("int", [
-        ("x", "const float *"), ("y", "float *"), ("code", "int32_t *"),
+        ("x", "const float *"), ("y", "float *"), ("code", "float *"),
         ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
     ]),
     "mv_pool_relu_backward_bf16": ("int", [
-        ("grad_y", "const uint16_t *"), ("code", "const int16_t *"), ("grad_x", "uint16_t *"),
+        ("grad_y", "const uint16_t *"), ("code", "const uint16_t *"), ("grad_x", "uint16_t *"),
         ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
     ]),
     "mv_pool_relu_backward_f32": ("int", [
-        ("grad_y", "const float *"), ("code", "const int32_t *"), ("grad_x", "float *"),
+        ("grad_y", "const float *"), ("code", "const float *"), ("grad_x", "float *"),
         ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
     ]),
     "mv_conv1_pool_relu_forward": ("int", [

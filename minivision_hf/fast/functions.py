@@ -24,7 +24,8 @@ from torch import nn
 
 from .build import KernelLibrary
 
-POOL_CODE_DTYPES = {torch.bfloat16: torch.int16, torch.float32: torch.int32}  # codes as wide as the data
+# pool_relu.c's codes (0..4) in the data's own type, which vectorises best: uint16 bits in an int16 tensor, or fp32
+POOL_CODE_DTYPES = {torch.bfloat16: torch.int16, torch.float32: torch.float32}
 WINOGRAD_CHUNK = 32  # images per c+bmm pass: the chunk's Winograd-domain arrays (~5 MB at 64 channels) stay in cache
 # Winograd F(2x2, 3x3): U = G w G^T (weights), V = B^T d B (input tiles), y = A^T (U . V) A (output tiles).
 WINOGRAD_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])

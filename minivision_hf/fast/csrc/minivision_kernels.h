@@ -7,7 +7,7 @@
  * - images are channels_last: memory order (N, H, W, C); `images`, `height`, `width` are the block's input (conv
  *   output) sizes, height and width even; pooled outputs are (N, H/2, W/2, C);
  * - bf16 values travel as their uint16_t bits; fp32 as float;
- * - `code` (one per pooled output, the element's width: int16 for bf16, int32 for fp32) says which input of the 2x2
+ * - `code` (one per pooled output: int16_t, or the data's own type in pool_relu.c) says which input of the 2x2
  *   window won the max-pool (0..3 in the order (0,0) (0,1) (1,0) (1,1), first maximum, NaN wins, as max_pool2d) or 4
  *   where ReLU passes no gradient (output <= 0);
  * - `threads`: OpenMP threads (torch's own pool: the library links the libgomp torch loaded);
@@ -18,14 +18,14 @@
 #define MINIVISION_KERNELS_H
 #include <stdint.h>
 
-/* ---- pool_relu.c: y = relu(max_pool2d(x, 2)) and its backward, any channel count ---- */
-int mv_pool_relu_forward_bf16(const uint16_t *x, uint16_t *y, int16_t *code, long images, long height, long width,
+/* ---- pool_relu.c: y = relu(max_pool2d(x, 2)) and its backward, any channel count; codes in the data's type ---- */
+int mv_pool_relu_forward_bf16(const uint16_t *x, uint16_t *y, uint16_t *code, long images, long height, long width,
                               long channels, int threads);
-int mv_pool_relu_forward_f32(const float *x, float *y, int32_t *code, long images, long height, long width,
+int mv_pool_relu_forward_f32(const float *x, float *y, float *code, long images, long height, long width,
                              long channels, int threads);
-int mv_pool_relu_backward_bf16(const uint16_t *grad_y, const int16_t *code, uint16_t *grad_x, long images,
+int mv_pool_relu_backward_bf16(const uint16_t *grad_y, const uint16_t *code, uint16_t *grad_x, long images,
                                long height, long width, long channels, int threads);
-int mv_pool_relu_backward_f32(const float *grad_y, const int32_t *code, float *grad_x, long images, long height,
+int mv_pool_relu_backward_f32(const float *grad_y, const float *code, float *grad_x, long images, long height,
                               long width, long channels, int threads);
 
 /* ---- first_block.c: relu(max_pool2d(conv2d(x, w, bias, padding=1), 2)) for a 1-channel 3x3 conv, in bf16

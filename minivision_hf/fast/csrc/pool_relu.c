@@ -1,11 +1,12 @@
 /* Fused 2x2 stride-2 max-pool + ReLU, forward and backward, for channels_last tensors (memory order N, H, W, C), any
- * channel count: the fallback for convolutions the other kernel families do not take.
+ * channel count: the fallback for convolutions the other kernel families do not take. Bit-identical to PyTorch's
+ * max_pool2d + relu, values and gradients.
  *
  * Forward: y = relu(max of each 2x2 window), and a code per output: which window input won (0..3, first maximum in
  * the order (0,0) (0,1) (1,0) (1,1), NaN wins, as PyTorch's max_pool2d) or 4 where ReLU passes no gradient (y <= 0).
  * Backward: each input gradient is the output gradient where the code names it, else 0 (every element written once,
- * no zero fill). Codes have the element's width (int16 for bf16, int32 for fp32): same-width lanes vectorise best.
- * Bit-identical to PyTorch's max_pool2d + relu, values and gradients. */
+ * no zero fill). Codes have the data's own type (uint16 for bf16, float for fp32): same-typed lanes vectorise best
+ * (int16/int32 codes made these loops 1.5-2x slower). */
 #include "minivision_kernels.h"
 #include "vec16.h"
 
@@ -63,13 +64,13 @@ static inline float f32_to_float(float f) { return f; }
         }                                                                                                              \
     }
 
-POOL_RELU_KERNELS(bf16, uint16_t, int16_t, bf16_to_float)
-POOL_RELU_KERNELS(f32, float, int32_t, f32_to_float)
+POOL_RELU_KERNELS(bf16, uint16_t, uint16_t, bf16_to_float)
+POOL_RELU_KERNELS(f32, float, float, f32_to_float)
 
 /* Output rows (row r = image r / (H/2), output line r % (H/2)) are split evenly over the OpenMP threads. */
 #define ROWS_OF_THREAD(t, threads, rows) ((rows) * (t) / (threads)), ((rows) * ((t) + 1) / (threads))
 
-int mv_pool_relu_forward_bf16(const uint16_t *x, uint16_t *y, int16_t *code, long images, long height, long width,
+int mv_pool_relu_forward_bf16(const uint16_t *x, uint16_t *y, uint16_t *code, long images, long height, long width,
                               long channels, int threads) {
     if (threads < 1) threads = 1;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -78,7 +79,7 @@ int mv_pool_relu_forward_bf16(const uint16_t *x, uint16_t *y, int16_t *code, lon
     return 0;
 }
 
-int mv_pool_relu_forward_f32(const float *x, float *y, int32_t *code, long images, long height, long width,
+int mv_pool_relu_forward_f32(const float *x, float *y, float *code, long images, long height, long width,
                              long channels, int threads) {
     if (threads < 1) threads = 1;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -87,7 +88,7 @@ int mv_pool_relu_forward_f32(const float *x, float *y, int32_t *code, long image
     return 0;
 }
 
-int mv_pool_relu_backward_bf16(const uint16_t *grad_y, const int16_t *code, uint16_t *grad_x, long images,
+int mv_pool_relu_backward_bf16(const uint16_t *grad_y, const uint16_t *code, uint16_t *grad_x, long images,
                                long height, long width, long channels, int threads) {
     if (threads < 1) threads = 1;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -96,7 +97,7 @@ int mv_pool_relu_backward_bf16(const uint16_t *grad_y, const int16_t *code, uint
     return 0;
 }
 
-int mv_pool_relu_backward_f32(const float *grad_y, const int32_t *code, float *grad_x, long images, long height,
+int mv_pool_relu_backward_f32(const float *grad_y, const float *code, float *grad_x, long images, long height,
                               long width, long channels, int threads) {
     if (threads < 1) threads = 1;
 #pragma omp parallel for num_threads(threads) schedule(static)

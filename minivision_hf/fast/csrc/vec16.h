@@ -58,7 +58,7 @@ static inline v16f load_f32_16(const float *p) {
 }
 static inline void store_f32_16(float *p, v16f v) { memcpy(p, &v, sizeof v); }
 
-/* Rounds the 4 conv outputs of a 2x2 window to bf16 and stores relu(max) and its code (as pool_relu: first maximum,
+/* Rounds the 4 conv outputs of a 2x2 window to bf16 and stores relu(max) and its code (as pool_relu.c: first maximum,
  * NaN wins, 4 where ReLU closes). */
 static inline void pool_relu_16(const v16f out[4], uint16_t *y, int16_t *code) {
     v16u best = round_bf16_fast(out[0]);

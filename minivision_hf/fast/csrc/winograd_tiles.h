@@ -26,7 +26,7 @@ static inline void tile_pointers(const uint16_t *x, const uint16_t *zeros, long 
         }
 }
 
-/* The input tile transform (as winograd_input): out[4e + v] = (B^T d B)[e][v] for 16 channels at k. */
+/* The input tile transform: out[4e + v] = (B^T d B)[e][v] for 16 channels at k. */
 static inline void input_tile(const uint16_t *const p[16], long k, v16f out[16]) {
     v16f r[4][4];
     for (int b = 0; b < 4; ++b) {
@@ -54,7 +54,7 @@ static inline void input_tile_backward(const v16f d[16], float *at, long row, lo
     }
 }
 
-/* dM of one tile for 16 channels at k (as winograd_output_backward); returns the gradient that passes (for dbias). */
+/* Backward of output_tile: dM of one tile for 16 channels at k; returns the gradient that passes (for dbias). */
 static inline v16f output_tile_backward(const uint16_t *grad, const int16_t *code, long at, v16f out[16]) {
     const float a_rows[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}}; /* A^T */
     v16i16 c16;

@@ -28,7 +28,7 @@ static void winograd_input(const uint16_t *x, uint16_t *V, const uint16_t *zeros
     }
 }
 
-/* M (16, T, C) bf16 -> y = relu(max over the tile of bf16(A^T M A + bias)) (T, C) bf16 and its code (as pool_relu). */
+/* M (16, T, C) bf16 -> y = relu(max over the tile of bf16(A^T M A + bias)) (T, C) bf16 and its codes. */
 static void winograd_output_pool_relu(const uint16_t *M, const float *bias, uint16_t *y, int16_t *code, long t0,
                                       long t1, long T, long C) {
     for (long t = t0; t < t1; ++t)
