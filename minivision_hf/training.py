@@ -1,18 +1,25 @@
-"""Training pieces for `scripts/train.py`: recipes, the Trainer subclass (SGD + per-epoch schedules), the per-epoch
-recorder, and the run record. Library code only; the script reads top to bottom and calls these."""
+"""Training pieces for `scripts/train.py`: recipes, argument checks, the data / model / Trainer builders, the Trainer
+subclass (SGD + per-epoch schedules, exact resume, a stop on a non-finite loss), the per-epoch recorder, the run
+record, and atomic folder replacement for the saved model. Library code only; the script reads top to bottom and
+calls these."""
 
 import json
 import math
 import os
 import platform
+import re
+import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .data import BatchCollator, IndexDataset, decode_to_uint8, load_mnist, plain_transform, validation_split
 
 # ---- recipes ----------------------------------------------------------------------------------------------------
 
@@ -37,6 +44,10 @@ class Recipe:
     scale_min: float = 1.0  # random zoom range (1.0, 1.0 = none, as in the seed)
     scale_max: float = 1.0
     best_model: bool = True  # keep the epoch with the best test accuracy ("Epochs: 40 (Best model)")
+    shear: float = 0.0  # random shear along x, uniform in [-shear, shear] degrees (0 = none)
+    interpolation: str = "nearest"  # augmentation resampling: "nearest" (torchvision's default) or "bilinear"
+    ema_decay: float = 0.0  # weight EMA per optimizer step (0 = none); the EMA weights are the ones kept
+    val_size: int = 0  # rows held out of the training split as the evaluation (validation) set; 0 = evaluate on test
     notes: str = field(default="", compare=False)
 
 
@@ -61,6 +72,26 @@ RECIPES = {
         best_model=False,
         notes="one-cycle Nesterov SGD, wd 5e-4, label smoothing 0.1, zoom 0.9-1.1, rotation 12",
     ),
+    # `plus` + a weight EMA (decay 0.999 per step, the EMA kept) with 5,000 training rows held out for every choice and
+    # the temperature fit (records/recipe_search*.json: the variants tried on those rows; records/recipes_best.json:
+    # its seeds on the test split). Shipped as variants/best (Hub branch "best").
+    "best": Recipe(
+        epochs=30,
+        lr=0.05,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        scheduler="onecycle",
+        warmup_epochs=2.0,
+        label_smoothing=0.1,
+        max_degrees=12.0,
+        scale_min=0.9,
+        scale_max=1.1,
+        best_model=False,
+        ema_decay=0.999,
+        val_size=5000,
+        notes="plus + weight EMA 0.999 (kept), 5,000 training rows held out for validation",
+    ),
 }
 
 
@@ -82,12 +113,63 @@ def lr_factor(step: int, steps_per_epoch: int, recipe: Recipe) -> float:
     raise ValueError(f"unknown scheduler {recipe.scheduler!r}; use 'step' or 'onecycle'")
 
 
-class MiniVisionTrainer(Trainer):
-    """Trainer with the recipe's SGD and an epoch-exact schedule."""
+class NonFiniteLossError(RuntimeError):
+    """A training step's loss was NaN or infinite: the run stops there, before that step's weights are saved."""
 
-    def __init__(self, *args, recipe: Recipe, **kwargs):
+
+# Per checkpoint: the augmentation generator's state and the run recorder's, in one file written after everything
+# else (the EMA average included), so its presence marks a complete checkpoint. One file per process.
+STATE_FILE = "minivision_state.pth"
+# Key under which `TracedCollator` hands each batch's augmentation-generator state to the trainer.
+AUGMENT_STATE_KEY = "augment_rng_state"
+
+
+class TracedCollator:
+    """Wraps a batch collator whose `generator` draws the augmentation; every batch carries that generator's state
+    after it was drawn (under AUGMENT_STATE_KEY).
+
+    Why: accelerate's DataLoaderShard fetches one batch ahead, so at a checkpoint after step k the generator has
+    already drawn batch k + 1. The state after batch k (what a resume must restart from) travels with batch k and is
+    recorded by `MiniVisionTrainer` when that batch is trained on."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.generator: torch.Generator | None = getattr(collator, "generator", None)
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = self.collator(indices)
+        if self.generator is not None:
+            batch[AUGMENT_STATE_KEY] = self.generator.get_state()
+        return batch
+
+
+class MiniVisionTrainer(Trainer):
+    """Trainer with the recipe's SGD and an epoch-exact schedule, that also:
+
+    - stops on a non-finite loss (`NonFiniteLossError`, naming the step) before anything is saved;
+    - saves, in every checkpoint, the augmentation generator's state and the `EpochRecorder`'s (STATE_FILE), and
+      restores both on resume, so a resumed run draws the same augmentations and keeps one whole run record
+      (Trainer's own rng_state.pth covers python/numpy/torch CPU RNG: dropout; the shuffling is accelerate's
+      seedable sampler, a function of the seed and the epoch);
+    - writes that file last and only then deletes old checkpoints (it rotates them itself, renaming a checkpoint
+      away before deleting it), so `last_complete_checkpoint` never resumes from a half-written or half-deleted one.
+    """
+
+    def __init__(self, *args, recipe: Recipe, recorder: "EpochRecorder | None" = None,
+                 save_total_limit: int | None = None, **kwargs):  # fmt: skip
+        if kwargs.get("args") is not None and kwargs["args"].save_total_limit:
+            raise ValueError("pass save_total_limit to MiniVisionTrainer, not TrainingArguments: it rotates itself")
+        self.commit = _CheckpointCommit(self)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.commit]  # last: after every other on_save
         super().__init__(*args, **kwargs)
         self.recipe = recipe
+        self.recorder = recorder
+        self.save_total_limit = save_total_limit
+        collator = self.data_collator
+        self.augment_generator: torch.Generator | None = getattr(collator, "generator", None)
+        if self.augment_generator is not None and not isinstance(collator, TracedCollator):
+            raise ValueError("wrap a collator that draws augmentations in TracedCollator (exact resume needs it)")
+        self.augment_state = self.augment_generator.get_state() if self.augment_generator is not None else None
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -121,54 +203,252 @@ class MiniVisionTrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        augment_state = inputs.pop(AUGMENT_STATE_KEY, None)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Trainer already syncs on the loss every step (its NaN filter), so this check costs nothing more. Its filter
+        # would hide a NaN in the logged mean and train on; here the run stops, naming the optimizer step.
+        if not torch.isfinite(loss).all():
+            step = self.state.global_step + 1
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss)}) at optimizer step {step} (epoch {self.state.epoch:.2f}); "
+                "no model was saved from this run after its last checkpoint"
+            )
+        if augment_state is not None:
+            self.augment_state = augment_state  # the generator state after this batch: where a resume restarts
+        return loss
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        loader = super().get_eval_dataloader(eval_dataset)
+        # A DataLoader draws its workers' base seed from `generator` (the global torch RNG when None) each time it is
+        # iterated. Evaluations get their own generator, so they leave the global RNG (dropout's) as training left
+        # it: a checkpoint taken after an evaluation inside an epoch (--max-steps) then resumes exactly.
+        getattr(loader, "base_dataloader", loader).generator = torch.Generator().manual_seed(0)  # accelerate wraps it
+        return loader
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop(AUGMENT_STATE_KEY, None)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def state_file(self, checkpoint: str | Path) -> Path:
+        index = self.args.process_index if self.args.world_size > 1 else None
+        return Path(checkpoint) / (STATE_FILE if index is None else f"minivision_state_{index}.pth")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = self.state_file(resume_from_checkpoint)
+        if not path.exists():
+            print(f"resume: {path} is missing (a checkpoint from older code): augmentations restart, not resume")
+            return
+        state = torch.load(path, weights_only=True)
+        if self.augment_generator is not None and state.get("augment_generator") is not None:
+            self.augment_state = state["augment_generator"].cpu()
+            self.augment_generator.set_state(self.augment_state)
+        if self.recorder is not None and state.get("recorder"):
+            self.recorder.load_state_dict(state["recorder"])
+            if self.recorder.target is not None:
+                # The run had reached --target-accuracy there and stopped: train no further on resume.
+                self.args.max_steps = self.recorder.target["step"]
+
+    def commit_checkpoint(self, folder: Path) -> None:
+        """Write STATE_FILE (temp file + rename) into a checkpoint Trainer has finished, then rotate old ones."""
+        if self.recorder is not None:
+            self.recorder.close_epoch(self.state)
+        state = {
+            "augment_generator": self.augment_state.cpu() if self.augment_state is not None else None,
+            "recorder": self.recorder.state_dict() if self.recorder is not None else None,
+        }
+        path = self.state_file(folder)
+        torch.save(state, path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+        if self.args.should_save:
+            rotate_checkpoints(folder.parent, self.save_total_limit, self.state.best_model_checkpoint)
+
+
+class _CheckpointCommit(TrainerCallback):
+    """The trainer's last callback: on_save runs after Trainer and every other callback have written their files."""
+
+    def __init__(self, trainer: MiniVisionTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            self.trainer.commit_checkpoint(folder)
+
+
+def is_complete_checkpoint(folder: Path, process_index: int | None = None) -> bool:
+    """Whether a checkpoint folder was finished: STATE_FILE (written last) and a readable trainer_state.json."""
+    name = STATE_FILE if process_index is None else f"minivision_state_{process_index}.pth"
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (folder / name).is_file()
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """checkpoint-N folders of a run, oldest (smallest N) first."""
+    found = [p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()]
+    return sorted((p for p in found if p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
+
+
+def discard_folder(folder: Path) -> None:
+    """Delete a folder so that it is never seen half-deleted: rename it to a hidden name first (atomic), then remove."""
+    aside = folder.with_name(f".deleting-{folder.name}-{os.getpid()}")
+    os.rename(folder, aside)
+    shutil.rmtree(aside)
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint in `output_dir`; newer incomplete ones (a run killed while writing one) are
+    removed, so that Trainer never sees them."""
+    for folder in reversed(checkpoints(output_dir)):
+        if is_complete_checkpoint(folder):
+            return folder
+        print(f"resume: {folder} was not finished (killed while saving?); removing it")
+        discard_folder(folder)
+    return None
+
+
+def rotate_checkpoints(output_dir: Path, limit: int | None, best: str | None = None) -> None:
+    """Keep the newest `limit` complete checkpoints and the best one (Trainer's rule), deleting the others."""
+    if not limit:
+        return
+    done = [p for p in checkpoints(output_dir) if is_complete_checkpoint(p)]
+    keep = set(done[-limit:]) | ({Path(best)} if best else set())
+    for folder in done:
+        if folder not in keep:
+            discard_folder(folder)
+
 
 class EpochRecorder(TrainerCallback):
-    """Records, per epoch, the learning rate it trained at and its wall time; and every optimizer step's end time,
-    for steady-state throughput (`steady_step_s`)."""
+    """The run record's per-epoch rows, kept whole across kills and resumes.
 
-    def __init__(self):
-        self.epochs: list[dict] = []
-        self.step_ends: list[float] = []
-        self._start = 0.0
+    Each row holds what that epoch measured: its train loss (mean over its optimizer steps), its own evaluation
+    (test loss and accuracy; `ema_*` with an EMA), the learning rate it started at and its training wall time
+    (evaluation excluded). Also kept: one segment per process that trained (start step, end step, wall seconds,
+    evaluations and checkpoints included), the gaps between optimizer steps after each segment's warm-up (for the
+    steady-state throughput), and, with `target_accuracy`, the first epoch whose `target_metric` reached it (training
+    stops there). `MiniVisionTrainer` saves `state_dict()` in every checkpoint and restores it on resume, so the rows
+    of a resumed run are those of the uninterrupted one. Evaluations after training (the kept model's) are not rows.
+    """
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self.step_ends.append(time.perf_counter())
+    def __init__(self, target_accuracy: float | None = None, target_metric: str = "eval_accuracy", warmup: int = 5):
+        self.target_accuracy, self.target_metric, self.warmup = target_accuracy, target_metric, warmup
+        self.epochs: list[dict] = []  # finished epochs
+        self.open: dict | None = None  # the epoch in progress (kept in checkpoints: a resume may continue it)
+        self.segments: list[dict] = []
+        self.step_gaps: list[float] = []
+        self.target: dict | None = None  # set when target_accuracy is reached
+        self.steps_per_epoch: int | None = None
+        self._training = False
+        self._segment_start = self._epoch_start = self._last_step_end = 0.0
+        self._segment_steps = self._last_logged_step = 0
 
-    def steady_step_s(self, warmup: int = 5) -> float | None:
-        """Median seconds per optimizer step after `warmup` steps, skipping steps that span an evaluation or a
-        checkpoint (they are the slowest ones; the median ignores them anyway)."""
-        gaps = np.diff(self.step_ends[warmup:])
-        return float(np.median(gaps)) if len(gaps) else None
+    # -- state kept in checkpoints --
+    def state_dict(self) -> dict:
+        segments = [dict(s) for s in self.segments]
+        if self._training and segments:  # the live segment, up to now
+            segments[-1]["wall_s"] = round(time.perf_counter() - self._segment_start, 3)
+        return {"epochs": self.epochs, "open": self.open, "segments": segments, "step_gaps": self.step_gaps,
+                "target": self.target, "target_accuracy": self.target_accuracy}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs, self.open = [dict(e) for e in state["epochs"]], dict(state["open"]) if state["open"] else None
+        self.segments, self.step_gaps = [dict(s) for s in state["segments"]], list(state["step_gaps"])
+        self.target = dict(state["target"]) if state.get("target") else None
+
+    # -- Trainer events --
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is not None:
+            self.steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+        self._training, self._segment_start = True, time.perf_counter()
+        self._segment_steps, self._last_logged_step = 0, state.global_step
+        self.segments.append({"start_step": state.global_step, "end_step": state.global_step, "wall_s": 0.0})
 
     def on_epoch_begin(self, args, state, control, optimizer=None, **kwargs):
-        self._start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
-        self.epochs.append({"epoch": len(self.epochs) + 1, "lr": lr})
+        index = state.global_step // self.steps_per_epoch + 1
+        if self.open is None or self.open["epoch"] != index:
+            lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+            self.open = {"epoch": index, "lr": lr, "steps": 0, "train_s": 0.0, "loss_sum": 0.0, "loss_steps": 0}
+        self._epoch_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self._segment_steps > self.warmup:
+            self.step_gaps.append(round(now - self._last_step_end, 6))
+        self._last_step_end, self._segment_steps = now, self._segment_steps + 1
+        self.segments[-1]["end_step"] = state.global_step
+        if self.open is not None:
+            self.open["steps"] += 1
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.epochs:
-            self.epochs[-1]["wall_s"] = round(time.perf_counter() - self._start, 3)
+        if self.open is not None:
+            self.open["train_s"] += time.perf_counter() - self._epoch_start
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        steps = state.global_step - self._last_logged_step
+        if self._training and self.open is not None and logs and "loss" in logs and steps > 0:
+            # Trainer logs the mean loss since its last log: weigh it by its steps (a log may cover part of an epoch)
+            self.open["loss_sum"] += logs["loss"] * steps
+            self.open["loss_steps"] += steps
+            self._last_logged_step = state.global_step
 
-def epoch_table(log_history: list[dict], recorder: EpochRecorder | None = None) -> list[dict]:
-    """Per-epoch train loss, test loss and accuracy, lr and wall time from Trainer's log history."""
-    rows: dict[int, dict] = {}
-    for entry in log_history:
-        if "epoch" not in entry:
-            continue
-        epoch = round(entry["epoch"])
-        row = rows.setdefault(epoch, {"epoch": epoch})
-        if "loss" in entry:
-            row["train_loss"] = entry["loss"]
-        if "eval_loss" in entry:
-            row["test_loss"] = entry["eval_loss"]
-        if "eval_accuracy" in entry:
-            row["test_accuracy"] = entry["eval_accuracy"]
-    for extra in recorder.epochs if recorder else []:
-        rows.setdefault(extra["epoch"], {"epoch": extra["epoch"]}).update(
-            {k: v for k, v in extra.items() if k != "epoch"}
-        )
-    return [rows[k] for k in sorted(rows) if k > 0]
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not self._training or self.open is None or not metrics:
+            return
+        for key, value in metrics.items():
+            name = key.removeprefix("eval_")
+            if name.endswith(("loss", "accuracy")):
+                self.open[name if name.startswith("ema_") else f"test_{name}"] = value
+        reached = self.target_accuracy is not None and metrics.get(self.target_metric, -1.0) >= self.target_accuracy
+        if reached and self.target is None and self.epoch_complete(state):
+            finished = [*self.epochs, self.open]
+            self.target = {
+                "target": self.target_accuracy, "metric": self.target_metric, "reached": True,
+                "epoch": self.open["epoch"], "step": state.global_step, "accuracy": metrics[self.target_metric],
+                "train_s": round(sum(e["train_s"] for e in finished), 3),  # training only, evaluations excluded
+                "wall_s": round(sum(s["wall_s"] for s in self.segments[:-1]) + time.perf_counter()
+                                - self._segment_start, 3),  # since the start: evaluations and checkpoints too
+            }  # fmt: skip
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._training:
+            self.segments[-1]["wall_s"] = round(time.perf_counter() - self._segment_start, 3)
+            self.segments[-1]["end_step"] = state.global_step
+            self.close_epoch(state)
+        self._training = False
+
+    # -- rows --
+    def epoch_complete(self, state) -> bool:
+        # Whole epochs only: a run stopped inside one (--max-steps) leaves it open, and a resume continues it.
+        return self.open is not None and state.global_step >= self.open["epoch"] * self.steps_per_epoch
+
+    def close_epoch(self, state) -> None:
+        """Move the epoch in progress to the rows once all its steps are done (at its checkpoint)."""
+        if self.open is not None and self.open["steps"] and self.epoch_complete(state):
+            self.epochs.append(self.open)
+            self.open = None
+
+    def rows(self) -> list[dict]:
+        """The per-epoch rows, and the last one marked `partial` when the run stopped inside an epoch."""
+
+        def row(e: dict, partial: bool = False) -> dict:
+            out = {"epoch": e["epoch"], "train_loss": e["loss_sum"] / e["loss_steps"] if e["loss_steps"] else None}
+            out.update({k: v for k, v in e.items() if k.startswith(("test_", "ema_"))})
+            out.update(lr=e["lr"], wall_s=round(e["train_s"], 3), steps=e["steps"])
+            return {**out, "partial": True} if partial else out
+
+        done = [row(e) for e in self.epochs]
+        return done + ([row(self.open, partial=True)] if self.open and self.open["steps"] else [])
+
+    def steady_step_s(self) -> float | None:
+        """Median seconds per optimizer step after each segment's warm-up steps (steps that span an evaluation or a
+        checkpoint are the slowest; the median ignores them)."""
+        return float(np.median(self.step_gaps)) if self.step_gaps else None
 
 
 # ---- speed ------------------------------------------------------------------------------------------------------
@@ -196,7 +476,7 @@ def keep_freed_memory() -> bool:
 def kept_epoch(record: dict) -> dict:
     """The per-epoch row of the model a run kept: its best epoch, or its last one."""
     epochs = record["epochs"]
-    if record.get("kept") == "last":
+    if record.get("kept") in ("last", "ema"):  # the EMA is the average up to the last step
         return epochs[-1]
     return next((e for e in epochs if e["epoch"] == record["best_epoch"]), epochs[-1])
 
@@ -247,18 +527,459 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+# ---- arguments --------------------------------------------------------------------------------------------------
+
+
+def check_arguments(args, world: int = 1) -> list[str]:
+    """Every reason why resolved `scripts/train.py` arguments cannot train, one message per flag ([] if they can).
+
+    Called before anything is read or written, so a refused run leaves --output-dir as it was."""
+
+    def number(name: str, low: float | None = None, high: float | None = None, low_open=False, high_open=False):
+        value = getattr(args, name.replace("-", "_"), None)
+        if value is None:
+            return
+        bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
+                 f"{high if high is not None else 'inf'}{')' if high_open else ']'}"  # fmt: skip
+        bad = not math.isfinite(value)
+        bad = bad or (low is not None and (value <= low if low_open else value < low))
+        bad = bad or (high is not None and (value >= high if high_open else value > high))
+        if bad:
+            problems.append(f"--{name} {value}: must be a finite number in {bounds}")
+
+    problems: list[str] = []
+    number("epochs", 0, low_open=True)
+    number("lr", 0, low_open=True)
+    number("batch-size", 1)
+    number("grad-accum", 1)
+    number("momentum", 0, 1, high_open=True)
+    number("weight-decay", 0)
+    number("step-epochs", 1)
+    number("gamma", 0, 1, low_open=True)
+    number("warmup-epochs", 0)
+    number("label-smoothing", 0, 1, high_open=True)
+    number("max-shift", 0)
+    number("max-degrees", 0, 180)
+    number("scale-min", 0, low_open=True)
+    number("scale-max", 0, low_open=True)
+    number("max-train-samples", 1)
+    number("max-eval-samples", 1)
+    number("save-total-limit", 1)
+    number("target-accuracy", 0, 1, low_open=True)
+    number("ema-decay", 0, 1, high_open=True)
+    number("val-size", 0)
+    number("shear", 0, 90, high_open=True)
+    if getattr(args, "scale_min", 1.0) > getattr(args, "scale_max", 1.0):
+        problems.append(f"--scale-min {args.scale_min} is above --scale-max {args.scale_max}")
+    max_steps = getattr(args, "max_steps", -1)
+    if max_steps != -1 and max_steps < 1:
+        problems.append(f"--max-steps {max_steps}: give a positive number of optimizer steps, or -1 for --epochs")
+    batch, accum = getattr(args, "batch_size", 1), getattr(args, "grad_accum", 1)
+    if batch >= 1 and accum >= 1 and batch % (world * accum):
+        problems.append(f"--batch-size {batch} must be divisible by processes x --grad-accum = {world * accum}")
+    return problems
+
+
+def recipe_from_args(args) -> Recipe:
+    """The --recipe's values with every flag that names a recipe field applied."""
+    base = RECIPES[args.recipe]
+    return replace(base, **{f.name: getattr(args, f.name) for f in fields(base) if hasattr(args, f.name)})
+
+
+def process_counts() -> tuple[int, int]:
+    """(processes, this process's rank) as torchrun / accelerate set them (1, 0 for a plain run)."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
+def bf16_supported() -> bool:
+    """Whether bf16 autocast runs natively: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16."""
+    from .fast import detect_capabilities  # the one place that reads the machine's capabilities
+
+    return detect_capabilities().bf16_native("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---- data, model, trainer ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """What the trainer reads: datasets, the collator (fast path) and a name for the evaluation set."""
+
+    train: torch.utils.data.Dataset
+    eval: torch.utils.data.Dataset
+    collator: object | None
+    eval_name: str
+
+
+def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
+    """Load the splits and make the fast path's uint8 tensors + batched augmentation, or the plain path's per-sample
+    PIL transforms. With recipe.val_size, the evaluation set is rows held out of the training split."""
+    train_ds = load_mnist(args.dataset, args.train_split, args.max_train_samples)
+    eval_name = args.eval_split
+    if recipe.val_size:
+        # Model choices are made on rows held out of the training split; the test split is left for the end.
+        train_rows, val_rows = validation_split(len(train_ds), recipe.val_size, args.val_seed)
+        eval_ds = train_ds.select(val_rows.tolist())
+        train_ds = train_ds.select(train_rows.tolist())
+        eval_name = f"validation ({recipe.val_size} rows of {args.train_split}, seed {args.val_seed})"
+    else:
+        eval_ds = load_mnist(args.dataset, args.eval_split, args.max_eval_samples)
+    if args.data_path == "plain":
+        if (recipe.scale_min, recipe.scale_max) != (1.0, 1.0) or recipe.shear or recipe.interpolation != "nearest":
+            raise ValueError("--data-path plain implements the seed's augmentation only (no zoom, shear or "
+                             "interpolation)")  # fmt: skip
+        train = train_ds.with_transform(plain_transform(True, recipe.max_shift, recipe.max_degrees))
+        return TrainingData(train, eval_ds.with_transform(plain_transform(False)), None, eval_name)
+    train_x, train_y = decode_to_uint8(train_ds)
+    eval_x, eval_y = decode_to_uint8(eval_ds)
+    collator = BatchCollator(
+        torch.cat([train_x, eval_x]),
+        torch.cat([train_y, eval_y]),
+        augment_below=len(train_x),
+        max_shift=recipe.max_shift,
+        max_degrees=recipe.max_degrees,
+        scale=(recipe.scale_min, recipe.scale_max),
+        channels_last=args.channels_last,
+        seed=args.seed + 1000 * rank,  # each process draws its own augmentations
+        shear=recipe.shear,
+        interpolation=recipe.interpolation,
+    )
+    # TracedCollator: each batch carries the generator state a resume restarts from (MiniVisionTrainer saves it).
+    return TrainingData(IndexDataset(len(train_x)), IndexDataset(len(eval_x), start=len(train_x)),
+                        TracedCollator(collator), eval_name)  # fmt: skip
+
+
+def build_model(args, use_bf16: bool | None = None) -> tuple[torch.nn.Module, dict | None]:
+    """A freshly initialised MiniVision model, channels_last and with the fused kernels when the flags ask; the
+    kernels' report (None without them)."""
+    from . import MiniVisionConfig, MiniVisionForImageClassification
+    from .fast import apply_fast_kernels
+
+    model = MiniVisionForImageClassification(MiniVisionConfig())
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if not args.fast_kernels:
+        return model, None
+    # Fused conv/max-pool/ReLU C kernels (the second conv as Winograd) and a cheaper dropout: same parameters and
+    # saved files; outputs equal to bf16 rounding.
+    # Each block's kernel path is chosen here, once, for the device Trainer will use and the run's precision.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = apply_fast_kernels(model, winograd=args.winograd, device=device, bf16=use_bf16)
+    if not report["kernels_built"]:
+        print(f"--fast-kernels: {report['build_error']}; the blocks use PyTorch's conv, max_pool2d and ReLU")
+    return model, report
+
+
+def training_arguments(args, recipe: Recipe, world: int, use_bf16: bool) -> TrainingArguments:
+    """Trainer's settings for a run: epoch-wise evaluation, checkpoints and logs; the recipe's batch and smoothing."""
+    return TrainingArguments(
+        output_dir=str(args.output_dir),
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size // (world * args.grad_accum),
+        per_device_eval_batch_size=1024,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=recipe.lr,  # the optimizer and schedule are the recipe's (MiniVisionTrainer)
+        label_smoothing_factor=recipe.label_smoothing,
+        max_grad_norm=0.0,  # the seed clips no gradients (Trainer's default would clip at 1.0)
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        save_total_limit=None,  # MiniVisionTrainer rotates checkpoints itself, after a checkpoint is complete
+        load_best_model_at_end=recipe.best_model,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        bf16=use_bf16,
+        use_cpu=not torch.cuda.is_available(),
+        torch_compile=args.compile,
+        seed=args.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        report_to="none",  # TensorBoard is attached explicitly, writing into output_dir/tensorboard
+        disable_tqdm=args.no_progress,
+        save_only_model=False,
+        ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def build_trainer(args, recipe: Recipe, model, processor, data: TrainingData, world: int,
+                  use_bf16: bool) -> MiniVisionTrainer:  # fmt: skip
+    """The Trainer of a run: MiniVisionTrainer (EMATrainer with recipe.ema_decay), an EpochRecorder (with
+    --target-accuracy) and TensorBoard events in output_dir/tensorboard."""
+    from transformers.integrations import TensorBoardCallback
+
+    from .metrics import load_accuracy
+
+    accuracy = load_accuracy()
+
+    def compute_metrics(eval_pred):
+        return accuracy.compute(predictions=eval_pred.predictions.argmax(-1), references=eval_pred.label_ids)
+
+    target_metric = "eval_ema_accuracy" if recipe.ema_decay else "eval_accuracy"  # the weights the run keeps
+    recorder = EpochRecorder(target_accuracy=getattr(args, "target_accuracy", None), target_metric=target_metric)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(args.output_dir) / "tensorboard")
+    kwargs = dict(
+        model=model,
+        args=training_arguments(args, recipe, world, use_bf16),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=data.collator,
+        processing_class=processor,  # saved into every checkpoint, so each one loads on its own
+        compute_metrics=compute_metrics,
+        callbacks=[recorder, TensorBoardCallback()],
+        recipe=recipe,
+        recorder=recorder,
+        save_total_limit=args.save_total_limit,
+    )
+    if recipe.ema_decay:
+        # EMATrainer evaluates the live and the averaged weights every epoch and keeps the average.
+        from .ema import EMATrainer
+
+        return EMATrainer(ema_decay=recipe.ema_decay, **kwargs)
+    return MiniVisionTrainer(**kwargs)
+
+
+def evaluate_kept_model(trainer: MiniVisionTrainer) -> dict:
+    """The evaluation of the model the run keeps (best, last or EMA), recorded on its own: not an epoch row, and not
+    in TensorBoard (where it would sit at the last epoch's step)."""
+    from transformers.integrations import TensorBoardCallback
+
+    if hasattr(trainer, "keep_ema"):
+        trainer.keep_ema()
+    trainer.remove_callback(TensorBoardCallback)
+    metrics = trainer.evaluate()
+    return {"accuracy": metrics.get("eval_accuracy"), "loss": metrics.get("eval_loss")}
+
+
+# ---- run record -------------------------------------------------------------------------------------------------
+
+
+def run_record(args, recipe: Recipe, trainer: MiniVisionTrainer, data: TrainingData, final_eval: dict, *,
+               world: int, use_bf16: bool, memory_kept: bool, fast_kernels: dict | None) -> dict:  # fmt: skip
+    """The run's record: resolved arguments, seed, versions, git commit, hardware, per-epoch rows, the kept model's
+    own evaluation, and time: one segment per process that trained (a resumed run has several), the wall time summed
+    over them, and images/s over the epochs' training time."""
+    recorder = trainer.recorder
+    epochs = recorder.rows()
+    whole = [e for e in epochs if not e.get("partial")]
+    best = max(whole, key=lambda r: r.get("test_accuracy", -1.0)) if whole else {}
+    train_s = sum(e["wall_s"] for e in epochs)
+    n_train = len(data.train)
+    images = sum(n_train if not e.get("partial") else min(e["steps"] * args.batch_size, n_train) for e in epochs)
+    steady = recorder.steady_step_s()
+    segments = recorder.segments
+    wanted = getattr(args, "target_accuracy", None)
+    target = recorder.target or ({"target": wanted, "reached": False} if wanted else None)
+    return {
+        "recipe": args.recipe,
+        "recipe_values": asdict(recipe),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "seed": args.seed,
+        "processes": world,
+        "per_device_batch": args.batch_size // (world * args.grad_accum),
+        "steps_per_epoch": recorder.steps_per_epoch,
+        "bf16": use_bf16,
+        "malloc_keeps_freed_memory": memory_kept,
+        "fast_kernels": fast_kernels,
+        "dataset": {
+            "source": str(args.dataset),
+            "train": n_train,
+            "eval": len(data.eval),
+            "eval_split": data.eval_name,
+        },
+        "epochs": epochs,
+        "best_epoch": best.get("epoch"),
+        "kept": "ema" if recipe.ema_decay else "best" if recipe.best_model else "last",
+        "final_eval": final_eval,  # the kept model, evaluated after training (its epoch row keeps its own figures)
+        "target_accuracy": target,
+        "global_step": trainer.state.global_step,
+        "resumed": len(segments) > 1,
+        "segments": segments,
+        "train_wall_s": round(sum(s["wall_s"] for s in segments), 2),
+        "train_epochs_s": round(train_s, 2),
+        "steady_images_per_s": round(args.batch_size / steady, 1) if steady else None,
+        "train_images_per_s": round(images / train_s, 1) if train_s > 0 else None,
+        "versions": versions(),
+        "git": git_commit(),
+        "hardware": hardware(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# ---- model folders ------------------------------------------------------------------------------------------------
+
+
+def check_model_source(source: str | Path) -> str:
+    """`source` for `from_pretrained`, checked: a local folder that exists, or something that can only be a Hub id
+    ("name" or "namespace/name"). A path that does not exist raises FileNotFoundError("no such folder: ...") instead
+    of huggingface_hub's "Repo id must be in the form ..."; a file raises NotADirectoryError."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return text
+    if path.exists():
+        raise NotADirectoryError(f"not a folder: {text} (give the folder that holds config.json, or a Hub id)")
+    is_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text) is not None and not text.startswith(".")
+    if not is_hub_id or ("/" in text and Path(text.split("/")[0]).is_dir()):  # "outputs/seed" with outputs/ here
+        raise FileNotFoundError(f"no such folder: {text}")
+    return text
+
+
+# ---- atomic folders ---------------------------------------------------------------------------------------------
+
+_RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15): swap two paths in one step
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (renameat2 RENAME_EXCHANGE); False where the OS or file system cannot."""
+    import ctypes
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd = -100
+        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _staging_names(target: Path) -> tuple[Path, Path]:
+    return target.with_name(f".{target.name}.staging"), target.with_name(f".{target.name}.previous")
+
+
+def recover_folder(target: Path) -> None:
+    """Finish or undo a `replace_folder` that a kill interrupted (call before using `target`):
+
+    - `target` missing, `.previous` present: killed between the two renames of the fallback swap; the staged folder
+      was complete by then, so it is moved into place;
+    - `target` present: leftovers (an unfinished `.staging`, an old `.previous`) are deleted."""
+    staging, previous = _staging_names(Path(target))
+    if not Path(target).exists() and previous.exists() and staging.exists():
+        os.rename(staging, target)
+    for leftover in (staging, previous):
+        if leftover.exists() and Path(target).exists():
+            shutil.rmtree(leftover)
+
+
+def replace_folder(target: Path, write, keep: tuple[str, ...] = ()) -> None:
+    """Make `target` the folder that `write(folder)` fills, atomically: a kill at any moment leaves either the old
+    complete folder or the new complete one, never a mix or a half-written file.
+
+    `write` fills a staging folder beside `target` (same file system); entries of the old folder named in `keep`
+    ("*" for all that `write` did not produce) are hard-linked into it (copied where links fail); then
+    `move_folder_into_place` swaps the two."""
+    target = Path(target)
+    recover_folder(target)
+    staging, _ = _staging_names(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write(staging)
+    if target.exists():
+        produced = {p.name for p in staging.iterdir()}
+        for entry in target.iterdir():
+            if entry.name in produced or not ("*" in keep or entry.name in keep):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, staging / entry.name, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry, staging / entry.name)
+    move_folder_into_place(staging, target)
+
+
+def move_folder_into_place(staged: Path, target: Path) -> None:
+    """Replace `target` (a folder, or nothing) by the complete folder `staged`, atomically where the system allows.
+
+    The two are exchanged in one renameat2(RENAME_EXCHANGE) and the old one deleted. Where that call is missing, the
+    old folder is renamed to `.<name>.previous` and the staged one into place: between those two renames `target`
+    does not exist, and `recover_folder` (which the scripts run before they use a folder) completes the swap."""
+    staged, target = Path(staged), Path(target)
+    _, previous = _staging_names(target)
+    _fsync_tree(staged)
+    if not target.exists():
+        os.rename(staged, target)
+    elif _exchange(staged, target):
+        shutil.rmtree(staged)  # now the old folder
+    else:
+        os.rename(target, previous)
+        os.rename(staged, target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _link_or_copy(src, dst) -> None:
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush the staged files to disk before the rename publishes them (a crash of the machine, not only of the
+    process, must not leave renamed but empty files)."""
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_final_model(model: torch.nn.Module, processor, record: dict, output_dir: Path) -> None:
+    """Write the kept model (save_pretrained: weights, config.json with auto_map, code files), the image processor and
+    run_record.json into `output_dir` atomically (`replace_folder`); checkpoints, TensorBoard events and anything
+    else already there are kept."""
+    model = model.to(memory_format=torch.contiguous_format)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        write_json(folder / "run_record.json", record)
+
+    replace_folder(Path(output_dir), write, keep=("*",))
+
+
 __all__ = [
+    "AUGMENT_STATE_KEY",
     "RECIPES",
+    "STATE_FILE",
     "EpochRecorder",
     "MiniVisionTrainer",
+    "NonFiniteLossError",
     "Recipe",
+    "TracedCollator",
+    "TrainingData",
     "asdict",
-    "epoch_table",
+    "bf16_supported",
+    "build_data",
+    "build_model",
+    "build_trainer",
+    "check_arguments",
+    "check_model_source",
+    "checkpoints",
+    "discard_folder",
+    "evaluate_kept_model",
     "git_commit",
     "hardware",
+    "is_complete_checkpoint",
     "keep_freed_memory",
     "kept_epoch",
+    "last_complete_checkpoint",
+    "move_folder_into_place",
     "lr_factor",
+    "process_counts",
+    "recipe_from_args",
+    "recover_folder",
+    "replace_folder",
+    "rotate_checkpoints",
+    "run_record",
+    "save_final_model",
+    "training_arguments",
     "versions",
     "write_json",
 ]

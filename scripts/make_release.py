@@ -4,15 +4,20 @@
     python -m scripts.make_release --init           # an untrained, initialised release (for a fresh checkout)
 
 Copies config.json, model.safetensors and preprocessor_config.json from --run to the repo root, the run record and
-TensorBoard events to records/, evaluates the root release on the test split (records/eval_test.json), plots
-assets/*.png and writes model_card.md. The root's *_minivision.py files are links into minivision_hf/, so the root
-also loads as remote code (`trust_remote_code=True`).
+TensorBoard events to records/, evaluates the release on the test split (records/eval_test.json), plots assets/*.png
+and writes model_card.md. The root's *_minivision.py files are links into minivision_hf/, so the root also loads as
+remote code (`trust_remote_code=True`).
+
+All of it is first built in a staging folder beside the root's files and evaluated there; then every file is moved
+into place with one rename each, under a journal: a kill while staging leaves the previous release untouched, and a
+kill while moving is completed by the next run of this script (each file is always whole, old or new).
 """
 
 import argparse
+import json
+import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
@@ -20,12 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/
 import torch
 
 import minivision_hf as mv
+from minivision_hf.training import move_folder_into_place, recover_folder, write_json
 from scripts import eval_model, make_model_card, plot_curves
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 CODE_FILES = ("configuration_minivision.py", "modeling_minivision.py", "image_processing_minivision.py",
               "pipeline_minivision.py")  # fmt: skip
+# The release is built in STAGING beside the files it replaces (same file system), then moved in under a JOURNAL.
+STAGING, JOURNAL = ".release-staging", ".release-commit.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,10 +46,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def link_code_files(root: Path) -> None:
+    """Point the root's code files at minivision_hf/ (each link replaced in one rename)."""
     for name in CODE_FILES:
-        link = root / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(Path("minivision_hf") / name)
+        if not (ROOT / "minivision_hf" / name).exists():
+            continue
+        tmp = root / f".{name}.link"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path("minivision_hf") / name)
+        os.replace(tmp, root / name)
 
 
 def write_init_release(out: Path) -> None:
@@ -50,34 +62,84 @@ def write_init_release(out: Path) -> None:
     mv.MiniVisionImageProcessor().save_pretrained(out)
 
 
+def stage_release(run: Path, root: Path, staging: Path, dataset: str) -> list[str]:
+    """Build the whole release in `staging` (weights, records, evaluation, plots, card); returns the paths, relative
+    to the root, that it replaces there."""
+    for name in RELEASE_FILES:
+        shutil.copyfile(run / name, staging / name)
+    records = staging / "records"
+    # The card also reads records this script does not write (recipes.json, benchmark.json, ...): link them in.
+    if (root / "records").is_dir():
+        shutil.copytree(root / "records", records, copy_function=os.link, ignore=shutil.ignore_patterns("tensorboard"))
+    else:
+        records.mkdir()
+    (records / "run_record.json").unlink(missing_ok=True)
+    shutil.copyfile(run / "run_record.json", records / "run_record.json")
+    if (run / "tensorboard").exists():
+        shutil.copytree(run / "tensorboard", records / "tensorboard")
+    # Evaluated as staged: the same bytes the root will hold. The record names the release folder, not the staging.
+    eval_path = records / "eval_test.json"
+    eval_path.unlink(missing_ok=True)
+    result = eval_model.main(["--model", str(staging), "--dataset", dataset, "--no-progress"])
+    write_json(eval_path, {**result, "model": "." if root.resolve() == ROOT else str(root)})
+    plots = plot_curves.main(["--record", str(records / "run_record.json"), "--eval", str(eval_path),
+                              "--out", str(staging / "assets")])  # fmt: skip
+    make_model_card.main(["--records", str(records), "--output", str(staging / "model_card.md")])
+    replaced = [*RELEASE_FILES, "records/run_record.json", "records/eval_test.json", "model_card.md"]
+    replaced += [f"assets/{p.name}" for p in plots]
+    return replaced + (["records/tensorboard"] if (records / "tensorboard").exists() else [])
+
+
+def commit_release(root: Path, staging: Path, paths: list[str]) -> None:
+    """Move the staged paths into the root. Each file is replaced in one rename (never half-written); the list is
+    journaled first, so that a kill in the middle is completed by the next run (`finish_release`), not left mixed."""
+    journal = root / JOURNAL
+    write_json(journal.with_suffix(".tmp"), {"staging": staging.name, "paths": paths})
+    os.replace(journal.with_suffix(".tmp"), journal)
+    finish_release(root)
+
+
+def finish_release(root: Path) -> None:
+    """Complete a journaled commit: move every staged path still in the staging folder into place, then clean up."""
+    journal = root / JOURNAL
+    recover_folder(root / "records" / "tensorboard")  # killed inside its fallback swap
+    if journal.exists():
+        plan = json.loads(journal.read_text())
+        staging = root / plan["staging"]
+        for rel in plan["paths"]:
+            staged, target = staging / rel, root / rel
+            if not staged.exists():
+                continue  # moved before the interruption
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if staged.is_dir():
+                move_folder_into_place(staged, target)
+            else:
+                os.replace(staged, target)
+        journal.unlink()
+    shutil.rmtree(root / STAGING, ignore_errors=True)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     root, run = Path(args.root), Path(args.run)
+    finish_release(root)  # a release that a kill interrupted is completed first
+    staging = root / STAGING
+    staging.mkdir()
     if args.init:
-        with tempfile.TemporaryDirectory() as tmp:
-            write_init_release(Path(tmp))
-            for name in RELEASE_FILES:
-                shutil.copyfile(Path(tmp) / name, root / name)
+        write_init_release(staging)
+        commit_release(root, staging, list(RELEASE_FILES))
         link_code_files(root)
         print(f"wrote an untrained release to {root}")
         return
+    if not run.is_dir():
+        raise SystemExit(f"no such folder: {run}")
     missing = [name for name in (*RELEASE_FILES, "run_record.json") if not (run / name).exists()]
     if missing:
         raise SystemExit(f"{run} is not a finished training run: missing {missing}")
-    for name in RELEASE_FILES:
-        shutil.copyfile(run / name, root / name)
+    paths = stage_release(run, root, staging, args.dataset)
+    commit_release(root, staging, paths)
     link_code_files(root)
-    records = root / "records"
-    records.mkdir(exist_ok=True)
-    shutil.copyfile(run / "run_record.json", records / "run_record.json")
-    if (run / "tensorboard").exists():
-        shutil.rmtree(records / "tensorboard", ignore_errors=True)
-        shutil.copytree(run / "tensorboard", records / "tensorboard")
-    eval_model.main(["--model", str(root), "--dataset", args.dataset, "--output", str(records / "eval_test.json"),
-                   "--no-progress"])  # fmt: skip
-    plot_curves.main(["--record", str(records / "run_record.json"), "--eval", str(records / "eval_test.json"),
-                      "--out", str(root / "assets")])  # fmt: skip
-    make_model_card.main(["--records", str(records), "--output", str(root / "model_card.md")])
+    print(f"released {run} into {root}: {', '.join(paths)}")
 
 
 if __name__ == "__main__":

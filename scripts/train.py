@@ -19,37 +19,31 @@ torchvision transforms, fp32). Both use the same augmentation distributions.
 """
 
 import argparse
-import dataclasses
-import os
 import sys
-import time
 from pathlib import Path
 
-import torch
-from transformers import TrainingArguments, set_seed
-from transformers.integrations import TensorBoardCallback
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
+
+from transformers import set_seed
 
 import minivision_hf as mv
-from minivision_hf.data import (
-    DEFAULT_DATASET,
-    BatchCollator,
-    IndexDataset,
-    decode_to_uint8,
-    load_mnist,
-    plain_transform,
-)
-from minivision_hf.fast import apply_fast_kernels, detect_capabilities
-from minivision_hf.metrics import load_accuracy
+from minivision_hf.data import DEFAULT_DATASET
 from minivision_hf.training import (
     RECIPES,
-    EpochRecorder,
-    MiniVisionTrainer,
-    epoch_table,
-    git_commit,
-    hardware,
+    NonFiniteLossError,
+    bf16_supported,
+    build_data,
+    build_model,
+    build_trainer,
+    check_arguments,
+    evaluate_kept_model,
     keep_freed_memory,
-    versions,
-    write_json,
+    last_complete_checkpoint,
+    process_counts,
+    recipe_from_args,
+    recover_folder,
+    run_record,
+    save_final_model,
 )
 
 
@@ -60,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--recipe", choices=sorted(RECIPES), default="seed", help="hyperparameter defaults (seed card or plus)"
+        "--recipe", choices=sorted(RECIPES), default="seed", help="hyperparameter defaults (seed card, plus or best)"
     )
     # data
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub id or local folder / parquet (../shared/data/mnist)")
@@ -85,6 +79,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-degrees", type=float, default=recipe.max_degrees, help="RandomRotation range in degrees")
     p.add_argument("--scale-min", type=float, default=recipe.scale_min)
     p.add_argument("--scale-max", type=float, default=recipe.scale_max)
+    p.add_argument("--shear", type=float, default=recipe.shear, help="random x-shear range in degrees (0 = none)")
+    p.add_argument("--interpolation", choices=["nearest", "bilinear"], default=recipe.interpolation,
+                   help="augmentation resampling (fast path)")  # fmt: skip
+    p.add_argument("--ema-decay", type=float, default=recipe.ema_decay,
+                   help="weight EMA per step (0 = none); the EMA weights are evaluated and kept")  # fmt: skip
+    p.add_argument("--val-size", type=int, default=recipe.val_size,
+                   help="hold out this many training rows as the evaluation set (0 = evaluate on --eval-split)")
+    p.add_argument("--val-seed", type=int, default=0, help="seed of the held-out rows (data.validation_split)")
     p.add_argument("--best-model", action=argparse.BooleanOptionalAction, default=recipe.best_model,
                    help="keep the epoch with the best test accuracy (else the last)")  # fmt: skip
     p.add_argument("--seed", type=int, default=42)
@@ -103,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="outputs/seed")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (tests)")
+    p.add_argument("--target-accuracy", type=float, default=None,
+                   help="stop after the first epoch whose accuracy reaches this (e.g. 0.99); recorded")  # fmt: skip
     p.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept (best and last)")
     p.add_argument("--smoke", action="store_true", help="tiny run: 2 epochs on at most 512/256 samples")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -111,185 +115,52 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.epochs = min(args.epochs, 2)
         args.max_train_samples = min(args.max_train_samples or 512, 512)
         args.max_eval_samples = min(args.max_eval_samples or 256, 256)
+        args.val_size = min(args.val_size, 100)  # a held-out split that fits in the 512 smoke rows
     if args.channels_last is None:
         args.channels_last = args.data_path == "fast"
     if args.fast_kernels is None:
         args.fast_kernels = args.data_path == "fast" and args.channels_last
+    problems = check_arguments(args, world=process_counts()[0])
+    if problems:  # refused before anything is read or written
+        p.error("; ".join(problems))
     return args
-
-
-def bf16_supported() -> bool:
-    return detect_capabilities().bf16_native("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if args.batch_size % (world * args.grad_accum):
-        sys.exit(
-            f"--batch-size {args.batch_size} must be divisible by processes x grad-accum = {world * args.grad_accum}"
-        )
-    per_device_batch = args.batch_size // (world * args.grad_accum)
-    use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and args.data_path == "fast" and bf16_supported())
-    recipe = dataclasses.replace(
-        RECIPES[args.recipe],
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(RECIPES[args.recipe]) if hasattr(args, f.name)},
-    )
+    world, rank = process_counts()
     output_dir = Path(args.output_dir)
+    recover_folder(output_dir)  # finish a final save that a kill interrupted
+    recipe = recipe_from_args(args)
+    use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and args.data_path == "fast" and bf16_supported())
     set_seed(args.seed)
     # Fast path: keep freed buffers in the heap, so steps stop re-faulting their activations (~25% of a step here).
     memory_kept = keep_freed_memory() if args.data_path == "fast" else False
 
-    # ---- data ----
-    train_ds = load_mnist(args.dataset, args.train_split, args.max_train_samples)
-    eval_ds = load_mnist(args.dataset, args.eval_split, args.max_eval_samples)
-    if args.data_path == "fast":
-        train_x, train_y = decode_to_uint8(train_ds)
-        eval_x, eval_y = decode_to_uint8(eval_ds)
-        collator = BatchCollator(
-            torch.cat([train_x, eval_x]),
-            torch.cat([train_y, eval_y]),
-            augment_below=len(train_x),
-            max_shift=recipe.max_shift,
-            max_degrees=recipe.max_degrees,
-            scale=(recipe.scale_min, recipe.scale_max),
-            channels_last=args.channels_last,
-            seed=args.seed + 1000 * rank,  # each process draws its own augmentations
-        )
-        train_data, eval_data = IndexDataset(len(train_x)), IndexDataset(len(eval_x), start=len(train_x))
-    else:
-        if (recipe.scale_min, recipe.scale_max) != (1.0, 1.0):
-            sys.exit("--data-path plain implements the seed's augmentation only (no --scale-min/--scale-max)")
-        train_data = train_ds.with_transform(plain_transform(True, recipe.max_shift, recipe.max_degrees))
-        eval_data = eval_ds.with_transform(plain_transform(False))
-        collator = None
-
-    # ---- model ----
-    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig())
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    fast_kernels = None
-    if args.fast_kernels:
-        # Fused conv/max-pool/ReLU C kernels (the second conv as Winograd) and a cheaper dropout: same parameters and
-        # saved files; outputs equal to bf16 rounding.
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # where Trainer will put the model
-        fast_kernels = apply_fast_kernels(model, winograd=args.winograd, device=device, bf16=use_bf16)
-        if not fast_kernels["kernels_built"]:
-            print(f"--fast-kernels: {fast_kernels['build_error']}; the blocks use PyTorch's conv, max_pool2d and ReLU")
+    data = build_data(args, recipe, rank)
+    model, fast_kernels = build_model(args, use_bf16)
     processor = mv.MiniVisionImageProcessor()
+    trainer = build_trainer(args, recipe, model, processor, data, world, use_bf16)
 
-    # ---- trainer ----
-    accuracy = load_accuracy()
-
-    def compute_metrics(eval_pred):
-        predictions = eval_pred.predictions.argmax(-1)
-        return accuracy.compute(predictions=predictions, references=eval_pred.label_ids)
-
-    training_args = TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=per_device_batch,
-        per_device_eval_batch_size=1024,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=recipe.lr,  # the optimizer and schedule are the recipe's (MiniVisionTrainer)
-        label_smoothing_factor=recipe.label_smoothing,
-        max_grad_norm=0.0,  # the seed clips no gradients (Trainer's default would clip at 1.0)
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        logging_strategy="epoch",
-        save_total_limit=args.save_total_limit,
-        load_best_model_at_end=recipe.best_model,
-        metric_for_best_model="accuracy",
-        greater_is_better=True,
-        bf16=use_bf16,
-        use_cpu=not torch.cuda.is_available(),
-        torch_compile=args.compile,
-        seed=args.seed,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        report_to="none",  # TensorBoard is attached explicitly below, writing into output_dir/tensorboard
-        disable_tqdm=args.no_progress,
-        save_only_model=False,
-        ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
-        ddp_find_unused_parameters=False,
-    )
-    recorder = EpochRecorder()
-    # The callback reopens its writer for the final evaluation after training; the env var keeps both in one folder.
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")
-    callbacks = [recorder, TensorBoardCallback()]
-    trainer = MiniVisionTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        data_collator=collator,
-        processing_class=processor,
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
-        recipe=recipe,
-    )
-
-    # ---- train ----
-    resume = args.resume and any(output_dir.glob("checkpoint-*"))
-    if args.resume and not resume:
-        print(f"--resume: no checkpoint in {output_dir}, starting from scratch")
-    start = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=True if resume else None)
-    wall = time.perf_counter() - start
-    final = trainer.evaluate()
-
-    # ---- save ----
-    if trainer.is_world_process_zero():
-        model = trainer.model.to(memory_format=torch.contiguous_format)
-        model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        steps_per_epoch = trainer.steps_per_epoch()
-        epochs = epoch_table(trainer.state.log_history, recorder)
-        best = max(epochs, key=lambda r: r.get("test_accuracy", -1)) if epochs else {}
-        steady_step_s = recorder.steady_step_s()
-        record = {
-            "recipe": args.recipe,
-            "recipe_values": dataclasses.asdict(recipe),
-            "args": vars(args),
-            "seed": args.seed,
-            "processes": world,
-            "per_device_batch": per_device_batch,
-            "steps_per_epoch": steps_per_epoch,
-            "bf16": use_bf16,
-            "malloc_keeps_freed_memory": memory_kept,
-            "fast_kernels": fast_kernels,
-            "dataset": {
-                "source": str(args.dataset),
-                "train": len(train_data),
-                "eval": len(eval_data),
-                "eval_split": args.eval_split,
-            },  # fmt: skip
-            "epochs": epochs,
-            "best_epoch": best.get("epoch"),
-            "kept": "best" if recipe.best_model else "last",
-            "final_eval": {"accuracy": final.get("eval_accuracy"), "loss": final.get("eval_loss")},
-            "global_step": trainer.state.global_step,
-            "resumed": bool(resume),
-            "train_wall_s": round(wall, 2),
-            "steady_images_per_s": round(args.batch_size / steady_step_s, 1) if steady_step_s else None,
-            "train_images_per_s": round(
-                trainer.state.global_step * args.batch_size / max(sum(r.get("wall_s", 0) for r in epochs), 1e-9), 1
-            ),
-            "train_metrics": train_output.metrics,
-            "versions": versions(),
-            "git": git_commit(),
-            "hardware": hardware(),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        write_json(output_dir / "run_record.json", record)
-        acc = final.get("eval_accuracy")
-        print(f"done: {trainer.state.global_step} steps in {wall:.1f} s; kept {record['kept']} model "
-              f"(epoch {best.get('epoch')}); {args.eval_split} accuracy {acc:.4f}, loss {final.get('eval_loss'):.4f}"
-              f" -> {output_dir}")  # fmt: skip
-        return record
-    return {}
+    checkpoint = last_complete_checkpoint(output_dir) if args.resume else None
+    if args.resume and checkpoint is None:
+        print(f"--resume: no complete checkpoint in {output_dir}, starting from scratch")
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except NonFiniteLossError as err:
+        sys.exit(f"stopped: {err}; {output_dir} keeps what it had")
+    final_eval = evaluate_kept_model(trainer)
+    if not trainer.is_world_process_zero():
+        return {}
+    record = run_record(args, recipe, trainer, data, final_eval, world=world, use_bf16=use_bf16,
+                        memory_kept=memory_kept, fast_kernels=fast_kernels)  # fmt: skip
+    save_final_model(trainer.model, processor, record, output_dir)
+    target = record["target_accuracy"]
+    reached = f"; reached {target['target']} at epoch {target['epoch']}" if target and target["reached"] else ""
+    print(f"done: {record['global_step']} steps in {record['train_wall_s']:.1f} s{reached}; kept {record['kept']} "
+          f"model (epoch {record['best_epoch']}); {data.eval_name} accuracy {final_eval['accuracy']:.4f}, loss "
+          f"{final_eval['loss']:.4f} -> {output_dir}")  # fmt: skip
+    return record
 
 
 if __name__ == "__main__":

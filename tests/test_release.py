@@ -47,3 +47,76 @@ def test_release_meets_the_target_on_the_full_test_split(mnist_dir):
     assert result["accuracy"] >= 0.993  # the seed card's 99.3%
     assert result["accuracy"] == pytest.approx(RESULT["accuracy"], abs=1e-4)
     assert result["loss"] == pytest.approx(RESULT["loss"], rel=1e-3)
+
+
+# ---- scripts.make_release: staged, evaluated as staged, moved in under a journal --------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_dir, tmp_path_factory):
+    from scripts import train
+
+    out = tmp_path_factory.mktemp("run")
+    train.main(["--dataset", str(tiny_dir), "--output-dir", str(out), "--smoke", "--no-progress"])
+    return out
+
+
+def _snapshot(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_make_release_writes_a_complete_release_and_a_killed_one_changes_nothing(small_run, tiny_dir, tmp_path,
+                                                                                monkeypatch):  # fmt: skip
+    from scripts import make_release
+
+    root = tmp_path / "release"
+    root.mkdir()
+    argv = ["--run", str(small_run), "--root", str(root), "--dataset", str(tiny_dir)]
+    make_release.main(argv)
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "model_card.md",
+                 "records/run_record.json", "records/eval_test.json", "assets/test_accuracy.png"):  # fmt: skip
+        assert (root / name).is_file(), name
+    result = json.loads((root / "records" / "eval_test.json").read_text())
+    assert result["model"] == str(root)  # evaluated as staged, recorded under the release's name
+    assert not (root / make_release.STAGING).exists() and not (root / make_release.JOURNAL).exists()
+    before = _snapshot(root)
+
+    # Killed while staging (the card fails): the release in place is untouched.
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt("killed while staging")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(make_release.make_model_card, "main", fail)
+        with pytest.raises(KeyboardInterrupt):
+            make_release.main(argv)
+    assert {k: v for k, v in _snapshot(root).items() if not k.startswith(make_release.STAGING)} == before
+
+    # Killed in the middle of moving files in: the next run completes the journaled move first.
+    replace, moved = make_release.os.replace, []
+
+    def replace_then_die(src, dst):
+        if str(dst).startswith(str(root)) and not str(dst).endswith(".tmp") and len(moved) == 2:
+            raise KeyboardInterrupt("killed while moving")
+        replace(src, dst)
+        moved.append(dst)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(make_release.os, "replace", replace_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            make_release.main(argv)
+    assert (root / make_release.JOURNAL).exists()
+    make_release.finish_release(root)
+    assert not (root / make_release.JOURNAL).exists() and not (root / make_release.STAGING).exists()
+    after = _snapshot(root)
+    assert after.keys() == before.keys()
+    assert after["model.safetensors"] == before["model.safetensors"]  # same run released again
+
+
+def test_missing_local_paths_say_no_such_folder(tmp_path, tiny_dir):
+    from scripts import make_release
+
+    missing = tmp_path / "no" / "model"
+    with pytest.raises(FileNotFoundError, match=f"no such folder: {missing}"):
+        eval_model.main(["--model", str(missing), "--dataset", str(tiny_dir), "--no-progress"])
+    with pytest.raises(SystemExit, match=f"no such folder: {missing}"):
+        make_release.main(["--run", str(missing), "--root", str(tmp_path)])

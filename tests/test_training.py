@@ -2,6 +2,11 @@
 
 import json
 import math
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import pytest
@@ -19,6 +24,7 @@ from minivision_hf.data import (
 )
 from minivision_hf.training import RECIPES, lr_factor
 from scripts import eval_model, make_model_card, train
+from tests.conftest import REPO_ROOT
 
 TINY_ARGS = ["--max-eval-samples", "128", "--no-progress", "--save-total-limit", "3"]
 
@@ -223,3 +229,206 @@ def test_compare_recipes_smoke(tiny_dir, tmp_path):
     merged = compare_recipes.main(["--merge", str(tmp_path / "r.json"), str(tmp_path / "r.json"), "--output",
                                    str(tmp_path / "m.json")])  # fmt: skip
     assert set(merged["recipes"]) == {"seed", "plus"} and len(merged["runs"]) == 8
+
+
+# ---- kills, resumes, refusals -------------------------------------------------------------------------------------
+
+RESUME_ARGS = ["--epochs", "3", "--batch-size", "64", "--max-eval-samples", "128", "--no-progress", "--no-best-model",
+               "--save-total-limit", "2"]  # fmt: skip  # 8 steps per epoch; the last weights kept, for exact comparison
+
+# Runs scripts.train in a fresh process that SIGKILLs itself at a chosen moment (a real kill: no cleanup, no finally).
+KILL_RUNNER = r"""
+import os, signal, sys
+from minivision_hf import training
+from scripts import train
+
+point, at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+if point == "step":  # inside optimizer step `at` (mid-epoch): the last checkpoint is the previous epoch's
+    step = training.MiniVisionTrainer.training_step
+    def training_step(self, *a, **k):
+        if self.state.global_step + 1 == at:
+            die()
+        return step(self, *a, **k)
+    training.MiniVisionTrainer.training_step = training_step
+elif point == "checkpoint":  # checkpoint-`at` written by Trainer but not committed (minivision_state.pth missing)
+    commit = training.MiniVisionTrainer.commit_checkpoint
+    def commit_checkpoint(self, folder):
+        if self.state.global_step == at:
+            die()
+        return commit(self, folder)
+    training.MiniVisionTrainer.commit_checkpoint = commit_checkpoint
+elif point == "final-save":  # the kept model half-written: weights and processor staged, run_record.json not yet
+    training.write_json = lambda *a, **k: die()
+elif point == "swap":  # between the two renames of the fallback swap (no renameat2): the folder is briefly absent
+    training._exchange = lambda a, b: False
+    rename = os.rename
+    def killing_rename(src, dst):
+        rename(src, dst)
+        if str(dst).endswith(".previous"):
+            die()
+    training.os.rename = killing_rename
+train.main(argv)
+"""
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _measured(record: dict) -> list[tuple]:
+    return [(e["epoch"], e["train_loss"], e["test_loss"], e["test_accuracy"], e["lr"], e["steps"]) for e in
+            record["epochs"]]  # fmt: skip
+
+
+def _killed_run(point: str, at: int, out: Path, tiny_dir: Path) -> None:
+    argv = ["--dataset", str(tiny_dir), "--output-dir", str(out), *RESUME_ARGS]
+    proc = subprocess.run([sys.executable, "-c", KILL_RUNNER, point, str(at), *argv], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return out, train.main(["--dataset", str(tiny_dir), "--output-dir", str(out), *RESUME_ARGS])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "point, at, resumes_from",
+    [
+        ("step", 12, 8),  # killed mid-epoch 2: epoch 1's checkpoint
+        ("checkpoint", 16, 8),  # killed while saving epoch 2's checkpoint: that one is incomplete, epoch 1's is used
+        ("final-save", 0, 24),  # killed while writing the kept model: every epoch is in checkpoint-24
+        ("swap", 0, 24),  # killed between the fallback swap's renames: the staged (complete) model is moved in
+    ],
+)
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(point, at, resumes_from, uninterrupted, tiny_dir,
+                                                             tmp_path):  # fmt: skip
+    reference_dir, reference = uninterrupted
+    out = tmp_path / "run"
+    _killed_run(point, at, out, tiny_dir)
+    # What a kill leaves: no half-written model folder. (The fallback swap's window leaves the complete folders
+    # beside it, which the next run puts in place.)
+    if point == "swap":
+        assert not out.exists() and (tmp_path / ".run.previous").is_dir() and (tmp_path / ".run.staging").is_dir()
+    else:
+        assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+        assert (out / f"checkpoint-{resumes_from}" / "minivision_state.pth").exists()
+    if point == "checkpoint":
+        assert not (out / "checkpoint-16" / "minivision_state.pth").exists()
+
+    resumed = train.main(["--dataset", str(tiny_dir), "--output-dir", str(out), *RESUME_ARGS, "--resume"])
+    assert _measured(resumed) == _measured(reference)  # same per-epoch metrics, to the last bit
+    weights, expected = _weights(out), _weights(reference_dir)
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
+    # A whole record: every epoch's lr and wall time; wall time summed over the segments; images/s over the epochs'
+    # training time; the segments, the first ending at the checkpoint the second started from.
+    assert all(e["wall_s"] > 0 and e["lr"] == 0.01 for e in resumed["epochs"])
+    segments = resumed["segments"]
+    assert [(s["start_step"], s["end_step"]) for s in segments] == [(0, resumes_from), (resumes_from, 24)]
+    assert resumed["train_wall_s"] == pytest.approx(sum(s["wall_s"] for s in segments), abs=0.01)
+    train_s = sum(e["wall_s"] for e in resumed["epochs"])
+    assert resumed["train_images_per_s"] == pytest.approx(3 * 512 / train_s, rel=1e-3)
+    assert resumed["resumed"] is True and resumed["global_step"] == 24
+    assert json.loads((out / "run_record.json").read_text())["epochs"] == resumed["epochs"]
+    assert not list(tmp_path.glob(".run.*"))  # no staging or previous folder left beside it
+
+
+def test_resume_inside_an_epoch_is_exact(uninterrupted, tiny_dir, tmp_path):
+    """--max-steps stops inside epoch 2 (a checkpoint after an evaluation there); the resume continues that epoch
+    with the same batches, augmentations and dropout masks."""
+    reference_dir, reference = uninterrupted
+    common = ["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), *RESUME_ARGS]
+    stopped = train.main([*common, "--max-steps", "12"])
+    assert stopped["epochs"][-1]["partial"] is True and stopped["epochs"][-1]["steps"] == 4
+    resumed = train.main([*common, "--resume"])
+    weights, expected = _weights(tmp_path), _weights(reference_dir)
+    assert all(torch.equal(weights[k], expected[k]) for k in weights)
+    for got, want in zip(_measured(resumed), _measured(reference)):
+        # epoch 2's train loss is the mean of two logged means (steps 9-12, 13-16): equal to float rounding
+        assert got[0] == want[0] and got[2:] == want[2:] and got[1] == pytest.approx(want[1], rel=1e-6)
+    assert [s["end_step"] for s in resumed["segments"]] == [12, 24]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs 0.0"),
+        (["--epochs", "-1"], "--epochs -1.0"),
+        (["--lr", "nan"], "--lr nan"),
+        (["--lr", "inf"], "--lr inf"),
+        (["--lr", "0"], "--lr 0.0"),
+        (["--grad-accum", "0"], "--grad-accum 0"),
+        (["--batch-size", "100", "--grad-accum", "3"], "divisible"),
+        (["--momentum", "1.5"], "--momentum 1.5"),
+        (["--max-steps", "0"], "--max-steps 0"),
+        (["--target-accuracy", "1.2"], "--target-accuracy 1.2"),
+    ],
+)
+def test_arguments_that_cannot_train_are_refused_before_anything_is_written(flags, message, smoke_run, tiny_dir,
+                                                                            tmp_path, capsys):  # fmt: skip
+    trained, _ = smoke_run
+    before = {p.relative_to(trained): p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--dataset", str(tiny_dir), "--output-dir", str(trained), *TINY_ARGS, *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    after = {p.relative_to(trained): p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    assert after == before  # the trained folder is byte-identical
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_trained_model(smoke_run, tiny_dir, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    from minivision_hf import training
+
+    out = tmp_path / "trained"
+    shutil.copytree(smoke_run[0], out)
+    before = (out / "model.safetensors").read_bytes(), (out / "run_record.json").read_bytes()
+    compute_loss = training.MiniVisionTrainer.compute_loss
+
+    def nan_at_step_11(self, model, inputs, *args, **kwargs):  # an injected fault: the 11th step's loss is NaN
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        return loss * float("nan") if model.training and self.state.global_step + 1 == 11 else loss
+
+    monkeypatch.setattr(training.MiniVisionTrainer, "compute_loss", nan_at_step_11)
+    with pytest.raises(SystemExit, match="non-finite training loss .* at optimizer step 11 "):
+        train.main(["--dataset", str(tiny_dir), "--output-dir", str(out), "--epochs", "3", "--batch-size", "64",
+                    *TINY_ARGS])  # fmt: skip
+    assert ((out / "model.safetensors").read_bytes(), (out / "run_record.json").read_bytes()) == before
+
+
+def test_target_accuracy_stops_at_the_first_epoch_that_reaches_it(uninterrupted, tiny_dir, tmp_path):
+    _, reference = uninterrupted
+    accuracies = [e["test_accuracy"] for e in reference["epochs"]]
+    target = accuracies[1]  # reached at epoch 2 at the latest (first at the first epoch with accuracy >= it)
+    first = next(i for i, a in enumerate(accuracies) if a >= target) + 1
+    record = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), *RESUME_ARGS,
+                         "--target-accuracy", str(target)])  # fmt: skip
+    reached = record["target_accuracy"]
+    assert reached["reached"] is True and reached["epoch"] == first == len(record["epochs"])
+    assert reached["step"] == record["global_step"] == 8 * first
+    assert reached["train_s"] == pytest.approx(sum(e["wall_s"] for e in record["epochs"]), abs=1e-3)
+    assert 0 < reached["train_s"] <= reached["wall_s"] <= record["train_wall_s"] + 1e-3
+    assert _measured(record) == _measured(reference)[:first]  # the same epochs as the full run, then a stop
+    # A resume of a run that stopped at its target trains no further.
+    again = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), *RESUME_ARGS, "--resume",
+                        "--target-accuracy", str(target)])  # fmt: skip
+    assert again["global_step"] == record["global_step"] and again["target_accuracy"] == reached
+    unreachable = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "u"), "--smoke",
+                              "--target-accuracy", "1.0", *TINY_ARGS])  # fmt: skip
+    assert unreachable["target_accuracy"] == {"target": 1.0, "reached": False}
+    assert len(unreachable["epochs"]) == 2  # trained every epoch
+
+
+def test_kept_model_evaluation_is_not_written_over_an_epoch_row(tiny_dir, tmp_path):
+    """The best-model run: the last row holds the last epoch's own evaluation, the kept model's is `final_eval`."""
+    record = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--epochs", "4",
+                         "--batch-size", "64", "--lr", "0.2", *TINY_ARGS])  # fmt: skip
+    rows = record["epochs"]
+    best = next(e for e in rows if e["epoch"] == record["best_epoch"])
+    assert record["final_eval"]["accuracy"] == pytest.approx(best["test_accuracy"])
+    for a, b in zip(rows, rows[1:]):  # the model changed between epochs: no two rows carry the same evaluation
+        assert (a["test_loss"], a["test_accuracy"]) != (b["test_loss"], b["test_accuracy"])
