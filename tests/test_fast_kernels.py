@@ -84,6 +84,7 @@ def test_cpu_features_are_read_from_cpuinfo_text():
 
 def test_isa_level_and_bf16_follow_the_features():
     assert AVX2_ONLY.isa_level == "x86-64-v3" and not AVX2_ONLY.cpu_bf16_native
+    assert not AVX2_ONLY.cpu_int8_dot_products and AVX512.cpu_int8_dot_products
     assert AVX512.isa_level == "x86-64-v4" and not AVX512.cpu_bf16_native
     assert AVX512_BF16.isa_level == "x86-64-v4-bf16" and AVX512_BF16.cpu_bf16_native
     assert AMX.isa_level == "x86-64-v4" and AMX.cpu_bf16_native  # AMX bf16, no avx512_bf16 flag: no one-pass build
