@@ -3,7 +3,9 @@
 The core venv is built from what is already installed, so it takes seconds and no network: a fresh venv whose
 site-packages holds links to exactly the distributions of pyproject's core `dependencies` and their requirement
 closure (resolved from `importlib.metadata`, markers and extras included), plus `pip install --no-deps -e .` of this
-repo. A real `pip install` of the core from wheels would copy torch's ~5 GB CUDA build and take minutes.
+repo: ~5 s to build here. (pip's own resolution of the core install, `pip install --dry-run --ignore-installed -e .`,
+picks the same 59 distributions + this package; installing them for real would unpack ~5.3 GB of torch, nvidia and
+triton wheels, minutes of I/O per CI run.)
 There: `import minivision_hf` pulls in no extra, the extras' modules are not importable, README's usage snippet
 (pipeline and Auto classes) runs, and a script that needs an extra says which one to install.
 """
@@ -22,7 +24,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from minivision_hf.extras import EXTRA_OF_MODULE
+from minivision_hf.extras import EXTRA_OF_MODULE, add_install_hint, install_hint
 from tests.conftest import REPO_ROOT
 
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
@@ -147,6 +149,20 @@ def test_extras_table_matches_pyproject():
     assert core == {"torch", "torchvision", "transformers", "huggingface-hub", "safetensors", "numpy", "pillow"}
 
 
+def test_install_hint_names_the_extra():
+    missing = ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+    assert install_hint(missing).startswith("this needs the 'onnx' extra: pip install 'minivision-hf[onnx]'")
+    add_install_hint(missing)
+    add_install_hint(missing)  # once only
+    assert str(missing).count("pip install") == 1 and str(missing).startswith("No module named 'onnxruntime'; ")
+    # transformers' own message when Trainer lacks accelerate
+    trainer = ImportError("Using the `Trainer` with `PyTorch` requires `accelerate>=1.1.0`: Please run `pip install`")
+    assert "'minivision-hf[train]'" in install_hint(trainer)
+    assert install_hint(ModuleNotFoundError("No module named 'foo'", name="foo")) is None
+    assert install_hint(ImportError("cannot import name 'x' from 'datasets'")) is None  # installed, wrong version
+    assert install_hint(ValueError("datasets requires")) is None
+
+
 def test_core_closure_leaves_the_extras_out():
     closure = requirement_closure(PYPROJECT["dependencies"])
     assert {"torch", "transformers", "safetensors", "pillow"} <= set(closure)
@@ -187,9 +203,12 @@ def test_core_venv_runs_readme_usage_snippet(core_python):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("script", "extra"), [("eval_model", "train"), ("export_onnx", "onnx")])
-def test_core_venv_script_names_the_missing_extra(core_python, script, extra):
-    proc = subprocess.run([core_python, "-m", f"scripts.{script}", "--help"], cwd=REPO_ROOT, env=core_venv_env(),
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [(["-m", "scripts.eval_model"], "train"), (["-m", "scripts.export_onnx"], "onnx"), (["scripts/train.py"], "train")],
+)
+def test_core_venv_script_names_the_missing_extra(core_python, command, extra):
+    proc = subprocess.run([core_python, *command, "--help"], cwd=REPO_ROOT, env=core_venv_env(),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode != 0
     last_line = proc.stderr.strip().splitlines()[-1]
