@@ -246,25 +246,34 @@ TensorBoard event files are in `records/tensorboard/` (`tensorboard --logdir rec
 ## How to use
 
 ```python
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
-# Pin the revision: this model runs custom code from this repository.
+# Pin the revision: this model runs custom code from this repository (model, image processor and pipeline).
 revision = "<commit sha>"
 clf = pipeline("image-classification", model="{repo_id}", revision=revision, trust_remote_code=True)
-clf("my_digit.png", top_k=3)   # [{{'label': '7', 'score': 0.99...}}, ...]
+clf(Image.open("my_drawing.png"), top_k=3)   # [{{'label': '7', 'score': 0.99...}}, ...]
 
 model = AutoModelForImageClassification.from_pretrained("{repo_id}", revision=revision, trust_remote_code=True)
 processor = AutoImageProcessor.from_pretrained("{repo_id}", revision=revision, trust_remote_code=True)
 logits = model(**processor(images, return_tensors="pt")).logits
 ```
 
-With the `minivision_hf` package installed, `import minivision_hf` registers the classes and no remote code runs.
+The pipeline is this repository's own (`pipeline_minivision.py`, named in config.json's `custom_pipelines`):
+transformers' image-classification pipeline, except that PIL images, paths, bytes and URLs reach the image processor
+with their transparency (a drawing in black ink on a transparent layer is read as drawn), a 4-D array gives one
+result per image, and an image without ink answers `[{{'label': 'blank', 'score': 1.0}}]` instead of a digit. Its
+output format and `top_k` are the stock pipeline's.
+
+With the `minivision_hf` package installed, `import minivision_hf` registers the classes and no remote code runs; the
+same pipeline, with the same answers, is then `pipeline("image-classification", model="{repo_id}",
+trust_remote_code=False, pipeline_class=minivision_hf.MiniVisionImageClassificationPipeline)`.
 The image processor accepts PIL images in any mode, numpy arrays and tensors of any size: it flattens
 transparency, inverts dark ink on a light background, crops to the ink, fits it into 20x20 and centres it by
 centre of mass in 28x28, as MNIST was made. A blank image becomes an all-background input
-(`processor.has_ink(images)` tells); corrupt or oversized images raise `ValueError`. `pipeline` converts PIL images
-and paths to RGB, which drops transparency: give a drawing on a transparent layer as a numpy array
-(`clf(np.asarray(image))`), or call the image processor directly, so its alpha channel is used.
+(`processor.has_ink(images)` tells); corrupt or oversized images raise `ValueError`. Array shapes follow
+transformers' `input_data_format`; a shape that reads two ways, such as (3, 28, 28) (one RGB image or three digits),
+is a `ValueError` that says what to pass.
 
 ## Limitations
 

@@ -278,3 +278,24 @@ def test_oversized_files_are_refused_from_their_header(clf):
     )  # fmt: skip
     with pytest.raises(ValueError, match="max_pixels"):
         small(buffer.getvalue())
+
+
+def test_readme_in_package_line_gives_the_remote_code_answers(drawings, monkeypatch):
+    """README "Use it" documents the in-package line: run it as written, and compare with trust_remote_code=True."""
+    import re
+
+    section = (REPO_ROOT / "README.md").read_text().split("## Use it\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    in_package = next(block for block in blocks if "pipeline_class=" in block)
+    monkeypatch.chdir(REPO_ROOT)
+    namespace: dict = {}
+    exec(compile(in_package, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    local = namespace["clf"]
+    assert type(local) is mv.MiniVisionImageClassificationPipeline and type(local.model).__module__.startswith(
+        "minivision_hf"
+    )
+    remote = pipeline("image-classification", model=".", trust_remote_code=True)
+    assert type(remote).__module__.startswith("transformers_modules")
+    sample = drawings[:24] + [{"path": str(REPO_ROOT / "assets" / "demo_screenshot.png"), "as": "path"}]
+    assert same(local(as_inputs(sample), top_k=3), remote(as_inputs(sample), top_k=3))
+    assert local(Image.new("RGBA", (400, 400))) == remote(Image.new("RGBA", (400, 400)))
