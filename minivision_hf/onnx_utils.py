@@ -55,14 +55,13 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "am
 
 
 def cpu_features() -> dict[str, bool]:
-    """Which of `CPU_FEATURES` this CPU has, read from /proc/cpuinfo (all False where it cannot be read). One small
-    function on purpose: the package's capability detection (minivision_hf.fast) replaces it once it exists."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return dict.fromkeys(CPU_FEATURES, False)
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return {f: f in flags for f in CPU_FEATURES}
+    """Which of `CPU_FEATURES` this CPU has, from the package's one capability reader
+    (`minivision_hf.fast.capabilities.detect_capabilities`: /proc/cpuinfo, else torch's CPU capability; honours the
+    MINIVISION_ISA_LEVEL simulation, which ONNX Runtime's own kernel dispatch does not follow)."""
+    from .fast.capabilities import detect_capabilities
+
+    features = detect_capabilities().cpu_features
+    return {f: f in features for f in CPU_FEATURES}
 
 
 def int8_arithmetic(features: dict[str, bool]) -> str:
@@ -331,10 +330,11 @@ def check_fp32(path: Path, data: ExportData, threads: int, time_s: float) -> dic
 
 
 def evaluate_int8(path: Path, method: str, data: ExportData, threads: int, time_s: float,
-                  emulate_samples: int | None = None) -> dict:  # fmt: skip
+                  emulate_samples: int | None = None, qemu_cpu: str | None = None) -> dict:  # fmt: skip
     """One int8 candidate: accuracy and speed with ONNX Runtime on this CPU, the weights' int16 pair-sum bound, and
     its accuracy under the emulated AVX2 arithmetic (`vpmaddubsw`, int16 saturation; minivision_hf.int8_emulation)
-    on the first `emulate_samples` evaluation images (default: all)."""
+    on the first `emulate_samples` evaluation images (default: all). With `qemu_cpu` (e.g. "Haswell"), also ORT's
+    own accuracy on that emulated CPU (`qemu_logits`), same images."""
     from . import int8_emulation
 
     session = ort_session(path, threads)
@@ -344,7 +344,7 @@ def evaluate_int8(path: Path, method: str, data: ExportData, threads: int, time_
     emulated_accuracy = float((emulated["logits"].argmax(1) == data.labels[:n]).mean())
     fp32_on_subset = float((data.reference[:n].argmax(1) == data.labels[:n]).mean())
     bounds = int8_emulation.weight_pair_bounds(path)
-    return {
+    result = {
         "scheme": QUANT_SCHEMES[method],
         "accuracy": data.accuracy(logits),
         "top1_agreement": data.agreement(logits),
@@ -361,6 +361,42 @@ def evaluate_int8(path: Path, method: str, data: ExportData, threads: int, time_
         "speed_b1024": speed_b1024(session, data.pixels, time_s),
         "bytes": Path(path).stat().st_size,
     }
+    if qemu_cpu:
+        logits = qemu_logits(path, data.pixels[:n], qemu_cpu)
+        accuracy = float((logits.argmax(1) == data.labels[:n]).mean())
+        result["qemu"] = {"cpu": qemu_cpu, "samples": n, "accuracy": accuracy}
+    return result
+
+
+_QEMU_RUNNER = """
+import sys, numpy as np, onnxruntime as ort
+pixels, out = np.load(sys.argv[1]), sys.argv[2]
+options = ort.SessionOptions(); options.intra_op_num_threads = 1; options.log_severity_level = 3
+session = ort.InferenceSession(sys.argv[3], options, providers=["CPUExecutionProvider"])
+np.save(out, np.concatenate([session.run(None, {"pixel_values": pixels[i : i + 256]})[0]
+                             for i in range(0, len(pixels), 256)]))
+"""
+
+
+def qemu_logits(path: Path, pixels: np.ndarray, cpu: str = "Haswell", timeout_s: float = 3600) -> np.ndarray:
+    """Logits of an ONNX model run by ONNX Runtime on an emulated CPU: this interpreter under QEMU user mode
+    (`qemu-x86_64 -cpu Haswell`: AVX2, FMA, no AVX-512, no VNNI). ORT's kernel dispatch reads the emulated CPUID, so
+    its own AVX2 kernels run, instruction by instruction (`vpmaddubsw` saturating as on the real CPU). Needs the
+    qemu-user package; ~60 s per int8 model on 10,000 images."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise FileNotFoundError("qemu-x86_64 not found (apt-get install qemu-user)")
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "pixels.npy", np.ascontiguousarray(pixels, dtype=np.float32))
+        out = Path(tmp) / "logits.npy"
+        subprocess.run([qemu, "-cpu", cpu, sys.executable, "-c", _QEMU_RUNNER, str(Path(tmp) / "pixels.npy"),
+                        str(out), str(path)], check=True, capture_output=True, timeout=timeout_s)  # fmt: skip
+        return np.load(out)
 
 
 def choose_int8(candidates: dict[str, dict], fp32_accuracy: float, max_drop: float) -> tuple[str, str, bool]:
@@ -449,6 +485,7 @@ __all__ = [
     "QUANTIZED_FILE",
     "REPORT_FILE",
     "ExportData",
+    "qemu_logits",
     "check_fp32",
     "choose_int8",
     "evaluate_int8",

@@ -43,7 +43,7 @@ import minivision_hf as mv
 import onnx
 from minivision_hf import onnx_utils
 from minivision_hf.data import DEFAULT_DATASET
-from minivision_hf.training import git_commit, hardware, versions, write_json
+from minivision_hf.training import check_model_source, git_commit, hardware, versions, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-samples", type=int, default=None, help="test images for the checks (default: all)")
     p.add_argument("--emulate-samples", type=int, default=None,
                    help="test images for the emulated AVX2 accuracy (default: all; ~30 s a scheme on 10k)")  # fmt: skip
+    p.add_argument("--qemu-cpu", default=None,
+                   help="also run each int8 model with ORT on this CPU emulated by qemu-x86_64 (e.g. Haswell: AVX2, "
+                        "no VNNI), on the --emulate-samples images; needs the qemu-user package")  # fmt: skip
     p.add_argument("--methods", nargs="+", choices=onnx_utils.QUANT_METHODS, default=list(onnx_utils.QUANT_METHODS),
                    help="int8 schemes to compare")  # fmt: skip
     p.add_argument("--max-accuracy-drop", type=float, default=0.001,
@@ -75,6 +78,7 @@ def main(argv=None) -> dict:
     threads = onnx_utils.cpu_cores()
 
     # ---- model and data ----
+    check_model_source(args.model)  # a mistyped local path: "no such folder: ..."
     model = AutoModelForImageClassification.from_pretrained(args.model).eval()
     if not isinstance(model, mv.MiniVisionForImageClassification):
         raise TypeError(f"{args.model} holds a {type(model).__name__}, not a MiniVisionForImageClassification")
@@ -95,10 +99,11 @@ def main(argv=None) -> dict:
         for method in args.methods:
             path = onnx_utils.quantize_int8(prepared, Path(tmp) / f"{method}.onnx", method, data.calibration)
             c = candidates[method] = onnx_utils.evaluate_int8(path, method, data, threads, args.time_s,
-                                                              args.emulate_samples)  # fmt: skip
+                                                              args.emulate_samples, args.qemu_cpu)  # fmt: skip
             print(f"int8 {method}: accuracy {c['accuracy']:.4f} here, {c['avx2_emulated']['accuracy']:.4f} emulated "
                   f"AVX2 ({c['avx2_emulated']['saturated_fraction']:.2e} of int16 pair sums saturated), "
-                  f"{c['speed_b1024']['images_per_s']:,.0f} images/s at batch 1024")  # fmt: skip
+                  f"{c['speed_b1024']['images_per_s']:,.0f} images/s at batch 1024"
+                  + (f"; ORT under qemu -cpu {args.qemu_cpu}: {c['qemu']['accuracy']:.4f}" if "qemu" in c else ""))
         chosen, why, qualified = onnx_utils.choose_int8(candidates, fp32["accuracy"], args.max_accuracy_drop)
         shutil.copyfile(Path(tmp) / f"{chosen}.onnx", int8_path)
     (output / "model_int8.onnx").unlink(missing_ok=True)  # the old name: Hub tools look for model_quantized.onnx

@@ -1,0 +1,51 @@
+"""Every script runs both ways README shows, `python -m scripts.X` and `python scripts/X.py` from the repo root, and
+none shadows a library's module name (scripts/evaluate.py once hid the
+`evaluate` library when scripts/ was on sys.path). `--help` is enough to catch both import traps."""
+
+import importlib.util
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.stem for p in (REPO_ROOT / "scripts").glob("*.py") if p.stem != "__init__")
+
+def _help(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(command + ["--help"], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def help_runs() -> dict:
+    """`--help` of every script, both ways, a few at a time (each is mostly imports)."""
+    jobs = {}
+    for name in SCRIPTS:
+        jobs[(name, "-m")] = ([sys.executable, "-m", f"scripts.{name}"], REPO_ROOT)
+        jobs[(name, "file")] = ([sys.executable, f"scripts/{name}.py"], REPO_ROOT)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {key: pool.submit(_help, *job) for key, job in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def test_there_are_scripts_to_check():
+    assert {"train", "eval_model", "export_onnx", "benchmark"} <= set(SCRIPTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_help_runs_as_module_and_as_file(help_runs, name):
+    for how in ("-m", "file"):
+        run = help_runs[(name, how)]
+        assert run.returncode == 0, f"{name} ({how}): {run.stderr[-2000:]}"
+        assert "usage:" in run.stdout, f"{name} ({how}) printed no usage"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_no_script_takes_the_name_of_an_installed_or_standard_module(name):
+    """With scripts/ first on sys.path (`python scripts/X.py`), a script named like a module would be imported in its
+    place by anything that imports that module."""
+    assert name not in sys.stdlib_module_names, f"scripts/{name}.py shadows the standard library's {name}"
+    spec = importlib.util.find_spec(name)  # scripts/ is not on sys.path here: this finds only real modules
+    assert spec is None, f"scripts/{name}.py shadows the installed module {name} ({spec.origin})"
