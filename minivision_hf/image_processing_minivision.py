@@ -77,7 +77,8 @@ class MiniVisionImageProcessor(TorchvisionBackend):
     Args:
         size (`dict`, *optional*, defaults to `{"height": 28, "width": 28}`): output size.
         do_normalize (`bool`, *optional*, defaults to `True`): normalise with `image_mean` / `image_std`.
-        image_mean (`float`, *optional*, defaults to 0.1307), image_std (`float`, *optional*, defaults to 0.3081).
+        image_mean (`float`, *optional*, defaults to 0.1307), image_std (`float`, *optional*, defaults to 0.3081):
+            one finite number each (or a one-element list: the model reads one channel); `image_std` > 0.
         mnist_passthrough (`bool`, *optional*, defaults to `True`): leave 28x28 opaque dark-background images as
             they are (MNIST's own images), only rescaling them to [0, 1].
         flatten_alpha (`bool`, *optional*, defaults to `True`): composite transparent pixels onto a background of the
@@ -89,8 +90,12 @@ class MiniVisionImageProcessor(TorchvisionBackend):
         center_of_mass (`bool`, *optional*, defaults to `True`): centre by centre of mass (else by bounding box).
         ink_threshold (`float`, *optional*, defaults to 0.1): brightness in [0, 1], after background removal, above
             which a pixel counts as ink; an image with none is blank.
-        max_pixels (`int`, *optional*, defaults to Pillow's `Image.MAX_IMAGE_PIXELS`): larger inputs are refused with
-            a `ValueError` (decompression-bomb guard, also applied to arrays and tensors).
+        max_pixels (`int`, *optional*, defaults to Pillow's `Image.MAX_IMAGE_PIXELS`): a positive integer; larger
+            inputs are refused with a `ValueError` (decompression-bomb guard: files are refused from their header,
+            before decoding; also applied to arrays and tensors).
+
+    Call arguments: `input_data_format` ("channels_first" / "channels_last") for arrays and tensors, `return_tensors`,
+    and any option above, checked like the saved ones.
 
     Example:
 
