@@ -262,7 +262,8 @@ class MiniVisionTrainer(Trainer):
         torch.save(state, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
         if self.args.should_save:
-            rotate_checkpoints(folder.parent, self.save_total_limit, self.state.best_model_checkpoint)
+            rotate_checkpoints(folder.parent, self.save_total_limit, self.state.best_model_checkpoint,
+                               self.args.world_size)  # fmt: skip
 
 
 class _CheckpointCommit(TrainerCallback):
@@ -277,14 +278,15 @@ class _CheckpointCommit(TrainerCallback):
             self.trainer.commit_checkpoint(folder)
 
 
-def is_complete_checkpoint(folder: Path, process_index: int | None = None) -> bool:
-    """Whether a checkpoint folder was finished: STATE_FILE (written last) and a readable trainer_state.json."""
-    name = STATE_FILE if process_index is None else f"minivision_state_{process_index}.pth"
+def is_complete_checkpoint(folder: Path, processes: int = 1) -> bool:
+    """Whether a checkpoint folder was finished: a readable trainer_state.json and every process's STATE_FILE
+    (each written last by its process)."""
+    names = [STATE_FILE] if processes == 1 else [f"minivision_state_{i}.pth" for i in range(processes)]
     try:
         json.loads((folder / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
-    return (folder / name).is_file()
+    return all((folder / name).is_file() for name in names)
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -300,22 +302,23 @@ def discard_folder(folder: Path) -> None:
     shutil.rmtree(aside)
 
 
-def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint in `output_dir`; newer incomplete ones (a run killed while writing one) are
-    removed, so that Trainer never sees them."""
+def last_complete_checkpoint(output_dir: Path, processes: int = 1, remove_incomplete: bool = True) -> Path | None:
+    """The newest complete checkpoint in `output_dir`. Newer incomplete ones (a run killed while writing one) are
+    skipped, and with `remove_incomplete` (one process only: rank 0) removed, so that Trainer never sees them."""
     for folder in reversed(checkpoints(output_dir)):
-        if is_complete_checkpoint(folder):
+        if is_complete_checkpoint(folder, processes):
             return folder
-        print(f"resume: {folder} was not finished (killed while saving?); removing it")
-        discard_folder(folder)
+        if remove_incomplete:
+            print(f"resume: {folder} was not finished (killed while saving?); removing it")
+            discard_folder(folder)
     return None
 
 
-def rotate_checkpoints(output_dir: Path, limit: int | None, best: str | None = None) -> None:
+def rotate_checkpoints(output_dir: Path, limit: int | None, best: str | None = None, processes: int = 1) -> None:
     """Keep the newest `limit` complete checkpoints and the best one (Trainer's rule), deleting the others."""
     if not limit:
         return
-    done = [p for p in checkpoints(output_dir) if is_complete_checkpoint(p)]
+    done = [p for p in checkpoints(output_dir) if is_complete_checkpoint(p, processes)]
     keep = set(done[-limit:]) | ({Path(best)} if best else set())
     for folder in done:
         if folder not in keep:

@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import minivision_hf as mv
 from minivision_hf.training import kept_epoch
+from scripts.update_readme import made_by
 
 DEFAULT_REPO_ID = "minivision/mini-vision-v2"
 SEED_CARD = {"accuracy": 0.993, "loss": 0.0235, "train_loss": 0.0615}  # ../shared/seed/Mini-Vision-V2-model-card.txt
@@ -129,7 +130,7 @@ def results_section(record: dict, result: dict) -> str:
 
 Test figures come from `scripts/eval_model.py` on the released weights through the image processor
 (`records/eval_test.json`); training figures from `records/run_record.json`. Training took
-{record["train_wall_s"] / 60:.1f} min on {hw["cpu"]} ({hw["cpu_count"]} cores{", " + hw["gpu"] if hw.get("gpu") else ""}).
+{record["train_wall_s"] / 60:.1f} min on {hw["cpu"]} ({hw["cpu_count"]} cores{", " + hw["gpu"] if hw.get("gpu") else ""}){made_by(record)}.
 
 Per-class accuracy: {", ".join(f"{k}: {v:.2%}" for k, v in result["per_class_accuracy"].items())}."""  # noqa: E501
 
@@ -202,16 +203,41 @@ def speed_section(benchmark: dict | None) -> str:
     if not benchmark:
         return ""
     table = "\n".join(line for line in benchmark.get("markdown", "").splitlines() if not line.startswith("## "))
+    onnx_files = (benchmark.get("inference") or {}).get("onnx") or {}
+    onnx_line = (f" ONNX files: `onnx/model.onnx` (fp32) and `onnx/{onnx_files.get('file', 'model_quantized.onnx')}` "
+                 f"(int8, {onnx_files['int8_method']}; why that scheme: `onnx/export_report.json`)."
+                 if onnx_files.get("int8_method") else "")  # fmt: skip
     return f"""
 ## Speed on a CPU
 
 {table.strip()}
 
-From `python -m scripts.benchmark` (`records/benchmark.json`).
+From `python -m scripts.benchmark` (`records/benchmark.json`).{onnx_line}
 """
 
 
-def render(record: dict, result: dict, repo_id: str, recipes: dict | None = None, benchmark: dict | None = None) -> str:
+def variants_section(variants: dict[str, dict] | None, repo_id: str, result: dict | None = None) -> str:
+    """The root card's pointer to the variant branches (variants/<name>/records/eval_test.json at the repo root)."""
+    if not variants:
+        return ""
+    better = result is not None and all(v["accuracy"] > result["accuracy"] for v in variants.values())
+    rows = ["| Revision | Test accuracy | Test loss | Test ECE (15 bins) | Load with |", "|---|---|---|---|---|"]
+    for name, result in variants.items():
+        rows.append(f"| `{name}` | {result['accuracy']:.2%} | {result['loss']:.4f} | {result['ece']:.4f} | "
+                    f'`from_pretrained("{repo_id}", revision="{name}")` |')  # fmt: skip
+    return f"""
+## Other revisions of this repository
+
+This branch (`main`) is the **seed recipe's** release: the original Mini-Vision-V2 card's recipe reproduced, kept as
+published. The same architecture trained with a stronger recipe lives on its own branch, with its own card and
+records{"; it is more accurate on the test split" if better else ""}, and the Space serves it by default:
+
+{chr(10).join(rows)}
+"""
+
+
+def render(record: dict, result: dict, repo_id: str, recipes: dict | None = None, benchmark: dict | None = None,
+           variants: dict[str, dict] | None = None) -> str:  # fmt: skip
     config = mv.MiniVisionConfig()
     body = f"""
 # Mini-Vision-V2: MNIST handwritten digit classifier
@@ -232,7 +258,7 @@ on MNIST with the recipe of the original Mini-Vision-V2 card.
 ## Results
 
 {results_section(record, result)}
-{recipes_section(recipes)}{speed_section(benchmark)}
+{variants_section(variants, repo_id, result)}{recipes_section(recipes)}{speed_section(benchmark)}
 ## Training curves
 
 ![training loss](assets/train_loss.png)
@@ -304,6 +330,7 @@ def render_variant(name: str, records: Path, repo_id: str) -> str:
     """The card of a variant folder (variants/<name>/, Hub branch <name>), from its own records/."""
     record, result = _load(records / "run_record.json"), _load(records / "eval_test.json")
     calibration = _load(records / "calibration.json") or {}
+    recipe = (_load(records / "variant.json") or {}).get("recipe", record["recipe"])
     seed_release = _load(records / "eval_seed_release.json")
     comparison_files = sorted(records.glob("recipes_*.json"))
     comparisons = [(_load(f), f"records/{f.name}") for f in comparison_files]
@@ -312,12 +339,16 @@ def render_variant(name: str, records: Path, repo_id: str) -> str:
     extra = [("ece", "Test ECE (15 bins)", result["ece"])]
     if result.get("ece_temperature") is not None:
         extra.append(("ece", f"Test ECE (15 bins), temperature {result['temperature']}", result["ece_temperature"]))
-    recipe_summary = next((c["recipes"].get(record["recipe"]) for c, _ in comparisons if record["recipe"] in
-                           c["recipes"]), None)  # fmt: skip
+    recipe_summary = next((c["recipes"][recipe] for c, _ in comparisons if recipe in c["recipes"]), None)
+    if recipe_summary is not None and not any(  # the shipped run must be one of the recipe's recorded runs
+        r.get("output_dir") == (_load(records / "variant.json") or {}).get("run") for c, _ in comparisons
+        for r in c["runs"]
+    ):
+        recipe_summary = None
     if recipe_summary:
         per_seed = ", ".join(f"seed {seed}: {acc:.2%}" for seed, acc in
                              zip(recipe_summary.get("seeds", []), recipe_summary["accuracies"]))  # fmt: skip
-        over_seeds = (f"| Recipe `{record['recipe']}` over {len(recipe_summary['accuracies'])} seeds (test, each run "
+        over_seeds = (f"| Recipe `{recipe}` over {len(recipe_summary['accuracies'])} seeds (test, each run "
                       f"evaluated once) | {_pct(recipe_summary['accuracy_mean'], recipe_summary['accuracy_std'])} "
                       f"({per_seed}) | - |")  # fmt: skip
     else:
@@ -328,7 +359,7 @@ def render_variant(name: str, records: Path, repo_id: str) -> str:
            f"averaged; **not** the headline figure) | {result['tta_accuracy']:.2%} | "
            f"{seed_release['tta_accuracy']:.2%} |" if "tta_accuracy" in result and seed_release and
            "tta_accuracy" in seed_release else "")  # fmt: skip
-    this_row = (f"the `{record['recipe']}` recipe, seed {record['seed']}: {kept_description(record)} | "
+    this_row = (f"the `{recipe}` recipe, seed {record['seed']}: {kept_description(record)} | "
                 f"{result['accuracy']:.2%} | {result['loss']:.4f} | {result['ece']:.4f}")  # fmt: skip
     seed_acc, seed_loss, seed_ece = (
         (_pct(seed_release["accuracy"]), f"{seed_release['loss']:.4f}", f"{seed_release['ece']:.4f}")
@@ -348,7 +379,7 @@ def render_variant(name: str, records: Path, repo_id: str) -> str:
 
 This is the **`{name}` branch** of [{repo_id}](https://huggingface.co/{repo_id}): the same 0.82M-parameter network
 as the main branch, layer for layer ({mv.MiniVisionForImageClassification(config).num_parameters():,} parameters),
-trained with the `{record["recipe"]}` recipe of `scripts/train.py`. Only the training differs.
+trained with the `{recipe}` recipe of `scripts/train.py` (`--recipe {recipe}`). Only the training differs.
 
 | Revision | What it is | Test accuracy | Test loss | Test ECE (15 bins) |
 |---|---|---|---|---|
@@ -433,7 +464,12 @@ def main(argv=None) -> Path:
         Path(args.output).write_text(render_variant(args.variant, records, args.repo_id))
         print(f"wrote {args.output}")
         return Path(args.output)
-    content = render(record, result, args.repo_id, _load(records / "recipes.json"), _load(records / "benchmark.json"))
+    variants = {  # variants/<name>/ beside the release's records/ folder: each one's test evaluation
+        path.parent.parent.name: _load(path)
+        for path in sorted((records.resolve().parent / "variants").glob("*/records/eval_test.json"))
+    }
+    content = render(record, result, args.repo_id, _load(records / "recipes.json"), _load(records / "benchmark.json"),
+                     variants)  # fmt: skip
     Path(args.output).write_text(content)
     print(f"wrote {args.output}")
     return Path(args.output)

@@ -130,7 +130,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     world, rank = process_counts()
     output_dir = Path(args.output_dir)
-    recover_folder(output_dir)  # finish a final save that a kill interrupted
+    if rank == 0:
+        recover_folder(output_dir)  # finish a final save that a kill interrupted
     recipe = recipe_from_args(args)
     use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and args.data_path == "fast" and bf16_supported())
     set_seed(args.seed)
@@ -142,7 +143,7 @@ def main(argv=None) -> dict:
     processor = mv.MiniVisionImageProcessor()
     trainer = build_trainer(args, recipe, model, processor, data, world, use_bf16)
 
-    checkpoint = last_complete_checkpoint(output_dir) if args.resume else None
+    checkpoint = last_complete_checkpoint(output_dir, world, remove_incomplete=rank == 0) if args.resume else None
     if args.resume and checkpoint is None:
         print(f"--resume: no complete checkpoint in {output_dir}, starting from scratch")
     try:

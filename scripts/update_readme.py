@@ -38,8 +38,16 @@ def results_block() -> str:
         f"| Training time | {record['train_wall_s'] / 60:.1f} min on {record['hardware']['cpu_count']} CPU cores | - |",
         "",
         "Source: `records/eval_test.json` (`python -m scripts.eval_model --model . --dataset ../shared/data/mnist "
-        "--output records/eval_test.json`) and `records/run_record.json`.",
+        "--output records/eval_test.json`) and `records/run_record.json`" + made_by(record) + ".",
     ])  # fmt: skip
+
+
+def made_by(record: dict) -> str:
+    """", trained at commit `abc123def456`" (plus a warning when the tree had uncommitted changes), or ""."""
+    git = record.get("git") or {}
+    if not git.get("commit"):
+        return ""
+    return f", trained at commit `{git['commit'][:12]}`" + (" with uncommitted changes" if git.get("dirty") else "")
 
 
 def _recipes_table(summary: dict) -> str:
@@ -56,6 +64,51 @@ def recipes_block() -> str:
     if not summary:
         return "_Not measured yet: `python -m scripts.compare_recipes` writes records/recipes.json._"
     return _recipes_table(summary) + "\n\nSource: `records/recipes.json` (`" + summary["command"] + "`)."
+
+
+def best_variant_block() -> str:
+    """The shipped `best` variant (variants/best, Hub branch `best`) next to the seed release, then every variant
+    tried (records/recipe_search*.json on the held-out rows; records/recipes_best.json on the test split)."""
+    from scripts.make_model_card import variants_table
+
+    variant = ROOT / "variants" / "best" / "records"
+    def records(pattern: str) -> list[tuple[dict, str]]:
+        return [(json.loads(f.read_text()), f"records/{f.name}") for f in sorted((ROOT / "records").glob(pattern))]
+
+    searches, comparisons = records("recipe_search*.json"), records("recipes_best*.json")
+    if not searches and not (variant / "eval_test.json").exists():
+        return "_Not built yet: `python -m scripts.compare_recipes --val-size 5000 --no-test ...`, then " \
+            "`python -m scripts.make_variant`._"
+    lines = []
+    if (variant / "eval_test.json").exists():
+        result = json.loads((variant / "eval_test.json").read_text())
+        run = json.loads((variant / "run_record.json").read_text())
+        calibration = json.loads((variant / "calibration.json").read_text())
+        seed_file = variant / "eval_seed_release.json"
+        seed = json.loads(seed_file.read_text()) if seed_file.exists() else None
+
+        def cells(r: dict | None) -> str:
+            if not r:
+                return "- | - | - | - |"
+            tta = f"{r['tta_accuracy']:.2%}" if "tta_accuracy" in r else "-"
+            return f"{r['accuracy']:.2%} ({r['errors']} errors) | {r['loss']:.4f} | {r['ece']:.4f} | {tta} |"
+        t_cell = (f"{result['ece_temperature']:.4f} (T = {calibration['temperature']}, fitted on "
+                  f"{calibration['num_samples']:,} validation rows)") if calibration.get("temperature") else "-"
+        lines += [
+            "| Model (MNIST test, 10,000 images) | Test accuracy | Test loss | ECE (15 bins) | TTA accuracy "
+            "(separate) | ECE, temperature-scaled |",
+            "|---|---|---|---|---|---|",
+            f"| `main`: seed recipe release (repo root) | {cells(seed)} - |",
+            f"| `best`: recipe `{run['recipe']}`, seed {run['seed']}, {run['kept']} weights (`variants/best`) | "
+            f"{cells(result)} {t_cell} |",
+            "",
+            "Source: `variants/best/records/eval_test.json` and `eval_seed_release.json` (`python -m "
+            "scripts.eval_model --tta`, run by `scripts/make_variant.py`), `variants/best/records/calibration.json`.",
+            "",
+        ]
+    sources = "; ".join(f"`{path}` (`{rec['command']}`)" for rec, path in [*searches, *comparisons])
+    lines += [variants_table(searches, comparisons), "", f"Sources: {sources}."]
+    return "\n".join(lines)
 
 
 def data_paths_block() -> str:
@@ -95,6 +148,7 @@ def load_test_block() -> str:
 BLOCKS = {
     "results": results_block,
     "recipes": recipes_block,
+    "best_variant": best_variant_block,
     "data_paths": data_paths_block,
     "benchmark": benchmark_block,
     "load_test": load_test_block,

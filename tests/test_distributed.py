@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from minivision_hf.training import checkpoints, is_complete_checkpoint
 from scripts import train
 
 COMMON = ["--epochs", "4", "--batch-size", "64", "--max-eval-samples", "128", "--no-progress"]
@@ -36,6 +37,10 @@ def test_two_processes_match_one(tiny_dir, tmp_path, single):
     # Same gradient scale as one process (Trainer must average, not sum, over processes): epoch-1 loss agrees.
     first, reference = record["epochs"][0]["train_loss"], single["epochs"][0]["train_loss"]
     assert first == pytest.approx(reference, rel=0.05)
+    # Each process saves its own augmentation state; a checkpoint is complete (resumable) only with all of them.
+    last = checkpoints(tmp_path)[-1]
+    assert last.name == "checkpoint-32" and is_complete_checkpoint(last, processes=2)
+    assert not is_complete_checkpoint(last, processes=1)
 
 
 def test_gradient_accumulation_matches_one_step(tiny_dir, tmp_path, single):
