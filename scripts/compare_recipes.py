@@ -16,8 +16,8 @@
         --variant plus-ema plus "--ema-decay 0.999" --variant plus-ema-50 plus "--ema-decay 0.999 --epochs 50" \
         --output records/recipe_search.json
     # then, once the choice is made on the validation rows, the chosen runs' one evaluation on the test split
-    python -m scripts.compare_recipes --evaluate-test records/recipe_search_b.json --dataset ../shared/data/mnist \
-        --output records/recipes_best.json
+    python -m scripts.compare_recipes --evaluate-test records/recipe_search_a.json records/recipe_search_b.json \
+        --only plus-ema --as best --dataset ../shared/data/mnist --output records/recipes_best.json
 
 Each run is `scripts/train.py` (Trainer) followed by `scripts/eval_model.py`'s evaluation of the kept model on the
 whole test split, in fp32 through the image processor. Runs are saved under --work-dir/<recipe>-<path>-seed<k>
@@ -27,6 +27,7 @@ evaluated once at the end of the run unless --no-test (a search that must not lo
 """
 
 import argparse
+import dataclasses
 import json
 import shlex
 import statistics
@@ -57,8 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variant", nargs=3, action="append", default=None, metavar=("NAME", "RECIPE", "FLAGS"),
                    help="a named variant: a recipe plus extra train.py flags (quoted); replaces --recipes")  # fmt: skip
     p.add_argument("--val-size", type=int, default=None, help="hold out this many training rows for validation")
-    p.add_argument("--evaluate-test", default=None, metavar="RECORD",
-                   help="evaluate the finished runs of a --no-test record on the test split (once), then summarise")
+    p.add_argument("--evaluate-test", nargs="+", default=None, metavar="RECORD",
+                   help="evaluate the finished runs of --no-test records on the test split (once), then summarise")
+    p.add_argument("--only", default=None, help="--evaluate-test: only the runs of this variant")
+    p.add_argument("--as", dest="as_recipe", default=None, choices=sorted(RECIPES),
+                   help="--evaluate-test: the runs are this recipe (their values must equal it); names the group")
     p.add_argument("--test", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate each finished run on the test split (--no-test for a validation-only search)")
     return p.parse_args(argv)
@@ -103,18 +107,27 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
-def evaluate_test(record_path: Path, dataset: str, output: Path, command: str) -> dict:
+def evaluate_test(record_paths: list[str], dataset: str, output: Path, command: str, only: str | None = None,
+                  as_recipe: str | None = None) -> dict:  # fmt: skip
     """The test-split evaluation of runs already trained and compared on validation rows (`--no-test`): each run's
     kept weights once, with ECE and TTA (reported separately) from scripts/eval_model.py."""
-    record = json.loads(Path(record_path).read_text())
+    records = [json.loads(Path(path).read_text()) for path in record_paths]
+    record = records[0]
+    runs = [run for r in records for run in r["runs"] if only is None or run.get("variant") == only]
+    if as_recipe:
+        expected = {k: v for k, v in dataclasses.asdict(RECIPES[as_recipe]).items() if k != "notes"}
+        for run in runs:
+            found = {k: v for k, v in run["recipe_values"].items() if k != "notes"}
+            if {k: expected.get(k) for k in found} != found:  # fields added to Recipe later keep their defaults
+                raise SystemExit(f"{run['output_dir']} was not trained with recipe {as_recipe!r}: {found}")
     test_set = load_mnist(dataset, "test")
     groups: dict[str, list[dict]] = {}
-    for run in record["runs"]:
+    for run in runs:
         model = AutoModelForImageClassification.from_pretrained(run["output_dir"])
         processor = AutoImageProcessor.from_pretrained(run["output_dir"])
         result = eval_model.evaluate_model(model, processor, test_set, progress=False, tta=True)
         run = {**run, **{k: result[k] for k in ("accuracy", "loss", "ece", "tta_accuracy")}}
-        groups.setdefault(run.get("variant") or run["recipe"], []).append(run)
+        groups.setdefault(as_recipe or run.get("variant") or run["recipe"], []).append(run)
         print(f"{run['output_dir']}: test accuracy {run['accuracy']:.4f} (TTA {run['tta_accuracy']:.4f})", flush=True)
     summary = {
         "description": record["description"].replace("; the test split was not evaluated (validation-only search)", "")
@@ -122,7 +135,7 @@ def evaluate_test(record_path: Path, dataset: str, output: Path, command: str) -
         "dataset": record["dataset"],
         "recipes": {name: summarize(runs) for name, runs in groups.items()},
         "runs": [run for runs in groups.values() for run in runs],
-        "trained_by": record["command"],
+        "trained_by": [r["command"] for r in records],
         "command": command,
     }
     for name, runs in groups.items():
@@ -139,7 +152,7 @@ def main(argv=None) -> dict:
         return merge(args.merge, Path(args.output))
     if args.evaluate_test:
         command = "python -m scripts.compare_recipes " + " ".join(argv if argv is not None else sys.argv[1:])
-        return evaluate_test(Path(args.evaluate_test), args.dataset, Path(args.output), command)
+        return evaluate_test(args.evaluate_test, args.dataset, Path(args.output), command, args.only, args.as_recipe)
     test_set = load_mnist(args.dataset, "test") if args.test else None
     # (group name, recipe, data path, extra train.py flags, work-dir prefix)
     if args.variant:

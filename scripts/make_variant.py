@@ -17,6 +17,7 @@ Steps, in order:
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -30,7 +31,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import minivision_hf  # noqa: F401  (registers the Auto classes)
 from minivision_hf.data import load_mnist, validation_split
-from minivision_hf.training import git_commit, write_json
+from minivision_hf.training import RECIPES, git_commit, write_json
 from scripts import eval_model, make_model_card, plot_curves
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--search", nargs="*", default=[], help="recipe-search JSONs (copied; the variants table)")
     p.add_argument("--repo-id", default=make_model_card.DEFAULT_REPO_ID, help="Hub id for the card's snippets")
     p.add_argument("--no-temperature", action="store_true", help="do not fit or store a temperature")
+    p.add_argument("--recipe", default=None,
+                   help="RECIPES name the run's values must equal (a run made as `plus` + flags may be `best`)")
+    p.add_argument("--seed-release", default=str(ROOT), help="the seed recipe's release, evaluated alongside")
     return p.parse_args(argv)
 
 
@@ -84,6 +88,13 @@ def main(argv=None) -> Path:
     run = Path(args.run)
     out = Path(args.out) if args.out else ROOT / "variants" / args.name
     record = json.loads((run / "run_record.json").read_text())
+    recipe_name = args.recipe or record["recipe"]
+    if args.recipe:
+        expected = {k: v for k, v in dataclasses.asdict(RECIPES[args.recipe]).items() if k != "notes"}
+        found = {k: v for k, v in record["recipe_values"].items() if k != "notes"}
+        if {k: expected.get(k) for k in found} != found:  # fields added to Recipe later keep their defaults
+            diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+            raise SystemExit(f"the run's recipe values differ from RECIPES[{args.recipe!r}] (run, recipe): {diff}")
     model = AutoModelForImageClassification.from_pretrained(run).eval()
     processor = AutoImageProcessor.from_pretrained(run)
     records = out / "records"
@@ -123,10 +134,15 @@ def main(argv=None) -> Path:
         if source:
             shutil.copyfile(source, records / Path(source).name)
     write_json(records / "calibration.json", {**calibration, "run": str(run), "git": git_commit()})
+    write_json(records / "variant.json", {"name": args.name, "recipe": recipe_name, "run": str(run),
+                                          "seed": record["seed"], "command": "python -m scripts.make_variant "
+                                          + " ".join(argv if argv is not None else sys.argv[1:])})  # fmt: skip
 
     # ---- the one test evaluation of the shipped weights (TTA separately) ----
     eval_model.main(["--model", str(out), "--dataset", args.dataset, "--tta", "--no-progress",
                      "--output", str(records / "eval_test.json")])  # fmt: skip
+    eval_model.main(["--model", args.seed_release, "--dataset", args.dataset, "--tta", "--no-progress",
+                     "--output", str(records / "eval_seed_release.json")])  # fmt: skip
     plot_curves.main(["--record", str(records / "run_record.json"), "--eval", str(records / "eval_test.json"),
                       "--out", str(out / "assets")])  # fmt: skip
     make_model_card.main(["--records", str(records), "--output", str(out / "model_card.md"), "--repo-id",

@@ -1,0 +1,234 @@
+"""Issue 13: the `best` recipe (weight EMA, held-out validation split), its augmentation and calibration pieces, and
+the shipped variant folder variants/best (loads, carries its temperature, reproduces its recorded test accuracy,
+publishes as the `best` branch).
+
+    .venv/bin/python -m pytest -q tests/test_best_recipe.py            # seconds, plus the slow ones on real MNIST
+"""
+
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import minivision_hf as mv
+from minivision_hf.data import random_shift_rotate, validation_split
+from minivision_hf.ema import EMA_FILE, WeightEMA
+from minivision_hf.training import RECIPES
+from scripts import eval_model, make_variant, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VARIANT = REPO_ROOT / "variants" / "best"
+RECIPES_BEST = REPO_ROOT / "records" / "recipes_best.json"
+
+
+# -- pieces ------------------------------------------------------------------------------------------------------
+
+
+def test_validation_split_is_seeded_disjoint_and_complete():
+    train_rows, val_rows = validation_split(1000, 100, seed=0)
+    again_train, again_val = validation_split(1000, 100, seed=0)
+    assert torch.equal(train_rows, again_train) and torch.equal(val_rows, again_val)
+    assert len(val_rows) == 100 and len(train_rows) == 900
+    assert set(train_rows.tolist()).isdisjoint(val_rows.tolist())
+    assert sorted(train_rows.tolist() + val_rows.tolist()) == list(range(1000))
+    assert not torch.equal(validation_split(1000, 100, seed=1)[1], val_rows)
+    with pytest.raises(ValueError):
+        validation_split(10, 10)
+
+
+def test_shear_off_keeps_the_existing_augmentation_stream():
+    images = torch.rand(8, 1, 28, 28)
+    before = random_shift_rotate(images, 2, 10.0, (0.9, 1.1), torch.Generator().manual_seed(0))
+    after = random_shift_rotate(images, 2, 10.0, (0.9, 1.1), torch.Generator().manual_seed(0), shear=0.0)
+    assert torch.equal(before, after)  # seed and plus recipes draw exactly as before
+    sheared = random_shift_rotate(images, 2, 10.0, (0.9, 1.1), torch.Generator().manual_seed(0), shear=10.0)
+    assert not torch.equal(before, sheared) and sheared.shape == images.shape
+
+
+def test_pure_shear_moves_rows_in_proportion_to_their_height():
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, :, 14] = 1.0  # a vertical bar: a shear slants it, top and bottom move in opposite directions
+    out = random_shift_rotate(image, 0, 0.0, (1.0, 1.0), torch.Generator().manual_seed(3), mode="bilinear", shear=20)
+    top, bottom = out[0, 0, 2].argmax().item(), out[0, 0, 25].argmax().item()
+    assert top != bottom and abs(out[0, 0, 14].argmax().item() - 14) <= 1
+
+
+def test_weight_ema_averages_and_swaps_back():
+    model = torch.nn.Linear(2, 1)
+    torch.nn.init.zeros_(model.weight)
+    ema = WeightEMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # warm-up decay min(0.5, 1/10) = 0.1: 0.1 * 0 + 0.9 * 1
+    assert ema.shadow["weight"].flatten().tolist() == pytest.approx([0.9, 0.9])
+    ema.update(model)  # decay min(0.5, 2/11)
+    d = 2 / 11
+    assert ema.shadow["weight"][0, 0].item() == pytest.approx(d * 0.9 + (1 - d))
+    with ema.swapped_in(model):
+        assert model.weight[0, 0].item() == pytest.approx(ema.shadow["weight"][0, 0].item())
+    assert model.weight[0, 0].item() == 1.0
+
+
+def test_ece_and_temperature_fit():
+    torch.manual_seed(0)
+    logits = 2.0 * torch.randn(20000, 10)
+    labels = torch.multinomial(logits.softmax(-1), 1)[:, 0]  # softmax(logits) is calibrated by construction
+    # sharpened logits (x3) are overconfident; the fitted temperature undoes it
+    t = make_variant.fit_temperature(3.0 * logits, labels)
+    assert 2.7 < t < 3.3
+    probs = (3.0 * logits).softmax(-1)
+    assert eval_model.expected_calibration_error((3.0 * logits / t).softmax(-1), labels) < \
+        eval_model.expected_calibration_error(probs, labels)  # fmt: skip
+    perfect = torch.nn.functional.one_hot(labels, 10).float()
+    assert eval_model.expected_calibration_error(perfect, labels) == pytest.approx(0.0)
+
+
+def test_tta_shift_fills_with_background():
+    pixels = torch.zeros(1, 1, 4, 4)
+    pixels[0, 0, 0, 0] = 5.0
+    moved = eval_model.shifted(pixels, 1, 1, fill=-1.0)
+    assert moved[0, 0, 1, 1] == 5.0 and moved[0, 0, 0, 0] == -1.0 and moved.shape == pixels.shape
+
+
+# -- the recipe --------------------------------------------------------------------------------------------------
+
+
+def test_best_recipe_smoke_run_keeps_the_ema_and_evaluates_on_held_out_rows(tiny_dir, tmp_path):
+    record = train.main(["--recipe", "best", "--smoke", "--dataset", str(tiny_dir), "--output-dir", str(tmp_path),
+                         "--no-progress"])  # fmt: skip
+    assert record["kept"] == "ema" and record["recipe"] == "best"
+    assert record["recipe_values"]["ema_decay"] == RECIPES["best"].ema_decay > 0
+    assert record["dataset"]["eval_split"].startswith("validation (100 rows of train")
+    assert all("ema_accuracy" in epoch and "test_accuracy" in epoch for epoch in record["epochs"])
+    assert (tmp_path / "model.safetensors").is_file()
+    assert any((tmp_path / d / EMA_FILE).is_file() for d in [p.name for p in tmp_path.glob("checkpoint-*")])
+    # the saved weights are the EMA: they score exactly what the run recorded for its kept model
+    model = mv.MiniVisionForImageClassification.from_pretrained(tmp_path)
+    assert record["final_eval"]["accuracy"] == pytest.approx(record["epochs"][-1]["ema_accuracy"])
+    assert model.num_parameters() == 824_650
+
+
+def test_best_recipe_is_the_recipe_of_the_recorded_runs():
+    if not RECIPES_BEST.is_file():
+        pytest.skip("records/recipes_best.json not committed yet")
+    record = json.loads(RECIPES_BEST.read_text())
+    expected = {k: v for k, v in dataclasses.asdict(RECIPES["best"]).items() if k != "notes"}
+    for run in record["runs"]:
+        found = {k: v for k, v in run["recipe_values"].items() if k != "notes"}
+        assert found == {k: expected[k] for k in found}, run["output_dir"]
+    assert len(record["runs"]) >= 3
+
+
+# -- the shipped variant -----------------------------------------------------------------------------------------
+
+needs_variant = pytest.mark.skipif(not (VARIANT / "config.json").is_file(), reason="variants/best not built yet")
+
+
+@needs_variant
+def test_variant_folder_is_complete_and_names_its_run():
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "model_card.md",
+                 "configuration_minivision.py", "modeling_minivision.py", "image_processing_minivision.py",
+                 "records/run_record.json", "records/eval_test.json", "records/calibration.json"):  # fmt: skip
+        assert (VARIANT / name).is_file(), name
+    config = json.loads((VARIANT / "config.json").read_text())
+    calibration = json.loads((VARIANT / "records" / "calibration.json").read_text())
+    assert config["calibration_temperature"] == calibration["temperature"] > 0
+    assert calibration["fitted_on"].startswith("validation")
+    assert mv.MiniVisionConfig(**{k: v for k, v in config.items() if k in ("conv_channels", "hidden_size")}) \
+        .to_dict()["conv_channels"] == [32, 64]  # fmt: skip
+    run = json.loads((VARIANT / "records" / "run_record.json").read_text())
+    assert run["kept"] == "ema"
+    card = (VARIANT / "model_card.md").read_text()
+    result = json.loads((VARIANT / "records" / "eval_test.json").read_text())
+    assert f"{result['accuracy']:.2%}" in card and "revision=\"best\"" in card and "Every variant tried" in card
+
+
+@needs_variant
+def test_variant_loads_locally_and_as_remote_code(tiny_test):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(VARIANT)
+    processor = AutoImageProcessor.from_pretrained(VARIANT)
+    result = eval_model.evaluate_model(model, processor, tiny_test, progress=False)
+    assert result["accuracy"] > 0.9 and model.config.calibration_temperature > 0
+    code = f"""
+import json, torch
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained({str(VARIANT)!r}, trust_remote_code=True)
+print(json.dumps({{"module": type(model).__module__, "t": model.config.calibration_temperature}}))
+"""
+    from tests.conftest import run_fresh
+
+    out = run_fresh(code, REPO_ROOT)
+    assert out["module"].startswith("transformers_modules") and out["t"] == model.config.calibration_temperature
+
+
+@needs_variant
+@pytest.mark.slow
+def test_variant_reproduces_its_recorded_test_accuracy(mnist_dir):
+    result = eval_model.main(["--model", str(VARIANT), "--dataset", str(mnist_dir), "--no-progress"])
+    recorded = json.loads((VARIANT / "records" / "eval_test.json").read_text())
+    assert result["accuracy"] == recorded["accuracy"] and result["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
+    assert result["ece"] == pytest.approx(recorded["ece"], abs=1e-6)
+    if RECIPES_BEST.is_file():  # the shipped weights are one of the recipe's recorded runs
+        runs = json.loads(RECIPES_BEST.read_text())["runs"]
+        assert any(math.isclose(run["accuracy"], recorded["accuracy"]) for run in runs)
+
+
+# -- publishing --------------------------------------------------------------------------------------------------
+
+
+def test_push_publishes_variants_as_branches(tmp_path):
+    """A release with variants/best: the model repo's main branch is the root release, branch `best` the variant,
+    and the Space's model_source.json pins both and defaults to best."""
+    from tests.hub_server import HubServer
+    from tests.test_push_to_hub import REPO_ID, SPACE_ID, TOKEN, _write_card, client_env
+
+    release = tmp_path / "release"
+    for folder, accuracy in ((release, 0.9921), (release / "variants" / "best", 0.9966)):
+        torch.manual_seed(0)
+        config = mv.MiniVisionConfig()
+        model = mv.MiniVisionForImageClassification(config)
+        if folder != release:
+            model.config.calibration_temperature = 0.5
+        model.save_pretrained(folder)
+        mv.MiniVisionImageProcessor().save_pretrained(folder)
+        (folder / "records").mkdir(parents=True)
+        (folder / "records" / "eval_test.json").write_text(json.dumps({"accuracy": accuracy, "loss": 0.02}))
+        _write_card(folder / "model_card.md", accuracy=accuracy, loss=0.02)
+    space_src = tmp_path / "spaces_app"
+    shutil.copytree(REPO_ROOT / "spaces_app", space_src, ignore=shutil.ignore_patterns("__pycache__",
+                                                                                       "model_source.json"))
+    with HubServer(token=TOKEN) as hub:
+        argv = ["--repo-id", REPO_ID, "--release", str(release), "--space-src", str(space_src)]
+        result = subprocess.run([sys.executable, "-m", "scripts.push_to_hub", *argv], cwd=REPO_ROOT,
+                                env=client_env(hub, tmp_path / "home"), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        main_sha, best_sha = hub.head(REPO_ID), hub.head(REPO_ID, branch="best")
+        assert main_sha != best_sha
+        best_files = hub.files(REPO_ID, revision="best")
+        assert json.loads(best_files["config.json"])["calibration_temperature"] == 0.5
+        assert "calibration_temperature" not in json.loads(hub.files(REPO_ID)["config.json"])
+        assert "0.9966" in best_files["README.md"].decode()
+        source = json.loads(hub.files(SPACE_ID, "space")["model_source.json"])
+        assert source["revision"] == main_sha and source["default"] == "best"
+        assert source["variants"]["best"] == {"model": REPO_ID, "revision": best_sha}
+        assert hub.variables(SPACE_ID)["MINIVISION_BEST_REVISION"] == best_sha
+        # a user loads the branch by name
+        code = f"""
+import json
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained({REPO_ID!r}, revision="best", trust_remote_code=True)
+print(json.dumps({{"t": model.config.calibration_temperature}}))
+"""
+        env = client_env(hub, tmp_path / "fresh", token=None)
+        proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"t": 0.5}
