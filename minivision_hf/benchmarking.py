@@ -194,16 +194,20 @@ def training_speed(dataset: str, steps: int, rounds: int, batch_size: int, max_t
 
 
 def time_to_accuracy(dataset: str, target: float, max_epochs: int, batch_size: int,
-                     extra: list[str] | None = None) -> dict:  # fmt: skip
+                     extra: list[str] | None = None, recipes: dict[str, str] | None = None) -> dict:  # fmt: skip
     """Seconds of training until the first epoch whose test accuracy reaches `target`, for the plain and the fast
-    path on this machine (`scripts.train --target-accuracy`; the seed recipe otherwise, `max_epochs` at most).
-    `train_s` excludes evaluations (the run record's figure); `wall_s` includes them."""
+    path on this machine (`scripts.train --target-accuracy`, `max_epochs` at most; `recipes` maps a path to its
+    `--recipe`, default train.py's). `train_s` excludes evaluations (the run record's figure); `wall_s` includes
+    them."""
     result = {"target": target, "max_epochs": max_epochs, "dataset": dataset}
     for path in ("plain", "fast"):
+        recipe = (recipes or {}).get(path)
         record = train_run(path, dataset, ["--target-accuracy", str(target), "--epochs", str(max_epochs),
-                                           *(extra or [])], batch_size)  # fmt: skip
+                                           *(["--recipe", recipe] if recipe else []), *(extra or [])],
+                           batch_size)  # fmt: skip
         reached = record.get("target_accuracy") or {}
         result[path] = {
+            "recipe": record.get("recipe"),
             "reached": bool(reached.get("reached")),
             "epoch": reached.get("epoch"),
             "accuracy": reached.get("accuracy"),
@@ -399,6 +403,39 @@ def pipeline_latency(model_id: str, test_ds, calls: int) -> dict:
     }
 
 
+# ---- summary ----------------------------------------------------------------------------------------------------
+
+
+def summarize(training: dict, inference: dict, time_to_accuracy: dict | None, cpu: dict) -> dict:
+    """The headline figures and whether each target is met (a speedup that was not measured is not met)."""
+    winner = inference["variants"][inference["winner"]]
+    eager = inference["variants"]["eager_fp32"]
+    speedups = {"train_speedup": training["train_speedup"], "inference_speedup": inference["inference_speedup"],
+                "time_to_accuracy_speedup": (time_to_accuracy or {}).get("speedup")}  # fmt: skip
+    return {
+        **speedups,
+        "train_fast_images_per_s": training["fast"]["steady_images_per_s"],
+        "train_plain_images_per_s": training["plain"]["steady_images_per_s"],
+        "inference_winner": inference["winner"],
+        "inference_winner_images_per_s_b1024": winner["batch_1024"]["images_per_s"],
+        "eager_fp32_images_per_s_b1024": eager["batch_1024"]["images_per_s"],
+        "inference_winner_accuracy": winner["accuracy"],
+        "eager_fp32_accuracy": eager["accuracy"],
+        "int8_pays": inference["int8_verdict"]["pays"],
+        "int8_keeps_accuracy": inference["int8_verdict"]["keeps_accuracy"],
+        "fast_training_fraction_of_peak": training["fast"]["utilisation"]["fraction_of_peak"],
+        "best_inference_fraction_of_peak": winner["utilisation_b1024"]["fraction_of_peak"],
+        "targets": TARGETS,
+        "targets_met": {k: v is not None and v >= TARGETS[k] for k, v in speedups.items()},
+        "isa": cpu["isa"],
+    }
+
+
+def tag_isa(sections: dict[str, dict | None], isa: str) -> dict[str, dict | None]:
+    """The record's sections, each carrying the CPU's ISA features it was measured on (None stays None)."""
+    return {name: None if section is None else {**section, "isa": isa} for name, section in sections.items()}
+
+
 # ---- report -----------------------------------------------------------------------------------------------------
 
 
@@ -453,12 +490,13 @@ def format_markdown(r: dict) -> str:
     tta = r.get("time_to_accuracy")
     lines += ["", f"### Seconds of training to {r['args']['target_accuracy']:.1%} test accuracy {isa}", ""]
     if tta:
-        lines += ["| path | reached | epoch | training s | wall s (with evaluations) |", "|---|---|---:|---:|---:|"]
+        lines += ["| path | recipe | reached | epoch | training s | wall s (with evaluations) |",
+                  "|---|---|---|---:|---:|---:|"]  # fmt: skip
         for name in ("plain", "fast"):
             t = tta[name]
             cell = lambda v, f: format(v, f) if v is not None else "n/a"  # noqa: E731
-            lines.append(f"| {name} | {'yes' if t['reached'] else 'no'} | {cell(t['epoch'], '.0f')} | "
-                         f"{cell(t['train_s'], '.1f')} | {cell(t['wall_s'], '.1f')} |")  # fmt: skip
+            lines.append(f"| {name} | {t.get('recipe')} | {'yes' if t['reached'] else 'no'} | "
+                         f"{cell(t['epoch'], '.0f')} | {cell(t['train_s'], '.1f')} | {cell(t['wall_s'], '.1f')} |")
         speedup = f"{tta['speedup']:.2f}x" if tta["speedup"] else "n/a"
         lines += ["", f"**time_to_accuracy_speedup = {speedup}** (plain / fast training seconds; target >= "
                       f"{TARGETS['time_to_accuracy_speedup']:g})."]  # fmt: skip
@@ -538,6 +576,8 @@ __all__ = [
     "matmul_peak_gflops",
     "matmul_peaks",
     "onnx_matches",
+    "summarize",
+    "tag_isa",
     "pipeline_latency",
     "time_to_accuracy",
     "train_run",

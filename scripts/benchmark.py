@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-accuracy", type=float, default=0.99, help="test accuracy for the seconds-to-accuracy runs")
     p.add_argument("--target-max-epochs", type=int, default=10, help="epochs at most in a seconds-to-accuracy run")
     p.add_argument("--no-time-to-accuracy", action="store_true", help="skip the seconds-to-accuracy runs")
+    p.add_argument("--plain-recipe", default="seed", help="train.py --recipe of the plain seconds-to-accuracy run")
+    p.add_argument("--fast-recipe", default="seed", help="train.py --recipe of the fast seconds-to-accuracy run")
     p.add_argument("--eval-samples", type=int, default=None, help="test images for accuracy (10000; quick 1000)")
     p.add_argument("--time-s", type=float, default=None, help="timed seconds per inference measurement (2; quick 0.25)")
     p.add_argument("--pipeline-calls", type=int, default=None, help="pipeline calls per input kind (50; quick 10)")
@@ -135,8 +137,9 @@ def main(argv=None) -> dict:
     # ---- (b) seconds to the target accuracy, plain vs fast ----
     time_to_accuracy = None
     if plan["time_to_accuracy"] and not args.no_time_to_accuracy:
+        recipes = {"plain": args.plain_recipe, "fast": args.fast_recipe}
         time_to_accuracy = bench.time_to_accuracy(dataset, args.target_accuracy, args.target_max_epochs,
-                                                  args.train_batch_size)  # fmt: skip
+                                                  args.train_batch_size, recipes=recipes)  # fmt: skip
 
     # ---- (c) inference variants ----
     digest = onnx_utils.weights_digest(model)
@@ -152,13 +155,7 @@ def main(argv=None) -> dict:
     # ---- (d) pipeline latency ----
     pipeline = bench.pipeline_latency(args.model, test_ds, args.pipeline_calls)
 
-    # ---- summary and record ----
-    winner = inference["variants"][inference["winner"]]
-    speedups = {"train_speedup": training["train_speedup"], "inference_speedup": inference["inference_speedup"],
-                "time_to_accuracy_speedup": (time_to_accuracy or {}).get("speedup")}  # fmt: skip
-    for section in (training, inference, peak, time_to_accuracy, pipeline):
-        if section is not None:
-            section["isa"] = cpu["isa"]  # next to every figure
+    # ---- summary and record (the CPU's ISA next to every figure) ----
     result = {
         "script": "scripts/benchmark.py",
         "quick": args.quick,
@@ -167,34 +164,15 @@ def main(argv=None) -> dict:
         "weights_sha256": digest,
         "cpu": cpu,
         "plan": plan,
-        "summary": {
-            **speedups,
-            "train_fast_images_per_s": training["fast"]["steady_images_per_s"],
-            "train_plain_images_per_s": training["plain"]["steady_images_per_s"],
-            "inference_winner": inference["winner"],
-            "inference_winner_images_per_s_b1024": winner["batch_1024"]["images_per_s"],
-            "eager_fp32_images_per_s_b1024": inference["variants"]["eager_fp32"]["batch_1024"]["images_per_s"],
-            "inference_winner_accuracy": winner["accuracy"],
-            "eager_fp32_accuracy": inference["variants"]["eager_fp32"]["accuracy"],
-            "int8_pays": inference["int8_verdict"]["pays"],
-            "int8_keeps_accuracy": inference["int8_verdict"]["keeps_accuracy"],
-            "fast_training_fraction_of_peak": training["fast"]["utilisation"]["fraction_of_peak"],
-            "best_inference_fraction_of_peak": winner["utilisation_b1024"]["fraction_of_peak"],
-            "targets": bench.TARGETS,
-            "targets_met": {k: v is not None and v >= bench.TARGETS[k] for k, v in speedups.items()},
-            "isa": cpu["isa"],
-        },
-        "training": training,
-        "time_to_accuracy": time_to_accuracy,
-        "inference": inference,
-        "pipeline": pipeline,
+        "summary": bench.summarize(training, inference, time_to_accuracy, cpu),
+        **bench.tag_isa({"training": training, "time_to_accuracy": time_to_accuracy, "inference": inference,
+                         "pipeline": pipeline, "peak": peak}, cpu["isa"]),  # fmt: skip
         "flops": {
             "forward_per_image_by_layer": flops,
             "forward_per_image": forward_per_image,
             "train_per_image": 3 * forward_per_image,
             "note": "2 x multiply-adds of conv and linear layers; training ~ 3x forward (forward + 2 backward GEMMs)",
         },
-        "peak": peak,
         "hardware": {**hardware(), "cores": onnx_utils.cpu_cores(), "cpu_flags": onnx_utils.cpu_features()},
         "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "git": git_commit(),

@@ -279,3 +279,22 @@ def test_benchmark_reuses_an_export_only_for_the_same_weights(exported, release,
     other = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).eval()
     assert not benchmarking.onnx_matches(out, onnx_utils.weights_digest(other))
     assert not benchmarking.onnx_matches(tmp_path, onnx_utils.weights_digest(release))  # no files there
+
+
+@pytest.mark.slow
+def test_ort_on_an_emulated_avx2_cpu_computes_what_the_vpmaddubsw_emulation_does(exported, tiny_pixels, tmp_path):
+    """ORT's own AVX2 kernels (the interpreter under `qemu-x86_64 -cpu Haswell`: no AVX-512, no VNNI) on the 8-bit
+    u8s8 model give the numpy vpmaddubsw emulation's predictions: the emulation is the arithmetic ORT runs there."""
+    import shutil
+
+    if shutil.which("qemu-x86_64") is None:
+        pytest.skip("qemu-x86_64 not installed (apt-get install qemu-user)")
+    out, report = exported
+    pixels = tiny_pixels[0].numpy()[:128]
+    prepared = onnx_utils.preprocess_for_quantization(out / "model.onnx", tmp_path / "prepared.onnx")
+    u8s8 = onnx_utils.quantize_int8(prepared, tmp_path / "u8s8.onnx", "u8s8", pixels)
+    on_avx2 = onnx_utils.qemu_logits(u8s8, pixels, "Haswell")
+    emulated = int8_emulation.run_qdq(u8s8, pixels, "vpmaddubsw")
+    assert emulated["saturated_pairs"] > 0
+    assert (on_avx2.argmax(1) == emulated["logits"].argmax(1)).mean() >= 0.99
+    assert np.abs(on_avx2 - emulated["logits"]).max() < 0.5
