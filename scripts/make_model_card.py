@@ -17,7 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import minivision_hf as mv
 from minivision_hf.training import kept_epoch
-from scripts.update_readme import made_by
+from scripts.update_readme import made_by, threads
 
 DEFAULT_REPO_ID = "minivision/mini-vision-v2"
 SEED_CARD = {"accuracy": 0.993, "loss": 0.0235, "train_loss": 0.0615}  # ../shared/seed/Mini-Vision-V2-model-card.txt
@@ -130,7 +130,7 @@ def results_section(record: dict, result: dict) -> str:
 
 Test figures come from `scripts/eval_model.py` on the released weights through the image processor
 (`records/eval_test.json`); training figures from `records/run_record.json`. Training took
-{record["train_wall_s"] / 60:.1f} min on {hw["cpu"]} ({hw["cpu_count"]} cores{", " + hw["gpu"] if hw.get("gpu") else ""}){made_by(record)}.
+{record["train_wall_s"] / 60:.1f} min on {hw["cpu"]} ({hw["cpu_count"]} cores{", " + hw["gpu"] if hw.get("gpu") else ""}){threads(record)}{made_by(record)}.
 
 Per-class accuracy: {", ".join(f"{k}: {v:.2%}" for k, v in result["per_class_accuracy"].items())}."""  # noqa: E501
 
@@ -366,6 +366,8 @@ def render_variant(name: str, records: Path, repo_id: str) -> str:
         if seed_release
         else ("-", "-", "-")
     )
+    more_accurate = ("the more accurate model on the test split, and "
+                     if seed_release and result["accuracy"] > seed_release["accuracy"] else "")  # fmt: skip
     temperature_rows = ""
     if calibration.get("temperature"):
         temperature_rows = (
@@ -387,7 +389,7 @@ trained with the `{recipe}` recipe of `scripts/train.py` (`--recipe {recipe}`). 
 | `{name}` (this card) | {this_row} |
 
 The main branch stays the seed recipe's release, so that the model the original card describes remains reproducible
-as published; this branch is the more accurate model, and the one the Space serves by default.
+as published; this branch is {more_accurate}the one the Space serves by default.
 
 ```python
 from transformers import AutoModelForImageClassification, AutoImageProcessor

@@ -35,11 +35,19 @@ def results_block() -> str:
         f"| Test accuracy | **{result['accuracy']:.2%}** ({result['errors']} errors) | 99.3% |",
         f"| Test loss | {result['loss']:.4f} | 0.0235 |",
         f"| Train loss (kept epoch {kept['epoch']} of {len(record['epochs'])}) | {kept['train_loss']:.4f} | 0.0615 |",
-        f"| Training time | {record['train_wall_s'] / 60:.1f} min on {record['hardware']['cpu_count']} CPU cores | - |",
+        f"| Training time | {record['train_wall_s'] / 60:.1f} min on {record['hardware']['cpu_count']} CPU cores"
+        f"{threads(record)} | - |",
         "",
         "Source: `records/eval_test.json` (`python -m scripts.eval_model --model . --dataset ../shared/data/mnist "
         "--output records/eval_test.json`) and `records/run_record.json`" + made_by(record) + ".",
     ])  # fmt: skip
+
+
+def threads(record: dict) -> str:
+    """" (1 PyTorch thread)" when the run used fewer threads than the machine has cores, else ""."""
+    hw = record["hardware"]
+    n = hw.get("torch_threads")
+    return f" ({n} PyTorch thread{'s' if n != 1 else ''})" if n and n < (hw.get("cpu_count") or n) else ""
 
 
 def made_by(record: dict) -> str:
