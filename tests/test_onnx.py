@@ -298,3 +298,22 @@ def test_ort_on_an_emulated_avx2_cpu_computes_what_the_vpmaddubsw_emulation_does
     assert emulated["saturated_pairs"] > 0
     assert (on_avx2.argmax(1) == emulated["logits"].argmax(1)).mean() >= 0.99
     assert np.abs(on_avx2 - emulated["logits"]).max() < 0.5
+
+
+def test_readme_int8_table_matches_the_export_report():
+    """README's table of int8 schemes (this CPU, emulated AVX2, ORT under qemu) is the shipped export report's."""
+    import re
+
+    report = json.loads((ONNX_DIR / "export_report.json").read_text())
+    readme = (REPO_ROOT / "README.md").read_text().split("### ONNX files and int8 on every CPU", 1)[1]
+    readme = readme.split("\n#", 1)[0]
+    percentages = lambda text: [float(x) / 100 for x in re.findall(r"([\d.]+)%", text)]  # noqa: E731
+    rows = {re.sub(r"[*]|\(.*?\)", "", m.group(1)).strip(): percentages(m.group(2))
+            for m in re.finditer(r"^\| (\**[a-z0-9_]+\**(?: \(.*?\))?\**) \|(.*)$", readme, re.M)
+            if re.match(r"[*]*(fp32|u8|s8)", m.group(1))}  # fmt: skip
+    assert rows.pop("fp32") == [pytest.approx(report["fp32"]["accuracy"])]
+    assert set(rows) == set(report["int8"]["candidates"])
+    for name, values in rows.items():
+        c = report["int8"]["candidates"][name]
+        assert values == pytest.approx([c["accuracy"], c["avx2_emulated"]["accuracy"], c["qemu"]["accuracy"]]), name
+    assert f"**{report['int8']['method']} (shipped)**" in readme
