@@ -7,7 +7,7 @@ What goes up (staged in a temporary folder, never the repo root itself):
 - model repo NS/NAME: config.json, model.safetensors, preprocessor_config.json; the code files their `auto_map`
   and `custom_pipelines` name (and what those import), copied from the minivision_hf/ package, the single source;
   README.md made from the release's model_card.md; assets/ (images), records/ (run and evaluation JSON, TensorBoard
-  events), onnx/.
+  events), onnx/ (model.onnx, model_quantized.onnx, export_report.json: the names Transformers.js and Optimum use).
 - Space NS/NAME-demo (Gradio): spaces_app/ minus caches, plus model_source.json
   {"model": "NS/NAME", "revision": "<sha of the model commit just made>"} so the demo loads exactly that commit
   (and, when the Hub allows it, Space variables MINIVISION_MODEL / MINIVISION_REVISION with the same values).
@@ -46,6 +46,7 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json"
 MODEL_CARD = "model_card.md"  # at the release root; becomes the repo's README.md
 EVAL_RECORD = "records/eval_test.json"  # top-level "accuracy" and "loss"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
+ONNX_FILES = ("model.onnx", "model_quantized.onnx", "export_report.json")  # what scripts/export_onnx.py writes
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".txt", ".md", ".yaml", ".yml"}
 MODEL_SOURCE_FILE = "model_source.json"  # read by spaces_app/app.py when MINIVISION_MODEL is not set
 LOAD_CHECK_TIMEOUT_S = 300  # a fresh interpreter importing torch + transformers takes ~5 s here
@@ -155,8 +156,8 @@ def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_
             out_dir / "records",
             lambda p: p.suffix.lower() in RECORD_SUFFIXES or p.name.startswith("events.out.tfevents"),
         )
-    if (release_dir / "onnx").is_dir():
-        _copy_tree(release_dir / "onnx", out_dir / "onnx")
+    if (release_dir / "onnx").is_dir():  # the conventional names only: a stale onnx/model_int8.onnx stays behind
+        _copy_tree(release_dir / "onnx", out_dir / "onnx", lambda p: p.name in ONNX_FILES)
     return out_dir
 
 
