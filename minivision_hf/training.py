@@ -162,6 +162,9 @@ class MiniVisionTrainer(Trainer):
         self.commit = _CheckpointCommit(self)
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.commit]  # last: after every other on_save
         super().__init__(*args, **kwargs)
+        # Trainer copies its `use_cache` argument into the model's config; ours holds the architecture only.
+        if not hasattr(type(self.model.config), "use_cache"):
+            self.model.config.__dict__.pop("use_cache", None)
         self.recipe = recipe
         self.recorder = recorder
         self.save_total_limit = save_total_limit
@@ -319,7 +322,11 @@ def rotate_checkpoints(output_dir: Path, limit: int | None, best: str | None = N
     if not limit:
         return
     done = [p for p in checkpoints(output_dir) if is_complete_checkpoint(p, processes)]
-    keep = set(done[-limit:]) | ({Path(best)} if best else set())
+    keep = set(done[-1:]) | ({Path(best)} if best else set())  # the newest (to resume) and the best, always
+    for folder in reversed(done):
+        if len(keep) >= limit:
+            break
+        keep.add(folder)
     for folder in done:
         if folder not in keep:
             discard_folder(folder)

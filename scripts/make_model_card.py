@@ -130,7 +130,7 @@ def results_section(record: dict, result: dict) -> str:
 
 Test figures come from `scripts/eval_model.py` on the released weights through the image processor
 (`records/eval_test.json`); training figures from `records/run_record.json`. Training took
-{record["train_wall_s"] / 60:.1f} min on {hw["cpu"]} ({hw["cpu_count"]} cores{", " + hw["gpu"] if hw.get("gpu") else ""}){threads(record)}{made_by(record)}.
+{record["train_wall_s"] / 60:.1f} min on {hw["cpu"]} ({hw["cpu_count"]} cores{threads(record, inside=True)}{", " + hw["gpu"] if hw.get("gpu") else ""}){made_by(record)}.
 
 Per-class accuracy: {", ".join(f"{k}: {v:.2%}" for k, v in result["per_class_accuracy"].items())}."""  # noqa: E501
 

@@ -43,11 +43,15 @@ def results_block() -> str:
     ])  # fmt: skip
 
 
-def threads(record: dict) -> str:
-    """" (1 PyTorch thread)" when the run used fewer threads than the machine has cores, else ""."""
+def threads(record: dict, inside: bool = False) -> str:
+    """" (1 PyTorch thread)" (", 1 PyTorch thread" `inside` parentheses) when the run used fewer threads than the
+    machine has cores, else ""."""
     hw = record["hardware"]
     n = hw.get("torch_threads")
-    return f" ({n} PyTorch thread{'s' if n != 1 else ''})" if n and n < (hw.get("cpu_count") or n) else ""
+    if not n or n >= (hw.get("cpu_count") or n):
+        return ""
+    text = f"{n} PyTorch thread{'s' if n != 1 else ''}"
+    return f", {text}" if inside else f" ({text})"
 
 
 def made_by(record: dict) -> str:

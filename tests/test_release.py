@@ -30,12 +30,29 @@ def test_release_was_trained_with_the_seed_recipe():
     assert len(RECORD["epochs"]) == 40 and RECORD["kept"] == "best"
 
 
+def test_shipped_record_holds_what_each_epoch_measured():
+    rows = RECORD["epochs"]
+    assert [e["epoch"] for e in rows] == list(range(1, 41))
+    assert all(e["lr"] > 0 and e["wall_s"] > 0 and e["steps"] == RECORD["steps_per_epoch"] for e in rows)
+    # The weights changed every epoch: no two rows carry the same evaluation (the kept model's is final_eval).
+    evaluations = [(e["test_loss"], e["test_accuracy"]) for e in rows]
+    assert len({loss for loss, _ in evaluations}) == len(rows)
+    kept = next(e for e in rows if e["epoch"] == RECORD["best_epoch"])
+    assert RECORD["final_eval"]["accuracy"] == pytest.approx(kept["test_accuracy"], abs=1e-9)
+    assert RECORD["best_epoch"] == max(rows, key=lambda e: e["test_accuracy"])["epoch"]
+    segments = RECORD["segments"]
+    assert segments[0]["start_step"] == 0 and segments[-1]["end_step"] == RECORD["global_step"] == 40 * 235
+    assert RECORD["train_wall_s"] == pytest.approx(sum(s["wall_s"] for s in segments), abs=0.01)
+    assert RECORD["git"]["commit"] and RECORD["git"]["dirty"] is False  # the card names this commit
+
+
 def test_card_and_readme_numbers_match_the_evaluation_record():
     card = (REPO_ROOT / "model_card.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
     metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"accuracy": RESULT["accuracy"], "loss": RESULT["loss"]}
     assert RESULT["num_samples"] == 10_000 and RESULT["split"] == "test"
+    assert f"trained at commit `{RECORD['git']['commit'][:12]}`" in card  # which commit made the release
 
 
 @pytest.mark.slow
