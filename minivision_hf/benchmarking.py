@@ -382,8 +382,8 @@ def latency_ms(classify, images: list, calls: int, warmup: int = 3) -> dict:
 
 def pipeline_latency(model_id: str, test_ds, calls: int) -> dict:
     """`pipeline("image-classification")` latency, one image per call: MNIST's own 28x28 digits (PIL) and a 400x400
-    RGBA drawing handed over as an array (the pipeline's `load_image` converts PIL images to RGB, which drops the
-    alpha and turns such a drawing into a black canvas: the record keeps both predictions to show it)."""
+    RGBA drawing handed over as an array and as a PIL image (the stock pipeline's `load_image` converts PIL images to
+    RGB, dropping the alpha; the record keeps both predictions to show what the model's pipeline does with it)."""
     from transformers import pipeline
 
     from .pipeline_minivision import MiniVisionImageClassificationPipeline
