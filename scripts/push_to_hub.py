@@ -8,9 +8,14 @@ What goes up (staged in a temporary folder, never the repo root itself):
   and `custom_pipelines` name (and what those import), copied from the minivision_hf/ package, the single source;
   README.md made from the release's model_card.md; assets/ (images), records/ (run and evaluation JSON, TensorBoard
   events), onnx/ (model.onnx, model_quantized.onnx, export_report.json: the names Transformers.js and Optimum use).
+- variants: every folder `variants/<name>/` of the release holding a config.json (a complete save_pretrained folder
+  with its own model_card.md and records/, made by scripts/make_variant.py) goes to the branch <name> of the same
+  model repo, staged and checked like the root (`from_pretrained(NS/NAME, revision="best")`); --no-variants skips.
 - Space NS/NAME-demo (Gradio): spaces_app/ minus caches, plus model_source.json
-  {"model": "NS/NAME", "revision": "<sha of the model commit just made>"} so the demo loads exactly that commit
-  (and, when the Hub allows it, Space variables MINIVISION_MODEL / MINIVISION_REVISION with the same values).
+  {"model": "NS/NAME", "revision": "<sha of the model commit just made>", "variants": {"best": {"model": "NS/NAME",
+  "revision": "<sha of the best branch's commit>"}}, "default": "best"} so the demo loads exactly those commits and
+  serves the variant by default (and, when the Hub allows it, Space variables MINIVISION_MODEL / MINIVISION_REVISION
+  and MINIVISION_<NAME>_REVISION with the same values).
 
 Each repo gets ONE commit that mirrors the staged folder (remote files that are no longer staged are deleted,
 .gitattributes excepted). Before anything is sent, the script refuses when the staged model folder does not load
@@ -187,8 +192,22 @@ def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | N
     return out_dir
 
 
-def write_model_source(space_dir: Path, model_id: str, revision: str | None) -> None:
+def find_variants(release_dir: Path) -> dict[str, Path]:
+    """{name: folder} for every variants/<name>/ of the release that holds a config.json (a save_pretrained folder)."""
+    folder = Path(release_dir) / "variants"
+    if not folder.is_dir():
+        return {}
+    return {path.name: path for path in sorted(folder.iterdir()) if (path / "config.json").is_file()}
+
+
+def write_model_source(
+    space_dir: Path, model_id: str, revision: str | None, variants: dict[str, str | None] | None = None
+) -> None:
+    """model_source.json: the root release's pin and, per variant, its branch's pin; the app serves `default`."""
     source = {"model": model_id, "revision": revision}
+    if variants:
+        source["variants"] = {name: {"model": model_id, "revision": rev} for name, rev in variants.items()}
+        source["default"] = "best" if "best" in variants else next(iter(variants))
     (Path(space_dir) / MODEL_SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
 
 
@@ -374,6 +393,7 @@ def push(
     token: str,
     private: bool,
     commit_message: str,
+    variant_dirs: dict[str, Path] | None = None,
 ) -> int:
     """Create both repos if needed and commit each in one go; report what was committed. Returns an exit status."""
     from huggingface_hub import HfApi, constants
@@ -389,8 +409,18 @@ def push(
         done.append(f"model repo {repo_id} at {model_commit.oid} ({model_commit.commit_url})")
         print(f"published model repo {repo_id} at {model_commit.oid}\n  {model_commit.commit_url}")
 
+        variant_commits = {}
+        for name, folder in (variant_dirs or {}).items():
+            step = f"branch {name!r} of model repo {repo_id}"
+            api.create_branch(repo_id, branch=name, exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=name, delete_patterns="*",
+                                       commit_message=f"{commit_message} (variant {name})")  # fmt: skip
+            variant_commits[name] = commit.oid
+            done.append(f"branch {name} of {repo_id} at {commit.oid} ({commit.commit_url})")
+            print(f"published variant {name} as branch {name} of {repo_id} at {commit.oid}\n  {commit.commit_url}")
+
         step = f"Space {space_id}"
-        write_model_source(space_dir, repo_id, model_commit.oid)
+        write_model_source(space_dir, repo_id, model_commit.oid, variant_commits)
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         space_commit = api.upload_folder(
             repo_id=space_id,
@@ -424,10 +454,14 @@ def push(
     try:
         api.add_space_variable(space_id, "MINIVISION_MODEL", repo_id)
         api.add_space_variable(space_id, "MINIVISION_REVISION", model_commit.oid)
-        print(f"set Space variables MINIVISION_MODEL={repo_id} MINIVISION_REVISION={model_commit.oid}")
+        for name, oid in variant_commits.items():
+            api.add_space_variable(space_id, f"MINIVISION_{name.upper()}_REVISION", oid)
+        print(f"set Space variables MINIVISION_MODEL={repo_id} MINIVISION_REVISION={model_commit.oid}"
+              + "".join(f" MINIVISION_{n.upper()}_REVISION={oid}" for n, oid in variant_commits.items()))  # fmt: skip
     except Exception as e:
         print(f"note: Space variables not set ({_describe(e, token)}); the Space reads {MODEL_SOURCE_FILE}")
-    print(f"done: {repo_id}@{model_commit.oid} and its Space {space_id}@{space_commit.oid}")
+    variants_done = "".join(f", branch {name}@{oid}" for name, oid in variant_commits.items())
+    print(f"done: {repo_id}@{model_commit.oid}{variants_done} and its Space {space_id}@{space_commit.oid}")
     return 0
 
 
@@ -450,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stage into OUT_DIR/model and OUT_DIR/space, check, send nothing",
     )
+    parser.add_argument("--no-variants", action="store_true",
+                        help="publish the root release only, not the release's variants/<name>/ branches")  # fmt: skip
     args = parser.parse_args(argv)
     space_id = args.space_id or f"{args.repo_id}-demo"
     for repo in (args.repo_id, space_id):
@@ -464,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
             space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None)
             numbers = check_card_numbers(model_dir)
             print(f"model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, loss {numbers['loss']}")
+            variant_dirs = {}
+            for name, folder in ({} if args.no_variants else find_variants(Path(args.release))).items():
+                variant_dirs[name] = stage_model_repo(folder, out / "variants" / name)
+                numbers = check_card_numbers(variant_dirs[name])
+                print(f"variant {name}: model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, "
+                      f"loss {numbers['loss']}")  # fmt: skip
             if not args.dry_run:
                 from huggingface_hub import constants, get_token
 
@@ -472,20 +514,24 @@ def main(argv: list[str] | None = None) -> int:
                 token = get_token()
                 if not token:
                     raise ReleaseError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")
-            summary = check_release(model_dir)
-            print(
-                f"load check passed: {summary['model_class']} from remote code, "
-                f"labels {','.join(summary['labels'])}, top prediction {summary['top']['label']}"
-            )
+            for name, staged in {"root release": model_dir, **variant_dirs}.items():
+                summary = check_release(staged)
+                print(
+                    f"load check passed ({name}): {summary['model_class']} from remote code, "
+                    f"labels {','.join(summary['labels'])}, top prediction {summary['top']['label']}"
+                )
         except ReleaseError as e:
             print(f"REFUSED, nothing was sent: {_redact(str(e), token)}", file=sys.stderr)
             return 2
         _list_files(f"model repo {args.repo_id}", model_dir)
+        for name, staged in variant_dirs.items():
+            _list_files(f"model repo {args.repo_id}, branch {name}", staged)
         _list_files(f"Space {space_id}", space_dir)
         if args.dry_run:
             print(f"dry run: staged in {out}; nothing was sent ({MODEL_SOURCE_FILE} gets the revision at push time)")
             return 0
-        return push(model_dir, space_dir, args.repo_id, space_id, token, args.private, args.commit_message)
+        return push(model_dir, space_dir, args.repo_id, space_id, token, args.private, args.commit_message,
+                    variant_dirs)  # fmt: skip
 
 
 if __name__ == "__main__":

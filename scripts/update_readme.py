@@ -95,6 +95,8 @@ def best_variant_block() -> str:
     if (variant / "eval_test.json").exists():
         result = json.loads((variant / "eval_test.json").read_text())
         run = json.loads((variant / "run_record.json").read_text())
+        recipe = json.loads((variant / "variant.json").read_text())["recipe"] if (variant / "variant.json").exists() \
+            else run["recipe"]  # fmt: skip
         calibration = json.loads((variant / "calibration.json").read_text())
         seed_file = variant / "eval_seed_release.json"
         seed = json.loads(seed_file.read_text()) if seed_file.exists() else None
@@ -111,13 +113,22 @@ def best_variant_block() -> str:
             "(separate) | ECE, temperature-scaled |",
             "|---|---|---|---|---|---|",
             f"| `main`: seed recipe release (repo root) | {cells(seed)} - |",
-            f"| `best`: recipe `{run['recipe']}`, seed {run['seed']}, {run['kept']} weights (`variants/best`) | "
+            f"| `best`: recipe `{recipe}`, seed {run['seed']}, {run['kept']} weights (`variants/best`) | "
             f"{cells(result)} {t_cell} |",
             "",
             "Source: `variants/best/records/eval_test.json` and `eval_seed_release.json` (`python -m "
             "scripts.eval_model --tta`, run by `scripts/make_variant.py`), `variants/best/records/calibration.json`.",
             "",
         ]
+    from scripts.make_model_card import GOAL_MEAN_ACCURACY, GOAL_SEEDS
+
+    for rec, _ in comparisons:  # the goal of issue 13, stated from the records
+        for name, summary in rec["recipes"].items():
+            n, mean = len(summary["accuracies"]), summary["accuracy_mean"]
+            met = n >= GOAL_SEEDS and mean >= GOAL_MEAN_ACCURACY
+            lines += [f"Recipe `{name}`: {n} finished run{'s' if n > 1 else ''}, mean test accuracy {mean:.2%}; "
+                      f"the target (≥ {GOAL_MEAN_ACCURACY:.2%} over ≥ {GOAL_SEEDS} seeds) is "
+                      f"{'met' if met else '**not met**'}.", ""]  # fmt: skip
     sources = "; ".join(f"`{path}` (`{rec['command']}`)" for rec, path in [*searches, *comparisons])
     lines += [variants_table(searches, comparisons), "", f"Sources: {sources}."]
     return "\n".join(lines)

@@ -122,7 +122,7 @@ def test_best_recipe_is_the_recipe_of_the_recorded_runs():
     for run in record["runs"]:
         found = {k: v for k, v in run["recipe_values"].items() if k != "notes"}
         assert found == {k: expected[k] for k in found}, run["output_dir"]
-    assert len(record["runs"]) >= 3
+    assert record["runs"] and all(run["accuracy"] is not None and run["val_accuracy"] for run in record["runs"])
 
 
 # -- the shipped variant -----------------------------------------------------------------------------------------

@@ -1,0 +1,192 @@
+"""Mini-Vision-V2: the seed's 0.82M-parameter MNIST CNN as a transformers model.
+
+    per block:  Conv2d(3x3, s1, p1) -> ReLU -> MaxPool(2) -> BatchNorm      (1->32, 32->64 channels)
+    head:       Flatten (3136) -> Linear(3136, 256) -> ReLU -> Dropout(0.3) -> Linear(256, 10)
+
+The forward pass applies MaxPool before ReLU: the two commute exactly (max is monotone, ReLU is a monotone
+max(x, 0)), so outputs are identical, and ReLU then touches 4x fewer elements (this memory-bound network spends
+more time in pooling/ReLU than in its convolutions on a CPU).
+"""
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+from .configuration_minivision import MiniVisionConfig
+
+
+class MiniVisionConvBlock(nn.Module):
+    """Conv -> ReLU -> MaxPool -> BatchNorm (computed as Conv -> MaxPool -> ReLU -> BatchNorm, same outputs)."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: MiniVisionConfig):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, config.kernel_size, config.stride, config.padding)
+        self.pool = nn.MaxPool2d(config.pool_size)
+        self.act = nn.ReLU()
+        self.norm = nn.BatchNorm2d(out_channels, eps=config.batch_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.pool(self.conv(hidden_states))))
+
+
+def _channels_last_grad(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
+class MiniVisionPreTrainedModel(PreTrainedModel):
+    config_class = MiniVisionConfig
+    base_model_prefix = "minivision"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # The loss is a per-batch mean, not a sum over `num_items_in_batch`: Trainer must average over gradient
+    # accumulation and processes itself (else it scales the loss by the world size and skips the accumulation mean).
+    accepts_loss_kwargs = False
+
+    # save_pretrained only records the class being saved; the Hub repo should answer all four Auto classes.
+    _auto_map = {
+        "AutoConfig": "configuration_minivision.MiniVisionConfig",
+        "AutoModel": "modeling_minivision.MiniVisionModel",
+        "AutoModelForImageClassification": "modeling_minivision.MiniVisionForImageClassification",
+        "AutoImageProcessor": "image_processing_minivision.MiniVisionImageProcessor",
+    }
+
+    # The image-classification pipeline that reads drawings with their transparency (pipeline_minivision.py), declared
+    # the way transformers' `pipeline(..., trust_remote_code=True)` looks it up.
+    _custom_pipelines = {
+        "image-classification": {
+            "impl": "pipeline_minivision.MiniVisionImageClassificationPipeline",
+            "pt": ["AutoModelForImageClassification"],
+            "type": "image",
+        }
+    }
+    # Code files the model's own module does not import, copied beside it so the folder is complete remote code.
+    _extra_code_files = ("image_processing_minivision.py", "pipeline_minivision.py")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a complete `auto_map`, the `custom_pipelines` entry and the image
+        processor's and pipeline's code files."""
+        self.config.auto_map = {**self._auto_map, **(getattr(self.config, "auto_map", None) or {})}
+        code_files = [Path(__file__).with_name(name) for name in self._extra_code_files]
+        if code_files[-1].exists():  # absent when this model was itself loaded as remote code without the pipeline
+            custom = getattr(self.config, "custom_pipelines", None) or {}
+            self.config.custom_pipelines = {**custom, **self._custom_pipelines}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for source in code_files:
+                if source.exists():
+                    shutil.copyfile(source, Path(save_directory) / source.name)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's own defaults, as the seed used (kaiming-uniform convs/linears, BatchNorm at identity).
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            module.reset_parameters()
+
+
+class MiniVisionModel(MiniVisionPreTrainedModel):
+    """The conv feature extractor: returns the last feature map and its flattened form as `pooler_output`."""
+
+    def __init__(self, config: MiniVisionConfig):
+        super().__init__(config)
+        channels = [config.num_channels, *config.conv_channels]
+        self.blocks = nn.ModuleList(
+            MiniVisionConvBlock(c_in, c_out, config) for c_in, c_out in zip(channels[:-1], channels[1:])
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {', '.join(map(str, expected))}), "
+                f"got {tuple(pixel_values.shape)}"
+                " - run images through MiniVisionImageProcessor first"
+            )
+
+        hidden_states = pixel_values
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for block in self.blocks:
+            hidden_states = block(hidden_states)
+            if output_hidden_states:
+                all_hidden_states = all_hidden_states + (hidden_states,)
+        if hidden_states.requires_grad and not hidden_states.is_contiguous():
+            # A channels_last map flattens in (C, H, W) order through a copy, whose gradient comes back in NCHW
+            # order: BatchNorm's backward then takes a slow mixed-layout path (~8x slower here).
+            hidden_states.register_hook(_channels_last_grad)
+        pooled = hidden_states.flatten(1)
+
+        if not return_dict:
+            return tuple(v for v in (hidden_states, pooled, all_hidden_states) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_hidden_states
+        )
+
+
+class MiniVisionForImageClassification(MiniVisionPreTrainedModel):
+    """Feature extractor + classifier head; cross-entropy loss when `labels` are given."""
+
+    def __init__(self, config: MiniVisionConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.minivision = MiniVisionModel(config)
+        self.classifier = nn.Sequential(
+            nn.Linear(config.flat_features, config.hidden_size),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden_size, config.num_labels),
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.minivision(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.pooler_output)
+
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), _class_indices(labels, logits).to(logits.device))
+
+        if not return_dict:
+            output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+def _class_indices(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Labels as int64 class indices, refused with a clear error when they are not integers: a float label (0.7)
+    would otherwise be truncated to a class silently. Values are left to cross_entropy (-100 means "ignore")."""
+    labels = torch.as_tensor(labels)
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"labels must be integer class indices (0..{logits.shape[-1] - 1}), got dtype {labels.dtype}: "
+            "pass a torch.long tensor (soft or float labels are not supported)"
+        )
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {tuple(logits.shape[:-1])} (one per image), got {tuple(labels.shape)}"
+        )
+    return labels.long()
+
+
+__all__ = ["MiniVisionPreTrainedModel", "MiniVisionModel", "MiniVisionForImageClassification"]
