@@ -232,3 +232,27 @@ print(json.dumps({{"t": model.config.calibration_temperature}}))
                               text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"t": 0.5}
+
+
+@needs_variant
+@pytest.mark.slow
+def test_hub_branch_best_reproduces_the_recorded_accuracy(tmp_path, mnist_dir):
+    """The repo's own release pushed to the loopback Hub: `scripts.eval_model` on (repo, revision="best"), as a user
+    without the package would run it, gives the accuracy recorded in variants/best/records/eval_test.json."""
+    from tests.hub_server import HubServer
+    from tests.test_push_to_hub import REPO_ID, TOKEN, client_env
+
+    with HubServer(token=TOKEN) as hub:
+        push = subprocess.run([sys.executable, "-m", "scripts.push_to_hub", "--repo-id", REPO_ID],
+                              cwd=REPO_ROOT, env=client_env(hub, tmp_path / "home"), capture_output=True, text=True,
+                              timeout=900)  # fmt: skip
+        assert push.returncode == 0, push.stderr[-3000:]
+        out = tmp_path / "eval.json"
+        evaluate = subprocess.run([sys.executable, "-m", "scripts.eval_model", "--model", REPO_ID, "--revision", "best",
+                                   "--trust-remote-code", "--dataset", str(mnist_dir), "--no-progress",
+                                   "--output", str(out)], cwd=REPO_ROOT, env=client_env(hub, tmp_path / "user", None),
+                                  capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    result = json.loads(out.read_text())
+    recorded = json.loads((VARIANT / "records" / "eval_test.json").read_text())
+    assert result["accuracy"] == recorded["accuracy"] and result["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
