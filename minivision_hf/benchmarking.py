@@ -342,6 +342,9 @@ def int8_verdict(int8: dict, fp32: dict) -> dict:
     keeps, pays = gap >= -MAX_ACCURACY_DROP - 1e-9, ratio > INT8_PAYS
     if keeps and pays:
         advice = "int8 keeps accuracy and pays on this CPU: model_quantized.onnx"
+    elif keeps and ratio_b1 > INT8_PAYS:
+        advice = ("int8 keeps accuracy but does not pay at batch 1024 on this CPU, only one image at a time: "
+                  "model.onnx (fp32) for batches, model_quantized.onnx for single images")  # fmt: skip
     elif keeps:
         advice = "int8 keeps accuracy but does not pay on this CPU: use model.onnx (fp32)"
     else:
