@@ -206,7 +206,7 @@ def speed_section(benchmark: dict | None) -> str:
     onnx_files = (benchmark.get("inference") or {}).get("onnx") or {}
     onnx_line = (f" ONNX files: `onnx/model.onnx` (fp32) and `onnx/{onnx_files.get('file', 'model_quantized.onnx')}` "
                  f"(int8, {onnx_files['int8_method']}; why that scheme: `onnx/export_report.json`)."
-                 if onnx_files.get("int8_method") else "")  # fmt: skip
+                 if onnx_files.get("file") else "")  # fmt: skip  (records older than model_quantized.onnx: none)
     return f"""
 ## Speed on a CPU
 
