@@ -194,20 +194,21 @@ def training_speed(dataset: str, steps: int, rounds: int, batch_size: int, max_t
 
 
 def time_to_accuracy(dataset: str, target: float, max_epochs: int, batch_size: int,
-                     extra: list[str] | None = None, recipes: dict[str, str] | None = None) -> dict:  # fmt: skip
+                     extra: list[str] | None = None,
+                     path_args: dict[str, list[str]] | None = None) -> dict:  # fmt: skip
     """Seconds of training until the first epoch whose test accuracy reaches `target`, for the plain and the fast
-    path on this machine (`scripts.train --target-accuracy`, `max_epochs` at most; `recipes` maps a path to its
-    `--recipe`, default train.py's). `train_s` excludes evaluations (the run record's figure); `wall_s` includes
-    them."""
+    path on this machine (`scripts.train --target-accuracy`, `max_epochs` at most; `path_args` maps a path to its
+    own train.py arguments, e.g. `--recipe plus --epochs 2`, given after the shared ones so they win). `train_s`
+    excludes evaluations (the run record's figure); `wall_s` includes them."""
     result = {"target": target, "max_epochs": max_epochs, "dataset": dataset}
     for path in ("plain", "fast"):
-        recipe = (recipes or {}).get(path)
+        own = list((path_args or {}).get(path, []))
         record = train_run(path, dataset, ["--target-accuracy", str(target), "--epochs", str(max_epochs),
-                                           *(["--recipe", recipe] if recipe else []), *(extra or [])],
-                           batch_size)  # fmt: skip
+                                           *(extra or []), *own], batch_size)  # fmt: skip
         reached = record.get("target_accuracy") or {}
         result[path] = {
             "recipe": record.get("recipe"),
+            "train_args": own,
             "reached": bool(reached.get("reached")),
             "epoch": reached.get("epoch"),
             "accuracy": reached.get("accuracy"),
@@ -493,12 +494,13 @@ def format_markdown(r: dict) -> str:
     tta = r.get("time_to_accuracy")
     lines += ["", f"### Seconds of training to {r['args']['target_accuracy']:.1%} test accuracy {isa}", ""]
     if tta:
-        lines += ["| path | recipe | reached | epoch | training s | wall s (with evaluations) |",
+        lines += ["| path | train.py arguments | reached | epoch | training s | wall s (with evaluations) |",
                   "|---|---|---|---:|---:|---:|"]  # fmt: skip
         for name in ("plain", "fast"):
             t = tta[name]
             cell = lambda v, f: format(v, f) if v is not None else "n/a"  # noqa: E731
-            lines.append(f"| {name} | {t.get('recipe')} | {'yes' if t['reached'] else 'no'} | "
+            used = " ".join(t.get("train_args") or ["--recipe", str(t.get("recipe"))])
+            lines.append(f"| {name} | `{used}` | {'yes' if t['reached'] else 'no'} | "
                          f"{cell(t['epoch'], '.0f')} | {cell(t['train_s'], '.1f')} | {cell(t['wall_s'], '.1f')} |")
         speedup = f"{tta['speedup']:.2f}x" if tta["speedup"] else "n/a"
         lines += ["", f"**time_to_accuracy_speedup = {speedup}** (plain / fast training seconds; target >= "

@@ -199,9 +199,14 @@ def test_int8_verdict_says_when_int8_does_not_pay():
 @pytest.mark.slow
 def test_seconds_to_a_target_accuracy_for_both_paths(tiny_dir):
     """Both paths through scripts.train --target-accuracy on the fixture; a 5% target is reached in the first epoch
-    by any model that learned anything, so both runs stop there and report their training seconds."""
+    by any model that learned anything, so both runs stop there and report their training seconds. Each path's own
+    arguments reach its run (the fast one trains the plus recipe here)."""
+    fast_args = ["--recipe", "plus", "--epochs", "2", "--warmup-epochs", "0.2"]
     result = benchmarking.time_to_accuracy(str(tiny_dir), 0.05, 2, 64, ["--max-train-samples", "256",
-                                                                       "--max-eval-samples", "64"])  # fmt: skip
+                                                                       "--max-eval-samples", "64"],
+                                           path_args={"fast": fast_args})  # fmt: skip
+    assert result["fast"]["recipe"] == "plus" and result["fast"]["train_args"] == fast_args
+    assert result["plain"]["recipe"] == "seed" and result["plain"]["train_args"] == []
     for path in ("plain", "fast"):
         run = result[path]
         assert run["reached"] and run["epoch"] == 1 and _positive(run["train_s"]) and run["wall_s"] >= run["train_s"]
