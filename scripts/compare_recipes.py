@@ -120,9 +120,16 @@ def evaluate_test(record_paths: list[str], dataset: str, output: Path, command: 
             found = {k: v for k, v in run["recipe_values"].items() if k != "notes"}
             if {k: expected.get(k) for k in found} != found:  # fields added to Recipe later keep their defaults
                 raise SystemExit(f"{run['output_dir']} was not trained with recipe {as_recipe!r}: {found}")
+    # Runs already evaluated in `output` keep their figures: each run meets the test split once, even when the
+    # record grows by later seeds.
+    done = {r["output_dir"]: r for r in json.loads(output.read_text())["runs"]} if output.exists() else {}
     test_set = load_mnist(dataset, "test")
     groups: dict[str, list[dict]] = {}
     for run in runs:
+        if run["output_dir"] in done and done[run["output_dir"]].get("accuracy") is not None:
+            groups.setdefault(as_recipe or run.get("variant") or run["recipe"], []).append(done[run["output_dir"]])
+            print(f"{run['output_dir']}: already evaluated, test accuracy {done[run['output_dir']]['accuracy']:.4f}")
+            continue
         model = AutoModelForImageClassification.from_pretrained(run["output_dir"])
         processor = AutoImageProcessor.from_pretrained(run["output_dir"])
         result = eval_model.evaluate_model(model, processor, test_set, progress=False, tta=True)

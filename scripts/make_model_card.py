@@ -168,27 +168,38 @@ def _pct(value: float | None, std: float | None = None) -> str:
 def variants_table(searches: list[dict], comparisons: list[dict] = ()) -> str:
     """Markdown table of every variant tried: the validation-split search runs (kept = EMA or last-epoch weights on
     the held-out rows; live = the raw weights' last epoch) and the recipes' seed runs on the test split. The search
-    row with the highest validation accuracy of the kept weights is marked: that is the choice rule."""
+    variant with the highest mean validation accuracy of its kept weights, over the seeds all variants share, is
+    marked: that is the choice rule. Search rows never show test figures (the search does not look at them)."""
     rows = [
         "| Variant | Recipe + flags | Epochs | Seeds | Val. acc., kept weights | Val. acc., live weights | "
         "Test acc., mean ± std | Record |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    search_rows = [
-        (name, s, run["flags"], run["recipe"], path)
-        for search, path in searches
-        for name, s in search["recipes"].items()
-        for run in [next(r for r in search["runs"] if r.get("variant", r["recipe"]) == name)]
-    ]
-    best = max((r for r in search_rows if r[1].get("val_accuracy_mean") is not None),
-               key=lambda r: r[1]["val_accuracy_mean"], default=None)  # fmt: skip
-    for name, s, flags, recipe, path in search_rows:
-        mark = " (**chosen**)" if best is not None and name == best[0] else ""
-        rows.append(f"| {name}{mark} | `{recipe}` {('`' + flags + '`') if flags else ''} | {s['epochs']:g} | "
-                    f"{', '.join(map(str, s['seeds']))} | {_pct(s.get('val_accuracy_mean'))} | "
-                    f"{_pct(s.get('val_accuracy_live_mean'))} | "
-                    f"{_pct(s.get('accuracy_mean'), s.get('accuracy_std')) if 'accuracy_mean' in s else 'not run'} | "
-                    f"`{path}` |")  # fmt: skip
+    # One row per variant, its runs gathered across the search records (seeds may come from several of them).
+    runs_by_variant: dict[str, list[tuple[dict, str]]] = {}
+    for search, path in searches:
+        for run in search["runs"]:
+            runs_by_variant.setdefault(run.get("variant") or run["recipe"], []).append((run, path))
+    # The choice rule: highest mean validation accuracy of the kept weights over the seeds every variant has run.
+    common = set.intersection(*({r["seed"] for r, _ in runs} for runs in runs_by_variant.values())) \
+        if runs_by_variant else set()  # fmt: skip
+
+    def val_mean(runs: list[tuple[dict, str]], seeds: set | None = None) -> float | None:
+        values = [r["val_accuracy"] for r, _ in runs if r.get("val_accuracy") is not None
+                  and (not seeds or r["seed"] in seeds)]  # fmt: skip
+        return sum(values) / len(values) if values else None
+
+    scored = {name: val_mean(runs, common) for name, runs in runs_by_variant.items()}
+    chosen = max((n for n in scored if scored[n] is not None), key=lambda n: scored[n], default=None)
+    for name, runs in runs_by_variant.items():
+        first = runs[0][0]
+        mark = " (**best on validation**)" if name == chosen else ""
+        live = [r["val_accuracy_live"] for r, _ in runs if r.get("val_accuracy_live") is not None]
+        paths = ", ".join(f"`{p}`" for p in dict.fromkeys(p for _, p in runs))
+        rows.append(f"| {name}{mark} | `{first['recipe']}` {('`' + first['flags'] + '`') if first['flags'] else ''} | "
+                    f"{first['epochs']:g} | {', '.join(str(r['seed']) for r, _ in runs)} | "
+                    f"{_pct(val_mean(runs))} | {_pct(sum(live) / len(live) if live else None)} | not run | "
+                    f"{paths} |")  # fmt: skip
     for comparison, path in comparisons:
         for name, s in comparison["recipes"].items():
             seeds = ", ".join(map(str, s.get("seeds", []))) or len(s["accuracies"])
@@ -446,8 +457,8 @@ Per-class accuracy: {", ".join(f"{k}: {v:.2%}" for k, v in result["per_class_acc
 {variants_table(searches, comparisons)}
 
 Search runs trained on {record["dataset"]["train"]:,} training images and were compared on the held-out validation
-rows only (no test figure: "not run"); the chosen variant is the one with the highest validation accuracy of its kept
-weights. Each recipe row is full runs, one per seed, evaluated once on the test split.
+rows only (no test figure: "not run"); "best on validation" marks the highest mean validation accuracy of the kept
+weights over the seeds all variants ran. Each recipe row is full runs, one per seed, evaluated once on the test split.
 
 ## Training curves (validation rows)
 
