@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
     if args.merge:
         return merge(args.merge, Path(args.output))
     if args.evaluate_test:
-        command = "python -m scripts.compare_recipes " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m scripts.compare_recipes " + shlex.join(argv if argv is not None else sys.argv[1:])
         return evaluate_test(args.evaluate_test, args.dataset, Path(args.output), command, args.only, args.as_recipe)
     test_set = load_mnist(args.dataset, "test") if args.test else None
     # (group name, recipe, data path, extra train.py flags, work-dir prefix)
@@ -230,7 +230,7 @@ def main(argv=None) -> dict:
                 "recipes": {name: summarize(runs) for name, runs in groups.items()},
                 "runs": [run for runs in groups.values() for run in runs],
                 "command": "python -m scripts.compare_recipes "
-                + " ".join(argv if argv is not None else sys.argv[1:]),
+                + shlex.join(argv if argv is not None else sys.argv[1:]),
             }
             write_json(Path(args.output), summary)  # after every run: an interrupted comparison keeps its runs
     for name, s in summary["recipes"].items():

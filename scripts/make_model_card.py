@@ -390,6 +390,10 @@ def render_variant(name: str, records: Path, repo_id: str) -> str:
                 if recipe_summary else "no recorded seed runs")  # fmt: skip
         status = (f"**Goal not met yet**: the target is a mean of ≥ {goal[0]:.2%} over ≥ {goal[1]} seeds; this "
                   f"recipe has {done}. See the README's issue-13 section for what was tried and why it stopped.")
+    drawn = (_load(records / "app_drawn_accuracy.json") or {}).get("models", {})
+    drawn_row = (f"| Drawn-digit accuracy in the Space (the app test's drawn set, `records/app_drawn_accuracy.json`) | "
+                 f"{_pct(drawn['best']['accuracy'])} | {_pct(drawn['seed']['accuracy'])} |"
+                 if {"best", "seed"} <= set(drawn) else "")  # fmt: skip
     more_accurate = ("the more accurate model on the test split, and "
                      if seed_release and result["accuracy"] > seed_release["accuracy"] else "")  # fmt: skip
     temperature_rows = ""
@@ -444,6 +448,7 @@ split; the test split was evaluated once per finished run.
 | Test ECE (15 bins) of softmax(logits) | {result["ece"]:.4f} | {seed_ece} |
 {temperature_rows}
 {tta}
+{drawn_row}
 {over_seeds}
 
 Test figures: `scripts/eval_model.py --tta` on this folder (`records/eval_test.json`; the seed release's in

@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recipe", default=None,
                    help="RECIPES name the run's values must equal (a run made as `plus` + flags may be `best`)")
     p.add_argument("--seed-release", default=str(ROOT), help="the seed recipe's release, evaluated alongside")
+    p.add_argument("--refresh-records", action="store_true",
+                   help="only copy --comparison/--search into an existing variant and regenerate its card (later "
+                        "seeds and variants: no weights change, nothing is evaluated again)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -87,6 +90,14 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     run = Path(args.run)
     out = Path(args.out) if args.out else ROOT / "variants" / args.name
+    if args.refresh_records:
+        drawn = ROOT / "records" / "app_drawn_accuracy.json"  # scripts/app_drawn_accuracy.py, both served models
+        for source in [args.comparison, *args.search, drawn if drawn.exists() else None]:
+            if source:
+                shutil.copyfile(source, out / "records" / Path(source).name)
+        make_model_card.main(["--records", str(out / "records"), "--output", str(out / "model_card.md"),
+                              "--repo-id", args.repo_id, "--variant", args.name])  # fmt: skip
+        return out
     record = json.loads((run / "run_record.json").read_text())
     recipe_name = args.recipe or record["recipe"]
     if args.recipe:

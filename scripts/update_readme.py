@@ -120,6 +120,12 @@ def best_variant_block() -> str:
             "scripts.eval_model --tta`, run by `scripts/make_variant.py`), `variants/best/records/calibration.json`.",
             "",
         ]
+        drawn = _load("app_drawn_accuracy.json")
+        if drawn:
+            per_model = ", ".join(f"`{name}` {m['accuracy']:.2%}" for name, m in drawn["models"].items())
+            lines += [f"The Space serves `{drawn['default_model']}` by default (selector: best / seed). Drawn-digit "
+                      f"accuracy on the app test's drawn set: {per_model} (`records/app_drawn_accuracy.json`, "
+                      f"`{drawn['command']}`).", ""]  # fmt: skip
     from scripts.make_model_card import GOAL_MEAN_ACCURACY, GOAL_SEEDS
 
     for rec, _ in comparisons:  # the goal of issue 13, stated from the records

@@ -4,11 +4,20 @@
     MINIVISION_MODEL=outputs/quick python spaces_app/app.py      # any save_pretrained folder
     MINIVISION_MODEL=minivision/mini-vision-v2 MINIVISION_REVISION=<sha> python spaces_app/app.py   # a Hub repo
 
-Which model it serves, first match wins:
+It serves two models of the same architecture and says which one answered: `best` (the more accurate `best`
+recipe, variants/best, Hub branch `best`; the default) and `seed` (the seed recipe's release). A selector on the page
+switches between them; MINIVISION_DEFAULT_MODEL=seed makes the seed model the default.
+
+Where the seed model comes from, first match wins:
 1. env MINIVISION_MODEL (Hub id or folder) and MINIVISION_REVISION (branch, tag or commit; optional);
 2. model_source.json beside this file, {"model": id, "revision": sha}, written by scripts/push_to_hub.py when it
    stages the Space, so the Space serves the exact model commit it was released with;
 3. the release at the repo root (the parent of spaces_app/): works offline.
+And the best model: env MINIVISION_BEST_MODEL (+ MINIVISION_BEST_REVISION); else MINIVISION_BEST_REVISION alone (the
+seed model's repo at that commit, as push_to_hub sets the Space variables); else model_source.json's
+"variants": {"best": {"model", "revision"}}; else, with no MINIVISION_MODEL set, the folder variants/best beside the
+release. Without any, only the seed model is served. A model whose config has `calibration_temperature` (fitted on
+validation rows) reports softmax(logits / T): its scores are calibrated, its answers unchanged.
 
 All preprocessing (alpha, inversion, crop, fit to 20x20, centre of mass, normalisation) is the model's image
 processor; this file only unpacks the Sketchpad value and calls processor + model.
@@ -59,6 +68,28 @@ def resolve_model_source() -> tuple[str, str | None]:
     return str(HERE.parent), os.environ.get("MINIVISION_REVISION") or None
 
 
+def resolve_model_sources() -> tuple[dict[str, tuple[str, str | None]], str]:
+    """({"best": (source, revision), "seed": (source, revision)}, default name), as the module docstring says."""
+    sources = {}
+    seed = resolve_model_source()
+    env = os.environ
+    source_file = HERE / "model_source.json"
+    pinned = json.loads(source_file.read_text()).get("variants", {}) if source_file.is_file() else {}
+    if env.get("MINIVISION_BEST_MODEL"):
+        sources["best"] = (env["MINIVISION_BEST_MODEL"], env.get("MINIVISION_BEST_REVISION") or None)
+    elif env.get("MINIVISION_BEST_REVISION"):
+        sources["best"] = (seed[0], env["MINIVISION_BEST_REVISION"])
+    elif "best" in pinned:
+        sources["best"] = (pinned["best"]["model"], pinned["best"].get("revision"))
+    elif not env.get("MINIVISION_MODEL") and (HERE.parent / "variants" / "best" / "config.json").is_file():
+        sources["best"] = (str(HERE.parent / "variants" / "best"), None)
+    sources["seed"] = seed
+    default = env.get("MINIVISION_DEFAULT_MODEL") or next(iter(sources))
+    if default not in sources:
+        raise ValueError(f"MINIVISION_DEFAULT_MODEL={default!r}: this app serves {sorted(sources)}")
+    return sources, default
+
+
 def load_model(source: str, revision: str | None = None):
     """Model and image processor from a Hub id or folder. The local package registers the Auto classes; without it
     (on a Space) the code files saved next to the weights are used, which needs trust_remote_code."""
@@ -88,8 +119,10 @@ def describe_source(source: str, revision: str | None) -> str:
     return f"[{source}]({url})" + (f" @ `{revision[:10]}`" if revision else "")
 
 
-MODEL_SOURCE, MODEL_REVISION = resolve_model_source()
-model, processor = load_model(MODEL_SOURCE, MODEL_REVISION)
+MODEL_SOURCES, DEFAULT_MODEL = resolve_model_sources()
+MODELS = {name: load_model(*source) for name, source in MODEL_SOURCES.items()}  # {name: (model, processor)}
+# The default model's source and objects under the single-model names (tests and older callers use them).
+(MODEL_SOURCE, MODEL_REVISION), (model, processor) = MODEL_SOURCES[DEFAULT_MODEL], MODELS[DEFAULT_MODEL]
 LABELS = [model.config.id2label[i] for i in range(model.config.num_labels)]
 # Backstop for any decode the upload guard below does not see: Pillow refuses outright above twice its limit.
 Image.MAX_IMAGE_PIXELS = processor.max_pixels
@@ -101,8 +134,18 @@ def _user_error(message: str) -> gr.Error:
     return gr.Error(html.escape(message), title="Unreadable image", print_exception=False)
 
 
-def classify(image) -> dict[str, float]:
-    """One image (PIL, numpy, path or bytes) -> {label: probability}, or {BLANK_LABEL: 1.0} when it holds no ink."""
+def _model(name: str | None):
+    if name is None:
+        return MODELS[DEFAULT_MODEL]
+    if name not in MODELS:
+        raise gr.Error(f"unknown model {name!r}: choose one of {', '.join(MODELS)}", print_exception=False)
+    return MODELS[name]
+
+
+def classify(image, model_name: str | None = None) -> dict[str, float]:
+    """One image (PIL, numpy, path or bytes) -> {label: probability}, or {BLANK_LABEL: 1.0} when it holds no ink.
+    `model_name`: "best" or "seed" (default: DEFAULT_MODEL)."""
+    model, processor = _model(model_name)
     if image is None:
         return {BLANK_LABEL: 1.0}
     try:
@@ -115,26 +158,34 @@ def classify(image) -> dict[str, float]:
     # testing its output instead of calling has_ink() saves a second pass over a 400-800 px canvas on every stroke.
     if bool(pixel_values.amax() <= pixel_values.amin()):
         return {BLANK_LABEL: 1.0}
+    temperature = getattr(model.config, "calibration_temperature", None) or 1.0  # fitted on validation rows
     with torch.inference_mode():
-        probs = model(pixel_values=pixel_values).logits.softmax(-1)[0]
+        probs = (model(pixel_values=pixel_values).logits / temperature).softmax(-1)[0]
     return {label: float(p) for label, p in zip(LABELS, probs, strict=True)}
 
 
-def predict(sketch: dict | None) -> dict[str, float]:
+def predict(sketch: dict | None, model_name: str | None = None) -> dict[str, float]:
     """Sketchpad value {"background", "layers", "composite"} -> {label: probability} (see the module docstring)."""
     if sketch is None:
         return {BLANK_LABEL: 1.0}
     if not isinstance(sketch, dict):  # a bare image, as a convenience for Python callers
-        return classify(sketch)
+        return classify(sketch, model_name)
     image = sketch.get("composite")  # background + layers as the user sees them
     if image is None:
         image = sketch.get("background")
-    return classify(image)
+    return classify(image, model_name)
 
 
-def predict_image(image) -> dict[str, float]:
+def predict_image(image, model_name: str | None = None) -> dict[str, float]:
     """A plain image (PIL, numpy, path or bytes) -> {label: probability} (see the module docstring)."""
-    return classify(image)
+    return classify(image, model_name)
+
+
+def answered_by(model_name: str | None) -> str:
+    name = model_name or DEFAULT_MODEL
+    return f"Prediction by the **{name}** model: {describe_source(*MODEL_SOURCES[name])}"
+
+
 
 
 def _encoded_images(value, blobs: dict | None = None):
@@ -220,6 +271,12 @@ CLEAR_CANVAS_JS = """() => {
 }"""
 
 
+MODEL_CHOICE_LABELS = {
+    "best": "best: the `best` recipe (more accurate; default)",
+    "seed": "seed: the seed recipe's release",
+}
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="Mini-Vision-V2: handwritten digits") as demo:
         gr.Markdown(EXPLANATION)
@@ -259,14 +316,25 @@ def build_demo() -> gr.Blocks:
                         cache_examples=False,
                     )
             with gr.Column():
+                choice = gr.Radio(
+                    choices=[(MODEL_CHOICE_LABELS.get(name, name), name) for name in MODELS],
+                    value=DEFAULT_MODEL,
+                    label="Model",
+                    elem_id="model_choice",
+                )
                 label = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
-                gr.Markdown(f"Model: {describe_source(MODEL_SOURCE, MODEL_REVISION)}")
+                source = gr.Markdown(answered_by(DEFAULT_MODEL), elem_id="answered_by")
 
         _guard_uploads(sketch)
         _guard_uploads(upload)
         # always_last: while the user keeps drawing, skip stale strokes and classify only the latest canvas.
-        sketch.change(predict, sketch, label, api_name="predict", trigger_mode="always_last", show_progress="hidden")
-        upload.change(predict_image, upload, label, api_name="predict_image", show_progress="hidden")
+        # The model selector is a second input with a default: API callers may leave it out (the default answers).
+        sketch.change(predict, [sketch, choice], label, api_name="predict", trigger_mode="always_last",
+                      show_progress="hidden")  # fmt: skip
+        upload.change(predict_image, [upload, choice], label, api_name="predict_image", show_progress="hidden")
+        # Switching models says which one answers now, and answers again for what is on the canvas.
+        choice.change(answered_by, choice, source, show_progress="hidden")
+        choice.change(predict, [sketch, choice], label, show_progress="hidden")
         # Clear through the editor's own "Clear canvas" button: setting the Sketchpad's value to None from Python leaves
         # the editor stuck loading (gradio 6.31). Its change event then reports the blank canvas.
         clear.click(None, js=CLEAR_CANVAS_JS)
@@ -279,5 +347,6 @@ demo = build_demo()
 if __name__ == "__main__":
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
-    print(f"Mini-Vision-V2 demo: http://{host}:{port}  (model: {MODEL_SOURCE}, revision: {MODEL_REVISION})")
+    served = ", ".join(f"{name}: {src}@{rev}" for name, (src, rev) in MODEL_SOURCES.items())
+    print(f"Mini-Vision-V2 demo: http://{host}:{port}  (default {DEFAULT_MODEL}; {served})")
     demo.launch(server_name=host, server_port=port, share=False, max_file_size="20mb")

@@ -8,6 +8,7 @@ repo root); the accuracy tests need trained weights there, e.g.
 """
 
 import base64
+import json
 import os
 import re
 import socket
@@ -198,16 +199,19 @@ def test_drawn_mnist_test_digits_at_least_97_percent(app, mnist_dir):
     test = load_dataset(str(mnist_dir), split="test")
     rng = np.random.default_rng(0)
     indices = rng.choice(len(test), size=N_DRAWN, replace=False)
-    misses = []
+    drawings = []
     for index in indices:
         row = test[int(index)]
-        drawn = draw_like_a_person(row["image"], rng)
-        predicted = top_label(app.predict(sketch(drawn)))
-        if predicted != str(row["label"]):
-            misses.append((int(index), row["label"], predicted, drawn.mode, drawn.size))
-    accuracy = 1 - len(misses) / N_DRAWN
-    print(f"drawn-style accuracy {accuracy:.3f} on {N_DRAWN} MNIST test digits; misses: {misses}")
-    assert accuracy >= MIN_DRAWN_ACCURACY, misses
+        drawings.append((int(index), row["label"], draw_like_a_person(row["image"], rng)))
+    for name in app.MODELS:  # every model the app serves (best and seed), on the same drawings
+        misses = []
+        for index, digit, drawn in drawings:
+            predicted = top_label(app.predict(sketch(drawn), name))
+            if predicted != str(digit):
+                misses.append((index, digit, predicted, drawn.mode, drawn.size))
+        accuracy = 1 - len(misses) / N_DRAWN
+        print(f"{name}: drawn-style accuracy {accuracy:.3f} on {N_DRAWN} MNIST test digits; misses: {misses}")
+        assert accuracy >= MIN_DRAWN_ACCURACY, (name, misses)
 
 
 # ---- the running app, through gradio_client -----------------------------------------------------------------------
@@ -296,3 +300,49 @@ def test_model_source_resolution(app, tmp_path, monkeypatch):
     (tmp_path / "model_source.json").write_text('{"model": "minivision/mini-vision-v2", "revision": "0123abcd"}')
     assert app.resolve_model_source() == ("minivision/mini-vision-v2", "0123abcd")
     assert os.environ.get("GRADIO_ANALYTICS_ENABLED") == "False"
+
+
+# ---- two models: best (default) and seed ------------------------------------------------------------------------
+
+
+def test_model_sources_best_by_default_seed_on_request(app, tmp_path, monkeypatch):
+    for name in ("MINIVISION_MODEL", "MINIVISION_REVISION", "MINIVISION_BEST_MODEL", "MINIVISION_BEST_REVISION",
+                 "MINIVISION_DEFAULT_MODEL"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(app, "HERE", tmp_path / "spaces_app")
+    (tmp_path / "spaces_app").mkdir()
+    assert app.resolve_model_sources() == ({"seed": (str(tmp_path), None)}, "seed")  # no variant: seed only
+    (tmp_path / "variants" / "best").mkdir(parents=True)
+    (tmp_path / "variants" / "best" / "config.json").write_text("{}")
+    sources, default = app.resolve_model_sources()
+    assert default == "best" and sources["best"] == (str(tmp_path / "variants" / "best"), None)
+    # what push_to_hub writes: the root pinned, the best branch pinned, best the default
+    (tmp_path / "spaces_app" / "model_source.json").write_text(json.dumps(
+        {"model": "ns/m", "revision": "a" * 40, "variants": {"best": {"model": "ns/m", "revision": "b" * 40}}}))
+    assert app.resolve_model_sources() == ({"best": ("ns/m", "b" * 40), "seed": ("ns/m", "a" * 40)}, "best")
+    # the Space variables push_to_hub sets win over the file
+    monkeypatch.setenv("MINIVISION_MODEL", "ns/m")
+    monkeypatch.setenv("MINIVISION_REVISION", "c" * 40)
+    monkeypatch.setenv("MINIVISION_BEST_REVISION", "d" * 40)
+    assert app.resolve_model_sources() == ({"best": ("ns/m", "d" * 40), "seed": ("ns/m", "c" * 40)}, "best")
+    monkeypatch.setenv("MINIVISION_DEFAULT_MODEL", "seed")
+    assert app.resolve_model_sources()[1] == "seed"
+    monkeypatch.setenv("MINIVISION_DEFAULT_MODEL", "nope")
+    with pytest.raises(ValueError):
+        app.resolve_model_sources()
+
+
+def test_both_models_answer_and_say_which(app):
+    import gradio as gr
+
+    assert app.DEFAULT_MODEL == next(iter(app.MODELS))
+    path, label = example_files()[0]
+    for name in app.MODELS:
+        result = app.predict_image(str(path), name)
+        assert top_label(result) == label and abs(sum(result.values()) - 1) < 1e-4, name
+        assert f"**{name}**" in app.answered_by(name)
+    assert app.predict_image(str(path)) == app.predict_image(str(path), app.DEFAULT_MODEL)
+    with pytest.raises(gr.Error):
+        app.predict_image(str(path), "nope")
+    if "best" in app.MODELS:  # its config's temperature makes the scores calibrated, the answer unchanged
+        assert app.MODELS["best"][0].config.calibration_temperature > 0
