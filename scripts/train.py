@@ -38,6 +38,7 @@ from minivision_hf.training import (
     check_arguments,
     evaluate_kept_model,
     keep_freed_memory,
+    kept_epoch,
     last_complete_checkpoint,
     process_counts,
     recipe_from_args,
@@ -159,7 +160,7 @@ def main(argv=None) -> dict:
     target = record["target_accuracy"]
     reached = f"; reached {target['target']} at epoch {target['epoch']}" if target and target["reached"] else ""
     print(f"done: {record['global_step']} steps in {record['train_wall_s']:.1f} s{reached}; kept {record['kept']} "
-          f"model (epoch {record['best_epoch']}); {data.eval_name} accuracy {final_eval['accuracy']:.4f}, loss "
+          f"model (epoch {kept_epoch(record)['epoch']}); {data.eval_name} accuracy {final_eval['accuracy']:.4f}, loss "
           f"{final_eval['loss']:.4f} -> {output_dir}")  # fmt: skip
     return record
 
