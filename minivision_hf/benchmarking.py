@@ -36,6 +36,7 @@ VARIANT_DTYPE = {"eager_fp32": "fp32", "eager_bf16_channels_last": "bf16", "ort_
 def cpu_record() -> dict:
     """The CPU's ISA as every figure records it: model name, features that matter here, and what follows from them
     (bf16 in hardware or emulated; how int8 products are summed)."""
+    from .fast.capabilities import detect_capabilities
     from .training import hardware
 
     features = onnx_utils.cpu_features()
@@ -43,7 +44,7 @@ def cpu_record() -> dict:
     return {
         "cpu": hardware()["cpu"],
         "features": have,
-        "bf16": "native" if onnx_utils.bf16_native(features) else "emulated",
+        "bf16": "native" if detect_capabilities().cpu_bf16_native else "emulated",
         "int8_arithmetic": onnx_utils.int8_arithmetic(features),
         "isa": " ".join(have) or "unknown",
     }

@@ -74,11 +74,6 @@ def int8_arithmetic(features: dict[str, bool]) -> str:
     return "vpmaddubsw"
 
 
-def bf16_native(features: dict[str, bool]) -> bool:
-    """Whether bf16 matmuls run in hardware (AVX-512 BF16 or AMX); elsewhere oneDNN emulates them, ~100x slower."""
-    return bool(features.get("avx512_bf16") or features.get("amx_bf16"))
-
-
 def weights_digest(model: nn.Module) -> str:
     """sha256 over the state dict (names, dtypes, shapes, bytes): ties exported files to the weights they came from."""
     digest = hashlib.sha256()
@@ -478,7 +473,6 @@ def throughput(fn: Callable[[], object], images_per_call: int, time_s: float = 2
 
 __all__ = [
     "CPU_FEATURES",
-    "bf16_native",
     "cpu_features",
     "int8_arithmetic",
     "FP32_FILE",
