@@ -104,6 +104,7 @@ def random_shift_rotate(
     generator: torch.Generator | None = None,
     mode: str = "nearest",
     shear: float = 0.0,
+    elastic: tuple[float, float] = (0.0, 0.0),
 ) -> torch.Tensor:
     """Batched RandomCrop(28, padding=max_shift) then RandomRotation(max_degrees), fresh per sample.
 
@@ -111,8 +112,10 @@ def random_shift_rotate(
     about the image centre with zero fill and nearest interpolation (torchvision's defaults). Both are folded into one
     affine sampling grid: source = R^-1 (out - c) + c - shift. `scale` optionally zooms too (1.0 = the seed's recipe);
     `shear` (degrees) optionally shears along x by an angle uniform in [-shear, shear] (0 = none); `mode` is
-    grid_sample's interpolation ("nearest" as torchvision's default, or "bilinear"). The random draws for zoom and
-    shear are made only when they are on, so the seed's and `plus`'s augmentation streams are unchanged.
+    grid_sample's interpolation ("nearest" as torchvision's default, or "bilinear"); `elastic` = (alpha, sigma) adds
+    an elastic distortion (Simard et al. 2003) to the grid (`elastic_displacement`; alpha 0 = none). The random draws
+    for zoom, shear and elastic are made only when they are on, so the seed's and `plus`'s augmentation streams are
+    unchanged.
     """
     b, _, h, w = images.shape
     angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(max_degrees)
@@ -129,7 +132,27 @@ def random_shift_rotate(
     theta[:, 0, 2] = -shift[:, 0] * 2 / w  # normalised coordinates span 2 over the width (align_corners=False)
     theta[:, 1, 2] = -shift[:, 1] * 2 / h
     grid = affine_grid(theta.to(images.device), h, w)
+    if elastic[0]:
+        grid = grid + elastic_displacement(b, h, w, *elastic, generator=generator).to(grid.device)
     return F.grid_sample(images, grid.to(images.dtype), mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def elastic_displacement(
+    b: int, h: int, w: int, alpha: float, sigma: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Simard et al. 2003's elastic distortion as a (b, h, w, 2) offset to add to a sampling grid (normalised units):
+    per pixel and axis a uniform draw in [-1, 1], smoothed by a Gaussian of `sigma` pixels (separable, zero
+    padded), scaled by `alpha` pixels. alpha 34, sigma 4 (Simard's) moves pixels by ~1.4 px RMS, smoothly."""
+    noise = torch.rand(b * 2, h, w, generator=generator) * 2 - 1
+
+    def blur(n: int) -> torch.Tensor:  # the Gaussian as an (n, n) matrix: zero padding is its cut-off rows
+        offsets = torch.arange(n, dtype=torch.float32)
+        taps = torch.exp(-0.5 * ((offsets[:, None] - offsets[None]) / sigma) ** 2)
+        return taps / taps.sum(1, keepdim=True).max()  # an interior row sums to 1
+
+    smooth = blur(h) @ noise @ blur(w).T  # separable: columns, then rows (~20x faster than two conv2d on a CPU)
+    pixels_to_grid = torch.tensor([2.0 / w, 2.0 / h])  # normalised coordinates span 2 over the width and height
+    return smooth.view(b, 2, h, w).permute(0, 2, 3, 1) * alpha * pixels_to_grid
 
 
 def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -179,10 +202,11 @@ class BatchCollator:
         seed: int | None = None,
         shear: float = 0.0,
         interpolation: str = "nearest",
+        elastic: tuple[float, float] = (0.0, 0.0),
     ):
         self.images, self.labels = images, labels
         self.augment_below, self.max_shift, self.max_degrees, self.scale = augment_below, max_shift, max_degrees, scale
-        self.shear, self.interpolation = shear, interpolation
+        self.shear, self.interpolation, self.elastic = shear, interpolation, elastic
         self.channels_last = channels_last
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -191,7 +215,7 @@ class BatchCollator:
         pixels = self.images[index].float().div_(255.0)
         if int(index[0]) < self.augment_below:
             pixels = random_shift_rotate(pixels, self.max_shift, self.max_degrees, self.scale, self.generator,
-                                         mode=self.interpolation, shear=self.shear)  # fmt: skip
+                                         mode=self.interpolation, shear=self.shear, elastic=self.elastic)  # fmt: skip
         pixels = to_pixel_values(pixels)
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -229,6 +253,7 @@ __all__ = [
     "affine_grid",
     "check_schema",
     "decode_to_uint8",
+    "elastic_displacement",
     "load_mnist",
     "plain_transform",
     "random_shift_rotate",

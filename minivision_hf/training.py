@@ -46,6 +46,8 @@ class Recipe:
     best_model: bool = True  # keep the epoch with the best test accuracy ("Epochs: 40 (Best model)")
     shear: float = 0.0  # random shear along x, uniform in [-shear, shear] degrees (0 = none)
     interpolation: str = "nearest"  # augmentation resampling: "nearest" (torchvision's default) or "bilinear"
+    elastic_alpha: float = 0.0  # elastic distortion strength in pixels (Simard et al. 2003; 0 = none)
+    elastic_sigma: float = 4.0  # its smoothing (Gaussian sigma, pixels)
     ema_decay: float = 0.0  # weight EMA per optimizer step (0 = none); the EMA weights are the ones kept
     val_size: int = 0  # rows held out of the training split as the evaluation (validation) set; 0 = evaluate on test
     notes: str = field(default="", compare=False)
@@ -568,6 +570,8 @@ def check_arguments(args, world: int = 1) -> list[str]:
     number("ema-decay", 0, 1, high_open=True)
     number("val-size", 0)
     number("shear", 0, 90, high_open=True)
+    number("elastic-alpha", 0)
+    number("elastic-sigma", 0, low_open=True)
     if getattr(args, "scale_min", 1.0) > getattr(args, "scale_max", 1.0):
         problems.append(f"--scale-min {args.scale_min} is above --scale-max {args.scale_max}")
     max_steps = getattr(args, "max_steps", -1)
@@ -624,8 +628,9 @@ def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
     else:
         eval_ds = load_mnist(args.dataset, args.eval_split, args.max_eval_samples)
     if args.data_path == "plain":
-        if (recipe.scale_min, recipe.scale_max) != (1.0, 1.0) or recipe.shear or recipe.interpolation != "nearest":
-            raise ValueError("--data-path plain implements the seed's augmentation only (no zoom, shear or "
+        extra = (recipe.scale_min, recipe.scale_max) != (1.0, 1.0) or recipe.shear or recipe.elastic_alpha
+        if extra or recipe.interpolation != "nearest":
+            raise ValueError("--data-path plain implements the seed's augmentation only (no zoom, shear, elastic or "
                              "interpolation)")  # fmt: skip
         train = train_ds.with_transform(plain_transform(True, recipe.max_shift, recipe.max_degrees))
         return TrainingData(train, eval_ds.with_transform(plain_transform(False)), None, eval_name)
@@ -642,6 +647,7 @@ def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
         seed=args.seed + 1000 * rank,  # each process draws its own augmentations
         shear=recipe.shear,
         interpolation=recipe.interpolation,
+        elastic=(recipe.elastic_alpha, recipe.elastic_sigma),
     )
     # TracedCollator: each batch carries the generator state a resume restarts from (MiniVisionTrainer saves it).
     return TrainingData(IndexDataset(len(train_x)), IndexDataset(len(eval_x), start=len(train_x)),

@@ -100,6 +100,8 @@ def recipe_table(record: dict) -> str:
         ("Augmentation", f"RandomCrop(28, padding={r['max_shift']}) + RandomRotation({r['max_degrees']:g})"
                          + (f" + zoom {r['scale_min']}-{r['scale_max']}" if r["scale_min"] != r["scale_max"] else "")
                          + (f" + x-shear ±{r['shear']:g}°" if r.get("shear") else "")
+                         + (f" + elastic (alpha {r['elastic_alpha']:g}, sigma {r['elastic_sigma']:g})"
+                            if r.get("elastic_alpha") else "")
                          + (f", {r['interpolation']} resampling" if r.get("interpolation", "nearest") != "nearest"
                             else "")),
         *([("Weight EMA", f"decay {r['ema_decay']} per step (warm-up min(d, (1+t)/(10+t))); the EMA is kept")]

@@ -81,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scale-min", type=float, default=recipe.scale_min)
     p.add_argument("--scale-max", type=float, default=recipe.scale_max)
     p.add_argument("--shear", type=float, default=recipe.shear, help="random x-shear range in degrees (0 = none)")
+    p.add_argument("--elastic-alpha", type=float, default=recipe.elastic_alpha,
+                   help="elastic distortion strength in pixels (0 = none)")  # fmt: skip
+    p.add_argument("--elastic-sigma", type=float, default=recipe.elastic_sigma, help="elastic smoothing (pixels)")
     p.add_argument("--interpolation", choices=["nearest", "bilinear"], default=recipe.interpolation,
                    help="augmentation resampling (fast path)")  # fmt: skip
     p.add_argument("--ema-decay", type=float, default=recipe.ema_decay,

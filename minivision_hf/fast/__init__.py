@@ -17,7 +17,8 @@ Read it in the order it runs:
 
 The C kernels by family (csrc/): pool_relu.c (max-pool + ReLU), first_block.c (1-channel conv + max-pool + ReLU),
 winograd_transforms.c (Winograd F(2x2, 3x3) transforms for the c+bmm path), winograd_avx512bf16.c (the one-pass
-Winograd block with its own AVX-512 BF16 products); vec16.h and winograd_tiles.h hold what they share.
+Winograd block with its own AVX-512 BF16 products); vec.h (native-width vectors) and winograd_tiles.h hold what
+they share.
 """
 
 from .build import BuildResult, KernelLibrary, load_kernels

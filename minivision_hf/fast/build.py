@@ -63,6 +63,16 @@ SIGNATURES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ("grad_taps", "float *"), ("grad_bias", "float *"),
         ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
     ]),
+    "mv_conv1_pool_relu_forward_f32": ("int", [
+        ("x", "const float *"), ("taps", "const float *"), ("bias", "const float *"), ("y", "float *"),
+        ("code", "int16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_conv1_pool_relu_backward_f32": ("int", [
+        ("x", "const float *"), ("grad_y", "const float *"), ("code", "const int16_t *"),
+        ("grad_taps", "float *"), ("grad_bias", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
     "mv_winograd_input_transform": ("int", [
         ("x", "const uint16_t *"), ("v", "uint16_t *"),
         ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
@@ -78,6 +88,22 @@ SIGNATURES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     ]),
     "mv_winograd_input_transform_backward": ("int", [
         ("grad_v", "const uint16_t *"), ("grad_x", "uint16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd_input_transform_f32": ("int", [
+        ("x", "const float *"), ("v", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd_output_pool_relu_f32": ("int", [
+        ("m", "const float *"), ("bias", "const float *"), ("y", "float *"), ("code", "int16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd_output_pool_relu_backward_f32": ("int", [
+        ("grad_y", "const float *"), ("code", "const int16_t *"), ("grad_m", "float *"), ("grad_bias", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd_input_transform_backward_f32": ("int", [
+        ("grad_v", "const float *"), ("grad_x", "float *"),
         ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
     ]),
     "mv_winograd_one_pass_built": ("int", []),

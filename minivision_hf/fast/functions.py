@@ -6,14 +6,15 @@ expressions each one equals (the references the tests compare against and the mo
   scatters the full-size gradient, and ReLU adds two more passes; here the forward writes the pooled map and a code per
   output (which window input won, or "ReLU closed"), the backward writes every input gradient once.
 - `Conv1PoolReLU`: the first block, relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) for a 1-channel x, as one direct
-  kernel that never writes the full-resolution map. Forward bit-identical to PyTorch under bf16 autocast (but for a
-  rare output near zero after cancellation, which can round one bf16 ulp apart where oneDNN sums in another order);
-  weight gradients equal to bf16 rounding (summed in fp32).
+  kernel that never writes the full-resolution map. bf16: forward bit-identical to PyTorch under bf16 autocast (but
+  for a rare output near zero after cancellation, which can round one bf16 ulp apart where oneDNN sums in another
+  order); weight gradients equal to bf16 rounding (summed in fp32). fp32: equal to PyTorch's fp32 to float rounding.
 - `WinogradConvPoolReLU`: a 3x3 conv with C_in, C_out multiples of 16 as Winograd F(2x2, 3x3) (16 products per 2x2
   outputs instead of 36), the max-pool and ReLU in its output transform (a 2x2 output tile is one pooling window).
   Two implementations, chosen by the caller: one pass per image with the library's own AVX-512 BF16 products
   (`one_pass=True`), or C transforms around torch.bmm over chunks of images. bf16 numerics, equal to an exact
-  (fp64) reference to bf16 rounding.
+  (fp64) reference to bf16 rounding; or fp32 throughout (transforms in C, products in fp32 torch.bmm) for CPUs without
+  native bf16, equal to the fp64 reference to fp32 rounding.
 
 Every Function takes the `KernelLibrary` to call as an argument: which kernels run is decided by the module that
 holds them (modules.py), never here.
@@ -76,35 +77,38 @@ class PoolReLU(torch.autograd.Function):
 
 
 class Conv1PoolReLU(torch.autograd.Function):
-    """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) for a 1-channel x in bf16 autocast numerics; gradients for w and
-    b only (the first block's input needs none)."""
+    """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) for a 1-channel x, in bf16 autocast numerics (`bf16`) or in
+    fp32 (C_out a multiple of 16); gradients for w and b only (the first block's input needs none)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernels: KernelLibrary):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernels: KernelLibrary,
+                bf16: bool = True):  # fmt: skip
         n, _, h, w = x.shape
         c = weight.shape[0]
-        xb = x.to(torch.bfloat16).contiguous()  # autocast's casts: bf16 input, weights and bias
-        taps = weight.detach().to(torch.bfloat16).float().reshape(c, 9).t().contiguous()  # (9, C)
-        bias_b = bias.detach().to(torch.bfloat16).float().contiguous()
-        y = _channels_last_empty((n, c, h // 2, w // 2), torch.bfloat16)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        xb = x.to(dtype).contiguous()  # autocast's casts: bf16 input, weights and bias (or fp32 as they are)
+        taps = weight.detach().to(dtype).float().reshape(c, 9).t().contiguous()  # (9, C)
+        bias_b = bias.detach().to(dtype).float().contiguous()
+        y = _channels_last_empty((n, c, h // 2, w // 2), dtype)
         code = _channels_last_empty((n, c, h // 2, w // 2), torch.int16)
-        kernels.call("mv_conv1_pool_relu_forward", x=xb, taps=taps, bias=bias_b, y=y, code=code,
-                     images=n, height=h, width=w, channels=c)  # fmt: skip
+        name = "mv_conv1_pool_relu_forward" if bf16 else "mv_conv1_pool_relu_forward_f32"
+        kernels.call(name, x=xb, taps=taps, bias=bias_b, y=y, code=code, images=n, height=h, width=w, channels=c)
         ctx.save_for_backward(xb, code)
         ctx.mark_non_differentiable(code)
-        ctx.kernels, ctx.weight_dtype = kernels, weight.dtype
+        ctx.kernels, ctx.weight_dtype, ctx.bf16 = kernels, weight.dtype, bf16
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         xb, code = ctx.saved_tensors
         n, c, h2, w2 = grad.shape
-        grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        grad = grad.to(xb.dtype).contiguous(memory_format=torch.channels_last)
         grad_taps, grad_bias = torch.empty(9, c), torch.empty(c)
-        ctx.kernels.call("mv_conv1_pool_relu_backward", x=xb, grad_y=grad, code=code, grad_taps=grad_taps,
-                         grad_bias=grad_bias, images=n, height=2 * h2, width=2 * w2, channels=c)  # fmt: skip
+        name = "mv_conv1_pool_relu_backward" if ctx.bf16 else "mv_conv1_pool_relu_backward_f32"
+        ctx.kernels.call(name, x=xb, grad_y=grad, code=code, grad_taps=grad_taps, grad_bias=grad_bias, images=n,
+                         height=2 * h2, width=2 * w2, channels=c)  # fmt: skip
         grad_weight = grad_taps.t().reshape(c, 1, 3, 3).to(ctx.weight_dtype)
-        return None, grad_weight, grad_bias.to(ctx.weight_dtype), None
+        return None, grad_weight, grad_bias.to(ctx.weight_dtype), None, None
 
 
 def winograd_weights(weight: torch.Tensor) -> torch.Tensor:
@@ -119,95 +123,107 @@ def _bf16_pairs(u: torch.Tensor) -> torch.Tensor:
     return u.unflatten(1, (-1, 2)).transpose(2, 3).contiguous()
 
 
-def _chunk_buffer(images: int, h: int, w: int, channels: int):
+def _chunk_buffer(images: int, h: int, w: int, channels: int, dtype: torch.dtype = torch.bfloat16):
     """One buffer for a chunk's Winograd-domain array; returns k -> its (16, k * H/2 * W/2, channels) view."""
-    flat = torch.empty(16 * images * (h // 2) * (w // 2) * channels, dtype=torch.bfloat16)
+    flat = torch.empty(16 * images * (h // 2) * (w // 2) * channels, dtype=dtype)
     return lambda k: flat[: 16 * k * (h // 2) * (w // 2) * channels].view(16, -1, channels)
+
+
+def _transform_name(name: str, dtype: torch.dtype) -> str:
+    """The C transform for the storage type: bf16 functions have the plain name, fp32 ones end in _f32."""
+    return name if dtype == torch.bfloat16 else f"{name}_f32"
 
 
 def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, one_pass: bool,
                      chunk: int = WINOGRAD_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The Winograd block's forward: bf16 channels_last x (N, C_in, H, W), Winograd weights u (16, C_in, C_out) bf16,
-    fp32 bias -> the pooled map (N, C_out, H/2, W/2) bf16 and its codes (which window input won, 4 where ReLU closed).
-    `one_pass`: the library's own AVX-512 BF16 products; else C transforms around torch.bmm, `chunk` images a pass."""
+    """The Winograd block's forward: channels_last x (N, C_in, H, W), Winograd weights u (16, C_in, C_out) of the same
+    type (bf16, or fp32), fp32 bias -> the pooled map (N, C_out, H/2, W/2) of x's type and its codes (which window
+    input won, 4 where ReLU closed). `one_pass` (bf16 only): the library's own AVX-512 BF16 products; else C
+    transforms around torch.bmm, `chunk` images a pass."""
     n, c_in, h, w = xb.shape
-    c_out = u.shape[2]
-    y = _channels_last_empty((n, c_out, h // 2, w // 2), torch.bfloat16)
+    c_out, dtype = u.shape[2], xb.dtype
+    y = _channels_last_empty((n, c_out, h // 2, w // 2), dtype)
     code = _channels_last_empty((n, c_out, h // 2, w // 2), torch.int16)
     if one_pass:
         kernels.call("mv_winograd_one_pass_forward", x=xb, weight_pairs=_bf16_pairs(u), bias=bias, y=y, code=code,
                      images=n, height=h, width=w, in_channels=c_in, out_channels=c_out)  # fmt: skip
         return y, code
     chunk = min(n, chunk)
-    v, m = _chunk_buffer(chunk, h, w, c_in), _chunk_buffer(chunk, h, w, c_out)
+    v, m = _chunk_buffer(chunk, h, w, c_in, dtype), _chunk_buffer(chunk, h, w, c_out, dtype)
+    input_transform = _transform_name("mv_winograd_input_transform", dtype)
+    output_transform = _transform_name("mv_winograd_output_pool_relu", dtype)
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
         vk, mk = v(k), m(k)
-        kernels.call("mv_winograd_input_transform", x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
+        kernels.call(input_transform, x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
         torch.bmm(vk, u, out=mk)
-        kernels.call("mv_winograd_output_pool_relu", m=mk, bias=bias, y=y[i : i + k], code=code[i : i + k],
+        kernels.call(output_transform, m=mk, bias=bias, y=y[i : i + k], code=code[i : i + k],
                      images=k, height=h, width=w, channels=c_out)  # fmt: skip
     return y, code
 
 
 def winograd_backward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, code: torch.Tensor,
                       grad: torch.Tensor, want_x: bool, one_pass: bool, chunk: int = WINOGRAD_CHUNK):  # fmt: skip
-    """The Winograd block's backward -> (grad x (bf16, channels_last) or None, dU (16, C_in, C_out) fp32, grad bias
-    fp32); the input transform is recomputed rather than kept from the forward."""
+    """The Winograd block's backward -> (grad x (x's type, channels_last) or None, dU (16, C_in, C_out) fp32, grad
+    bias fp32); the input transform is recomputed rather than kept from the forward."""
     n, c_in, h, w = xb.shape
-    c_out = u.shape[2]
+    c_out, dtype = u.shape[2], xb.dtype
     grad_bias = torch.zeros(c_out)
     du = torch.zeros(16, c_in, c_out)  # fp32 sums
-    grad_x = _channels_last_empty(xb.shape, torch.bfloat16) if want_x else None
+    grad_x = _channels_last_empty(xb.shape, dtype) if want_x else None
     if one_pass:
         kernels.call("mv_winograd_one_pass_backward", x=xb, weight_pairs_t=_bf16_pairs(u.transpose(1, 2)),
                      grad_y=grad, code=code, grad_x=grad_x, grad_u=du, grad_bias=grad_bias, images=n, height=h,
                      width=w, in_channels=c_in, out_channels=c_out)  # fmt: skip
         return grad_x, du, grad_bias
     chunk = min(n, chunk)
-    v, dm, dv = _chunk_buffer(chunk, h, w, c_in), _chunk_buffer(chunk, h, w, c_out), _chunk_buffer(chunk, h, w, c_in)
-    du_part = torch.empty(16, c_in, c_out, dtype=torch.bfloat16)
+    v, dm, dv = (_chunk_buffer(chunk, h, w, c, dtype) for c in (c_in, c_out, c_in))
+    du_part = torch.empty(16, c_in, c_out, dtype=dtype)
     u_t = u.transpose(1, 2).contiguous()
+    name = {f: _transform_name(f"mv_winograd_{f}", dtype)
+            for f in ("input_transform", "output_pool_relu_backward", "input_transform_backward")}  # fmt: skip
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
         vk, dmk, dvk = v(k), dm(k), dv(k)
-        kernels.call("mv_winograd_output_pool_relu_backward", grad_y=grad[i : i + k], code=code[i : i + k],
-                     grad_m=dmk, grad_bias=grad_bias, images=k, height=h, width=w, channels=c_out)  # fmt: skip
+        kernels.call(name["output_pool_relu_backward"], grad_y=grad[i : i + k], code=code[i : i + k], grad_m=dmk,
+                     grad_bias=grad_bias, images=k, height=h, width=w, channels=c_out)  # fmt: skip
         if grad_x is not None:
             torch.bmm(dmk, u_t, out=dvk)
-            kernels.call("mv_winograd_input_transform_backward", grad_v=dvk, grad_x=grad_x[i : i + k], images=k,
-                         height=h, width=w, channels=c_in)  # fmt: skip
-        kernels.call("mv_winograd_input_transform", x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
+            kernels.call(name["input_transform_backward"], grad_v=dvk, grad_x=grad_x[i : i + k], images=k, height=h,
+                         width=w, channels=c_in)  # fmt: skip
+        kernels.call(name["input_transform"], x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
         du += torch.bmm(vk.transpose(1, 2), dmk, out=du_part)
     return grad_x, du, grad_bias
 
 
 class WinogradConvPoolReLU(torch.autograd.Function):
-    """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) in bf16 numerics for a 3x3 convolution with C_in, C_out
-    multiples of 16: Winograd F(2x2, 3x3), the pooling and ReLU fused into the output transform. The 16
+    """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) for a 3x3 convolution with C_in, C_out multiples of 16:
+    Winograd F(2x2, 3x3), the pooling and ReLU fused into the output transform. In bf16 numerics (`bf16`), the 16
     Winograd-domain channel products are bf16 matrix products with fp32 sums: the library's own (`one_pass`, the
-    "c-one-pass" path), or torch.bmm over chunks of `chunk` images (the "c+bmm" path)."""
+    "c-one-pass" path), or torch.bmm over chunks of `chunk` images (the "c+bmm" path); in fp32, fp32 torch.bmm."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernels: KernelLibrary,
-                one_pass: bool, chunk: int = WINOGRAD_CHUNK) -> torch.Tensor:  # fmt: skip
-        xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)  # autocast's casts
-        u = winograd_weights(weight.detach().to(torch.bfloat16).float()).to(torch.bfloat16)
-        bias_b = bias.detach().to(torch.bfloat16).float().contiguous()
-        y, code = winograd_forward(kernels, xb, u, bias_b, one_pass, chunk)
+                one_pass: bool, chunk: int = WINOGRAD_CHUNK, bf16: bool = True) -> torch.Tensor:  # fmt: skip
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        xb = x.to(dtype).contiguous(memory_format=torch.channels_last)  # autocast's casts (bf16), or fp32 as it is
+        u = winograd_weights(weight.detach().to(dtype).float()).to(dtype)
+        bias_b = bias.detach().to(dtype).float().contiguous()
+        y, code = winograd_forward(kernels, xb, u, bias_b, one_pass and bf16, chunk)
         ctx.save_for_backward(xb, u, code)
         ctx.mark_non_differentiable(code)
-        ctx.kernels, ctx.one_pass, ctx.chunk = kernels, one_pass, chunk
+        ctx.kernels, ctx.one_pass, ctx.chunk = kernels, one_pass and bf16, chunk
         ctx.input_dtype, ctx.weight_dtype = x.dtype, weight.dtype
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         xb, u, code = ctx.saved_tensors
-        grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        grad = grad.to(xb.dtype).contiguous(memory_format=torch.channels_last)
         grad_x, du, grad_bias = winograd_backward(ctx.kernels, xb, u, code, grad, ctx.needs_input_grad[0],
                                                   ctx.one_pass, ctx.chunk)  # fmt: skip
         with torch.autocast("cpu", enabled=False):  # fp32 transforms, as in the forward
             grad_weight = torch.einsum("xa,yb,xyio->oiab", WINOGRAD_G, WINOGRAD_G, du.unflatten(0, (4, 4)))
         grad_x = None if grad_x is None else grad_x.to(ctx.input_dtype)
-        return grad_x, grad_weight.to(ctx.weight_dtype).contiguous(), grad_bias.to(ctx.weight_dtype), None, None, None
+        return (grad_x, grad_weight.to(ctx.weight_dtype).contiguous(), grad_bias.to(ctx.weight_dtype), None, None,
+                None, None)  # fmt: skip

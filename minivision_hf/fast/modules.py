@@ -50,6 +50,12 @@ def winograd_conv(conv: nn.Module) -> bool:
     return same_3x3(conv) and conv.in_channels % 16 == 0 and conv.out_channels % 16 == 0
 
 
+def direct_conv(conv: nn.Module, precision: str = "bf16") -> bool:
+    """Whether `conv` has the shape the first-block kernel takes: `same_3x3` with one input channel (and, in fp32,
+    C_out a multiple of 16: the fp32 kernel has only the 16-channel vector loops)."""
+    return same_3x3(conv) and conv.in_channels == 1 and (precision == "bf16" or conv.out_channels % 16 == 0)
+
+
 def pool_relu_applies(x: torch.Tensor) -> bool:
     """Whether the C max-pool + ReLU takes `x`: a CPU channels_last (N, C, H, W) bf16/fp32 tensor, H and W even."""
     return (
@@ -59,6 +65,19 @@ def pool_relu_applies(x: torch.Tensor) -> bool:
         and x.shape[2] % 2 == 0
         and x.shape[3] % 2 == 0
         and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def fp32_conv_kernel_applies(x: torch.Tensor) -> bool:
+    """Whether an fp32 conv kernel computes what PyTorch would here: a CPU fp32 (N, C, H, W) input, H and W even,
+    outside any CPU autocast (inside one, PyTorch's ops run at the autocast's precision)."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype == torch.float32
+        and x.shape[2] % 2 == 0
+        and x.shape[3] % 2 == 0
+        and not torch.is_autocast_enabled("cpu")
     )
 
 
@@ -100,41 +119,49 @@ class FusedConvPoolReLUBlock(nn.Module):
     """A MiniVision conv block (conv -> pool -> act -> norm) whose 3x3 conv, 2x2 max-pool and ReLU run on `path`:
 
     - C_ONE_PASS: a 1-channel conv as one direct kernel (`Conv1PoolReLU`), a 16k-channel one as Winograd F(2x2, 3x3)
-      with the library's own AVX-512 BF16 products (`WinogradConvPoolReLU`, one_pass=True);
+      with the library's own AVX-512 BF16 products (`WinogradConvPoolReLU`, one_pass=True; bf16 only);
     - C_BMM: the Winograd conv with its channel products in torch.bmm (`chunk` images a pass);
     - TORCH_CONV_C_POOL: PyTorch's conv, then the C max-pool + ReLU; TORCH: PyTorch's ops.
 
-    The bf16 kernels (C_ONE_PASS, C_BMM) run inside bf16 autocast on the CPU; elsewhere (an fp32 evaluation, say) the
-    block computes the same function with PyTorch's conv and the C max-pool + ReLU. Holds the block's conv and norm
-    under the same names, so the state dict (and every saved file) is unchanged."""
+    `precision` is the one the plan trains in: "bf16" kernels (C_ONE_PASS, C_BMM) run inside bf16 autocast on the
+    CPU, "fp32" ones on fp32 CPU inputs outside autocast; elsewhere (an fp32 evaluation of a bf16 plan, say) the block
+    computes the same function with PyTorch's conv and the C max-pool + ReLU. Holds the block's conv and norm under
+    the same names, so the state dict (and every saved file) is unchanged."""
 
-    def __init__(self, block: nn.Module, path: KernelPath, kernels: KernelLibrary | None, chunk: int = WINOGRAD_CHUNK):
+    def __init__(self, block: nn.Module, path: KernelPath, kernels: KernelLibrary | None, chunk: int = WINOGRAD_CHUNK,
+                 precision: str = "bf16"):  # fmt: skip
         super().__init__()
         if path is not KernelPath.TORCH and kernels is None:
             raise ValueError(f"kernel path {path} needs the C kernels")
         self.conv, self.norm = block.conv, block.norm
         self.pool, self.act = FusedMaxPoolReLU(None if path is KernelPath.TORCH else kernels), nn.Identity()
-        self.path, self.kernels, self.chunk = KernelPath(path), kernels, chunk
+        if precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+        self.path, self.kernels, self.chunk, self.precision = KernelPath(path), kernels, chunk, precision
         fused = self.path in (KernelPath.C_ONE_PASS, KernelPath.C_BMM)
         self.winograd = fused and winograd_conv(self.conv)
-        self.direct = self.path is KernelPath.C_ONE_PASS and same_3x3(self.conv) and self.conv.in_channels == 1
+        self.direct = self.path is KernelPath.C_ONE_PASS and direct_conv(self.conv, precision)
+        if self.path is KernelPath.C_ONE_PASS and self.winograd and precision == "fp32":
+            raise ValueError("the one-pass Winograd kernel is bf16 only: give fp32 Winograd blocks the c+bmm path")
         if fused and not (self.winograd or self.direct):
             raise ValueError(f"kernel path {path} does not take {self.conv}")
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        x, conv = hidden_states, self.conv
-        if self.direct and not x.requires_grad and bf16_conv_kernel_applies(x):  # no input gradient from this kernel
-            pooled = Conv1PoolReLU.apply(x, conv.weight, conv.bias, self.kernels)
-        elif self.winograd and bf16_conv_kernel_applies(x):
+        x, conv, bf16 = hidden_states, self.conv, self.precision == "bf16"
+        applies = bf16_conv_kernel_applies(x) if bf16 else fp32_conv_kernel_applies(x)
+        if self.direct and not x.requires_grad and applies:  # no input gradient from this kernel
+            pooled = Conv1PoolReLU.apply(x, conv.weight, conv.bias, self.kernels, bf16)
+        elif self.winograd and applies:
             one_pass = self.path is KernelPath.C_ONE_PASS
-            pooled = WinogradConvPoolReLU.apply(x, conv.weight, conv.bias, self.kernels, one_pass, self.chunk)
+            pooled = WinogradConvPoolReLU.apply(x, conv.weight, conv.bias, self.kernels, one_pass, self.chunk, bf16)
         else:
             pooled = self.act(self.pool(conv(x)))
         return self.norm(pooled)
 
     def describe(self) -> dict:
         """How this block runs, as the run record shows it: the path and the convolution algorithm."""
-        return {"path": str(self.path), "conv": "winograd" if self.winograd else "direct" if self.direct else "torch"}
+        conv = "winograd" if self.winograd else "direct" if self.direct else "torch"
+        return {"path": str(self.path), "conv": conv, "precision": self.precision}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value}" for key, value in self.describe().items())

@@ -4,9 +4,10 @@
 - precision: bf16 only where the training device does bf16 natively (AVX-512 BF16 / AMX CPUs, CUDA bf16); on an
   AVX2-only CPU bf16 is emulated (~100x slower than fp32), so the plan is fp32;
 - kernels: the C library built for the CPU's ISA level (build.py); none on a GPU (PyTorch's ops run there);
-- per conv block: the first block's 1-channel conv as one C pass (bf16); the 16k-channel conv as Winograd, in one C
-  pass where the library has the AVX-512 BF16 products, else C transforms + torch.bmm (bf16, and only where bf16 is
-  native: the products are bf16 matmuls); otherwise PyTorch's conv and the C max-pool + ReLU (any precision).
+- per conv block: the first block's 1-channel conv as one C pass (bf16 or fp32); the 16k-channel conv as Winograd:
+  in bf16, in one C pass where the library has the AVX-512 BF16 products, else C transforms + torch.bmm (bf16
+  products); in fp32 (AVX2-only CPUs, or bf16 turned off), C transforms + fp32 torch.bmm; otherwise PyTorch's conv and
+  the C max-pool + ReLU (any precision).
 """
 
 import warnings
@@ -17,7 +18,7 @@ from torch import nn
 
 from .build import BuildResult, load_kernels
 from .capabilities import Capabilities, detect_capabilities
-from .modules import FastDropout, FusedConvPoolReLUBlock, FusedMaxPoolReLU, KernelPath, same_3x3, winograd_conv
+from .modules import FastDropout, FusedConvPoolReLUBlock, FusedMaxPoolReLU, KernelPath, direct_conv, winograd_conv
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,12 @@ def choose_block_path(conv: nn.Module, plan: FastPathPlan) -> KernelPath:
     library = plan.build.library
     if library is None:
         return KernelPath.TORCH
-    if plan.precision == "bf16" and same_3x3(conv):
-        if conv.in_channels == 1:
-            return KernelPath.C_ONE_PASS
-        if plan.winograd and winograd_conv(conv) and plan.capabilities.cpu_bf16_native:
+    if direct_conv(conv, plan.precision):
+        return KernelPath.C_ONE_PASS
+    if plan.winograd and winograd_conv(conv):
+        if plan.precision == "fp32":
+            return KernelPath.C_BMM
+        if plan.capabilities.cpu_bf16_native:
             return KernelPath.C_ONE_PASS if library.one_pass_winograd else KernelPath.C_BMM
     return KernelPath.TORCH_CONV_C_POOL
 
@@ -86,7 +89,8 @@ def swap_blocks(model: nn.Module, plan: FastPathPlan) -> dict[str, FusedConvPool
                 continue
             qualified = f"{parent_name}.{name}" if parent_name else name
             if isinstance(getattr(block, "conv", None), nn.Conv2d) and hasattr(block, "norm"):
-                fused = FusedConvPoolReLUBlock(block, choose_block_path(block.conv, plan), plan.build.library)
+                path = choose_block_path(block.conv, plan)
+                fused = FusedConvPoolReLUBlock(block, path, plan.build.library, precision=plan.precision)
                 setattr(parent, name, fused)
             else:
                 fused = FusedMaxPoolReLU(plan.build.library)

@@ -3,12 +3,14 @@
  * registers. bf16 autocast numerics: bf16 inputs and weights, fp32 sums, each conv output rounded to bf16 (nearest
  * even) before the max, as oneDNN's bf16 convolution and max_pool2d on its output do: the forward is bit-identical to
  * PyTorch's under bf16 autocast, the gradients equal to bf16 rounding (summed in fp32 here).
- * C % 16 == 0 takes the 16-channel vector kernels (forward_16_channels, backward_16_channels), other counts the
- * scalar loops; both do the same operations in the same order. */
+ * C % 16 == 0 takes the vector kernels (forward_vectorised, backward_vectorised: VL channels a vector), other
+ * counts the scalar loops; both do the same operations in the same order.
+ * The *_f32 functions are the same block in fp32 (fp32 x, weights and outputs, no rounding), for CPUs without native
+ * bf16; they take C % 16 == 0 only. */
 #include <stdlib.h>
 
 #include "minivision_kernels.h"
-#include "vec16.h"
+#include "vec.h"
 
 /* The 4x4 input patch under output (i, j)'s 2x2 window: rows 2i-1..2i+2, columns 2j-1..2j+2, zeros outside. */
 static inline void load_patch(const uint16_t *img, long H, long W, long i, long j, float patch[4][4]) {
@@ -74,62 +76,68 @@ static __attribute__((noinline)) void accumulate_window(
     }
 }
 
-/* One image, zero-padded by 1 and in fp32: the patch under a window is read without bounds checks. */
-static void pad_image(const uint16_t *img, long H, long W, float *pad) {
+/* Image n of x (bf16 bits, or fp32 when f32), zero-padded by 1 and in fp32: the patch under a window is read without
+ * bounds checks. */
+static void pad_image(const void *x, long n, long H, long W, float *pad, int f32) {
     const long Wp = W + 2;
     memset(pad, 0, sizeof(float) * (H + 2) * Wp);
     for (long yy = 0; yy < H; ++yy)
-        for (long xx = 0; xx < W; ++xx) pad[(yy + 1) * Wp + xx + 1] = bf16_to_float(img[yy * W + xx]);
+        for (long xx = 0; xx < W; ++xx) {
+            const long at = (n * H + yy) * W + xx;
+            pad[(yy + 1) * Wp + xx + 1] = f32 ? ((const float *)x)[at] : bf16_to_float(((const uint16_t *)x)[at]);
+        }
 }
 
-/* conv_pool_relu_forward for C % 16 == 0: 16 channels per vector, the 9 taps and the bias in registers, the patch
- * from the padded image. Same operations in the same order, so the same bits. */
-static void forward_16_channels(const uint16_t *x, const float *w, const float *bias, uint16_t *y, int16_t *code,
-                                long r0, long r1, long H, long W, long C, float *pad) {
+/* conv_pool_relu_forward for C % 16 == 0: VL channels per vector, the 9 taps and the bias in registers, the patch
+ * from the padded image. Same operations in the same order, so the same bits. With f32: fp32 x and y, no rounding
+ * before the max (pool_relu_v_f32). */
+static void forward_vectorised(const void *x, const float *w, const float *bias, void *y, int16_t *code, long r0,
+                                long r1, long H, long W, long C, float *pad, int f32) {
     const long H2 = H / 2, W2 = W / 2, Wp = W + 2;
     long current = -1;
     for (long r = r0; r < r1; ++r) {
         const long n = r / H2, i = r % H2;
-        if (n != current) pad_image(x + n * H * W, H, W, pad), current = n;
-        for (long k0 = 0; k0 < C; k0 += 16) {
-            v16f taps[9];
-            for (int t = 0; t < 9; ++t) taps[t] = load_f32_16(w + t * C + k0);
-            const v16f b = load_f32_16(bias + k0);
+        if (n != current) pad_image(x, n, H, W, pad, f32), current = n;
+        for (long k0 = 0; k0 < C; k0 += VL) {
+            vf taps[9];
+            for (int t = 0; t < 9; ++t) taps[t] = load_f32_v(w + t * C + k0);
+            const vf b = load_f32_v(bias + k0);
             for (long j = 0; j < W2; ++j) {
                 const float *p = pad + 2 * i * Wp + 2 * j;
-                v16f out[4];
+                vf out[4];
                 for (int q = 0; q < 4; ++q) {
                     const float *pq = p + (q >> 1) * Wp + (q & 1);
-                    v16f acc = {0};
+                    vf acc = {0};
                     for (int t = 0; t < 9; ++t) acc += taps[t] * pq[(t / 3) * Wp + t % 3];
                     out[q] = acc + b;
                 }
                 const long at = (r * W2 + j) * C + k0;
-                pool_relu_16(out, y + at, code + at);
+                if (f32) pool_relu_v_f32(out, (float *)y + at, code + at);
+                else pool_relu_v(out, (uint16_t *)y + at, code + at);
             }
         }
     }
 }
 
-static void backward_16_channels(const uint16_t *x, const uint16_t *grad, const int16_t *code, float *dw, long r0,
-                                 long r1, long H, long W, long C, long k0, float *pad) {
+static void backward_vectorised(const void *x, const void *grad, const int16_t *code, float *dw, long r0, long r1,
+                                 long H, long W, long C, long k0, float *pad, int f32) {
     const long H2 = H / 2, W2 = W / 2, Wp = W + 2;
-    v16f acc[10] = {0};
+    vf acc[10] = {0};
     long current = -1;
     for (long r = r0; r < r1; ++r) {
         const long n = r / H2, i = r % H2;
-        if (n != current) pad_image(x + n * H * W, H, W, pad), current = n;
+        if (n != current) pad_image(x, n, H, W, pad, f32), current = n;
         for (long j = 0; j < W2; ++j) {
             const float *p = pad + 2 * i * Wp + 2 * j;
             const long at = (r * W2 + j) * C + k0;
-            v16u16 g16;
-            v16i16 c16;
-            memcpy(&g16, grad + at, sizeof g16);
+            vi16 c16;
             memcpy(&c16, code + at, sizeof c16);
-            v16u bits = __builtin_convertvector(g16, v16u) << 16; /* bf16 -> fp32 bits */
-            v16i which = __builtin_convertvector(c16, v16i);      /* 0..3: the window input that won; 4: none */
-            v16f g0 = (v16f)(bits & (v16u)(which == 0)), g1 = (v16f)(bits & (v16u)(which == 1));
-            v16f g2 = (v16f)(bits & (v16u)(which == 2)), g3 = (v16f)(bits & (v16u)(which == 3));
+            vu bits = (vu)(f32 ? load_f32_v((const float *)grad + at) : load_bf16_v((const uint16_t *)grad + at));
+            vi which = __builtin_convertvector(c16, vi); /* 0..3: the window input that won; 4: none */
+            vf g0 = (vf)(bits & (vu)(which == 0));
+            vf g1 = (vf)(bits & (vu)(which == 1));
+            vf g2 = (vf)(bits & (vu)(which == 2));
+            vf g3 = (vf)(bits & (vu)(which == 3));
             for (int a = 0; a < 3; ++a)
                 for (int b = 0; b < 3; ++b) {
                     const float *q = p + a * Wp + b;
@@ -145,7 +153,7 @@ static void backward_16_channels(const uint16_t *x, const uint16_t *grad, const 
 static void conv_pool_relu_backward(const uint16_t *x, const uint16_t *grad, const int16_t *code, float *dw, long r0,
                                     long r1, long H, long W, long C, float *pad) {
     if (C % 16 == 0) {
-        for (long k0 = 0; k0 < C; k0 += 16) backward_16_channels(x, grad, code, dw, r0, r1, H, W, C, k0, pad);
+        for (long k0 = 0; k0 < C; k0 += VL) backward_vectorised(x, grad, code, dw, r0, r1, H, W, C, k0, pad, 0);
         return;
     }
     const long H2 = H / 2, W2 = W / 2;
@@ -162,10 +170,11 @@ static void conv_pool_relu_backward(const uint16_t *x, const uint16_t *grad, con
 }
 
 /* Output rows (row r = image r / (H/2), output line r % (H/2)) are split evenly over the OpenMP threads; each
- * thread pads its current image into its own (H + 2) x (W + 2) fp32 buffer. */
-int mv_conv1_pool_relu_forward(const uint16_t *x, const float *taps, const float *bias, uint16_t *y, int16_t *code,
-                               long images, long height, long width, long channels, int threads) {
+ * thread pads its current image into its own (H + 2) x (W + 2) fp32 buffer. f32: fp32 x and y (C % 16 == 0 only). */
+static int forward_all(const void *x, const float *taps, const float *bias, void *y, int16_t *code, long images,
+                       long height, long width, long channels, int threads, int f32) {
     if (threads < 1) threads = 1;
+    if (f32 && channels % 16) return 2;
     const long rows = images * (height / 2);
     float *pads = malloc(sizeof(float) * threads * (height + 2) * (width + 2));
     if (!pads) return 1;
@@ -173,7 +182,8 @@ int mv_conv1_pool_relu_forward(const uint16_t *x, const float *taps, const float
     for (int t = 0; t < threads; ++t) {
         const long r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
         float *pad = pads + (size_t)t * (height + 2) * (width + 2);
-        if (channels % 16 == 0) forward_16_channels(x, taps, bias, y, code, r0, r1, height, width, channels, pad);
+        if (channels % 16 == 0)
+            forward_vectorised(x, taps, bias, y, code, r0, r1, height, width, channels, pad, f32);
         else conv_pool_relu_forward(x, taps, bias, y, code, r0, r1, height, width, channels);
     }
     free(pads);
@@ -182,9 +192,10 @@ int mv_conv1_pool_relu_forward(const uint16_t *x, const float *taps, const float
 
 /* Each thread sums its own partial gradient rows (9 taps, then the bias); the partials are added in thread order, so
  * the result does not depend on scheduling. */
-int mv_conv1_pool_relu_backward(const uint16_t *x, const uint16_t *grad_y, const int16_t *code, float *grad_taps,
-                                float *grad_bias, long images, long height, long width, long channels, int threads) {
+static int backward_all(const void *x, const void *grad_y, const int16_t *code, float *grad_taps, float *grad_bias,
+                        long images, long height, long width, long channels, int threads, int f32) {
     if (threads < 1) threads = 1;
+    if (f32 && channels % 16) return 2;
     const long rows = images * (height / 2), C = channels;
     float *pads = malloc(sizeof(float) * threads * (height + 2) * (width + 2));
     float *partial = calloc((size_t)threads * 10 * C, sizeof(float));
@@ -196,8 +207,11 @@ int mv_conv1_pool_relu_backward(const uint16_t *x, const uint16_t *grad_y, const
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int t = 0; t < threads; ++t) {
         const long r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
-        float *pad = pads + (size_t)t * (height + 2) * (width + 2);
-        conv_pool_relu_backward(x, grad_y, code, partial + (size_t)t * 10 * C, r0, r1, height, width, C, pad);
+        float *pad = pads + (size_t)t * (height + 2) * (width + 2), *part = partial + (size_t)t * 10 * C;
+        if (f32)
+            for (long k0 = 0; k0 < C; k0 += VL)
+                backward_vectorised(x, grad_y, code, part, r0, r1, height, width, C, k0, pad, 1);
+        else conv_pool_relu_backward(x, grad_y, code, part, r0, r1, height, width, C, pad);
     }
     memset(grad_taps, 0, sizeof(float) * 9 * C);
     memset(grad_bias, 0, sizeof(float) * C);
@@ -209,4 +223,25 @@ int mv_conv1_pool_relu_backward(const uint16_t *x, const uint16_t *grad_y, const
     free(partial);
     free(pads);
     return 0;
+}
+
+int mv_conv1_pool_relu_forward(const uint16_t *x, const float *taps, const float *bias, uint16_t *y, int16_t *code,
+                               long images, long height, long width, long channels, int threads) {
+    return forward_all(x, taps, bias, y, code, images, height, width, channels, threads, 0);
+}
+
+int mv_conv1_pool_relu_backward(const uint16_t *x, const uint16_t *grad_y, const int16_t *code, float *grad_taps,
+                                float *grad_bias, long images, long height, long width, long channels, int threads) {
+    return backward_all(x, grad_y, code, grad_taps, grad_bias, images, height, width, channels, threads, 0);
+}
+
+int mv_conv1_pool_relu_forward_f32(const float *x, const float *taps, const float *bias, float *y, int16_t *code,
+                                   long images, long height, long width, long channels, int threads) {
+    return forward_all(x, taps, bias, y, code, images, height, width, channels, threads, 1);
+}
+
+int mv_conv1_pool_relu_backward_f32(const float *x, const float *grad_y, const int16_t *code, float *grad_taps,
+                                    float *grad_bias, long images, long height, long width, long channels,
+                                    int threads) {
+    return backward_all(x, grad_y, code, grad_taps, grad_bias, images, height, width, channels, threads, 1);
 }

@@ -36,10 +36,16 @@ int mv_conv1_pool_relu_forward(const uint16_t *x, const float *taps, const float
 /* grad_taps: (9, C) fp32 and grad_bias: (C) fp32, both overwritten (fp32 sums, added in thread order). */
 int mv_conv1_pool_relu_backward(const uint16_t *x, const uint16_t *grad_y, const int16_t *code, float *grad_taps,
                                 float *grad_bias, long images, long height, long width, long channels, int threads);
+/* The same block in fp32 (x: (N, H, W) fp32; taps, bias: fp32; y: fp32; no rounding); channels % 16 == 0 only. */
+int mv_conv1_pool_relu_forward_f32(const float *x, const float *taps, const float *bias, float *y, int16_t *code,
+                                   long images, long height, long width, long channels, int threads);
+int mv_conv1_pool_relu_backward_f32(const float *x, const float *grad_y, const int16_t *code, float *grad_taps,
+                                    float *grad_bias, long images, long height, long width, long channels,
+                                    int threads);
 
 /* ---- winograd_transforms.c: a 3x3 conv (padding 1) as Winograd F(2x2, 3x3) with the max-pool + ReLU in its output
- * transform; the channel-mixing products run outside (torch.bmm). Winograd-domain arrays are (16, T, C) bf16 with
- * T = N * H/2 * W/2 tiles; channels a multiple of 16. */
+ * transform; the channel-mixing products run outside (torch.bmm). Winograd-domain arrays are (16, T, C) bf16 (or fp32
+ * for the *_f32 functions) with T = N * H/2 * W/2 tiles; channels a multiple of 16. */
 int mv_winograd_input_transform(const uint16_t *x, uint16_t *v, long images, long height, long width, long channels,
                                 int threads);
 int mv_winograd_output_pool_relu(const uint16_t *m, const float *bias, uint16_t *y, int16_t *code, long images,
@@ -50,6 +56,16 @@ int mv_winograd_output_pool_relu_backward(const uint16_t *grad_y, const int16_t 
                                           int threads);
 int mv_winograd_input_transform_backward(const uint16_t *grad_v, uint16_t *grad_x, long images, long height,
                                          long width, long channels, int threads);
+/* The same four transforms with fp32 images and Winograd-domain arrays (the products: fp32 torch.bmm). */
+int mv_winograd_input_transform_f32(const float *x, float *v, long images, long height, long width, long channels,
+                                    int threads);
+int mv_winograd_output_pool_relu_f32(const float *m, const float *bias, float *y, int16_t *code, long images,
+                                     long height, long width, long channels, int threads);
+int mv_winograd_output_pool_relu_backward_f32(const float *grad_y, const int16_t *code, float *grad_m,
+                                              float *grad_bias, long images, long height, long width, long channels,
+                                              int threads);
+int mv_winograd_input_transform_backward_f32(const float *grad_v, float *grad_x, long images, long height,
+                                             long width, long channels, int threads);
 
 /* ---- winograd_avx512bf16.c: the same Winograd block in one pass per image with its own AVX-512 BF16 products (fp32
  * sums kept until the output transform). Built only at an ISA level with AVX-512 BF16; elsewhere the functions

@@ -8,7 +8,7 @@
  * no zero fill). Codes have the data's own type (uint16 for bf16, float for fp32): same-typed lanes vectorise best
  * (int16/int32 codes made these loops 1.5-2x slower). */
 #include "minivision_kernels.h"
-#include "vec16.h"
+#include "vec.h"
 
 static inline float f32_to_float(float f) { return f; }
 

@@ -13,6 +13,7 @@
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512F__)
 #include <immintrin.h>
+_Static_assert(VL == 16, "the one-pass kernels step through channels 16 at a time, one AVX-512 register");
 int mv_winograd_one_pass_built(void) { return 1; }
 
 /* C[r][16v..] (+)= sum_k A(r, k) . B[k][16v..], over k-pairs: A(r, k) is the bf16 pair at dword A[r * lda + k * ldk],
@@ -63,10 +64,10 @@ static void gemm(const uint32_t *A, long lda, long ldk, const uint32_t *B, long 
     }
 }
 
-static inline void store_bf16_native(uint16_t *p, v16f f) {
+static inline void store_bf16_native(uint16_t *p, vf f) {
     _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh((__m512)f));
 }
-static inline v16u bf16_pair(v16f lo, v16f hi) { /* dword = bf16(lo) | bf16(hi) << 16 */
+static inline vu bf16_pair(vf lo, vf hi) { /* dword = bf16(lo) | bf16(hi) << 16 */
     return round_bf16_fast(lo) | (round_bf16_fast(hi) << 16);
 }
 
@@ -90,7 +91,7 @@ static void fused_forward_image(const uint16_t *x, const uint32_t *up, const flo
         const uint16_t *p[16];
         tile_pointers(x, zeros, n, t, H, W, CI, p);
         for (long k = 0; k < CI; k += 16) {
-            v16f out[16];
+            vf out[16];
             input_tile(p, k, out);
             for (int e = 0; e < 16; ++e) store_bf16_native(w->v + (e * TP + t) * CI + k, out[e]);
         }
@@ -100,9 +101,9 @@ static void fused_forward_image(const uint16_t *x, const uint32_t *up, const flo
              CO, T, CO, 0);
     for (long t = 0; t < T; ++t)
         for (long k = 0; k < CO; k += 16) {
-            v16f m[16];
-            for (int e = 0; e < 16; ++e) m[e] = load_f32_16(w->m + (e * TP + t) * CO + k);
-            output_tile(m, load_f32_16(bias + k), y + (n * T + t) * CO + k, code + (n * T + t) * CO + k);
+            vf m[16];
+            for (int e = 0; e < 16; ++e) m[e] = load_f32_v(w->m + (e * TP + t) * CO + k);
+            output_tile(m, load_f32_v(bias + k), y + (n * T + t) * CO + k, code + (n * T + t) * CO + k);
         }
 }
 
@@ -114,16 +115,16 @@ static void fused_backward_image(const uint16_t *x, const uint16_t *grad, const 
     for (long t = 0; t < T; t += 2) {
         const int pair = t + 1 < T;
         for (long k = 0; k < CO; k += 16) {
-            v16f d0[16], d1[16];
-            v16f g = output_tile_backward(grad, code, (n * T + t) * CO + k, d0);
+            vf d0[16], d1[16];
+            vf g = output_tile_backward(grad, code, (n * T + t) * CO + k, d0);
             if (pair) g += output_tile_backward(grad, code, (n * T + t + 1) * CO + k, d1);
             else
-                for (int e = 0; e < 16; ++e) d1[e] = (v16f){0};
-            store_f32_16(w->dbias + k, load_f32_16(w->dbias + k) + g);
+                for (int e = 0; e < 16; ++e) d1[e] = (vf){0};
+            store_f32_v(w->dbias + k, load_f32_v(w->dbias + k) + g);
             for (int e = 0; e < 16; ++e) {
-                store_bf16_16(w->dm + (e * TP + t) * CO + k, (v16u)d0[e] >> 16); /* exact: 0 or +-g */
-                if (pair) store_bf16_16(w->dm + (e * TP + t + 1) * CO + k, (v16u)d1[e] >> 16);
-                v16u both = ((v16u)d0[e] >> 16) | ((v16u)d1[e] & 0xffff0000u);
+                store_bf16_v(w->dm + (e * TP + t) * CO + k, (vu)d0[e] >> 16); /* exact: 0 or +-g */
+                if (pair) store_bf16_v(w->dm + (e * TP + t + 1) * CO + k, (vu)d1[e] >> 16);
+                vu both = ((vu)d0[e] >> 16) | ((vu)d1[e] & 0xffff0000u);
                 memcpy(w->dmp + (e * (TP / 2) + t / 2) * CO + k, &both, sizeof both);
             }
         }
@@ -131,13 +132,13 @@ static void fused_backward_image(const uint16_t *x, const uint16_t *grad, const 
         tile_pointers(x, zeros, n, t, H, W, CI, p0);
         if (pair) tile_pointers(x, zeros, n, t + 1, H, W, CI, p1);
         for (long k = 0; k < CI; k += 16) {
-            v16f v0[16], v1[16];
+            vf v0[16], v1[16];
             input_tile(p0, k, v0);
             if (pair) input_tile(p1, k, v1);
             else
-                for (int e = 0; e < 16; ++e) v1[e] = (v16f){0};
+                for (int e = 0; e < 16; ++e) v1[e] = (vf){0};
             for (int e = 0; e < 16; ++e) {
-                v16u both = bf16_pair(v0[e], v1[e]);
+                vu both = bf16_pair(v0[e], v1[e]);
                 memcpy(w->vp + (e * (TP / 2) + t / 2) * CI + k, &both, sizeof both);
             }
         }
@@ -156,8 +157,8 @@ static void fused_backward_image(const uint16_t *x, const uint16_t *grad, const 
     for (long t = 0; t < T; ++t) {
         const long ty = t / W2, tx = t % W2;
         for (long k = 0; k < CI; k += 16) {
-            v16f d[16];
-            for (int e = 0; e < 16; ++e) d[e] = load_f32_16(w->m + (e * TP + t) * CI + k);
+            vf d[16];
+            for (int e = 0; e < 16; ++e) d[e] = load_f32_v(w->m + (e * TP + t) * CI + k);
             input_tile_backward(d, w->image + (2 * ty * Wp + 2 * tx) * CI + k, Wp * CI, CI);
         }
     }
@@ -165,7 +166,7 @@ static void fused_backward_image(const uint16_t *x, const uint16_t *grad, const 
         for (long xx = 0; xx < W; ++xx)
             for (long k = 0; k < CI; k += 16)
                 store_bf16_native(grad_x + ((n * H + yy) * W + xx) * CI + k,
-                                  load_f32_16(w->image + ((yy + 1) * Wp + xx + 1) * CI + k));
+                                  load_f32_v(w->image + ((yy + 1) * Wp + xx + 1) * CI + k));
 }
 
 /* One arena of per-thread work arrays (winograd_work) for both passes; NULL when out of memory. */
