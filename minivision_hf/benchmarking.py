@@ -52,15 +52,16 @@ def cpu_record() -> dict:
 
 def emulation_plan(cpu: dict, quick: bool) -> dict:
     """What the run skips or caps because this CPU emulates it: without AVX-512 BF16 / AMX, bf16 matmuls run at
-    ~1/100 of fp32 (0.9 GFLOP/s on an AVX2-only EPYC), so the bf16 peak, the bf16 inference variant and the bf16
-    second-conv timing measure the emulation, not the model. --quick skips them; the full run caps them (one small
-    size, a short time) and marks them. Also --quick skips the seconds-to-accuracy runs (whole epochs)."""
+    ~1/100 of fp32 (0.9 GFLOP/s on an AVX2-only EPYC), so the bf16 peak and the bf16 inference variant measure the
+    emulation, not the model. --quick skips them; the full run caps them (one small size, a short time) and marks
+    them. (The second conv is timed in the precision the fast path trains in: fp32 there.) Also --quick skips the
+    seconds-to-accuracy runs (whole epochs)."""
     emulated = cpu["bf16"] != "native"
     notes = []
     if emulated:
         how = "skipped" if quick else "capped (n=1024, 0.25 s) and marked emulated"
-        notes.append(f"bf16 is emulated on this CPU (no avx512_bf16 / amx_bf16): bf16 matmul peak, bf16 inference "
-                     f"variant and bf16 second-conv timing {how}")  # fmt: skip
+        notes.append(f"bf16 is emulated on this CPU (no avx512_bf16 / amx_bf16): bf16 matmul peak and bf16 inference "
+                     f"variant {how}; the fast path trains in fp32 here, the second conv is timed in fp32")  # fmt: skip
     if quick:
         notes.append("seconds to the target accuracy skipped in --quick (whole epochs; the full run measures them)")
     return {
@@ -225,11 +226,12 @@ def time_to_accuracy(dataset: str, target: float, max_epochs: int, batch_size: i
     return result
 
 
-def conv2_step_ms(config: MiniVisionConfig, batch: int, time_s: float) -> dict:
+def conv2_step_ms(config: MiniVisionConfig, batch: int, time_s: float, bf16: bool = True) -> dict:
     """The second conv block alone (conv + max-pool + ReLU + BatchNorm), forward and backward at the training batch
-    under bf16 autocast, channels_last, both ways: PyTorch's ops (oneDNN's bf16 conv) and the block as the fast path
-    runs it (`apply_fast_kernels`; its kernel path is recorded). About 78% of the training FLOPs sit in this
-    convolution, so it bounds how short a training step can get on this CPU."""
+    in the precision the fast path trains in on this CPU (`bf16`: under bf16 autocast; else fp32), channels_last,
+    both ways: PyTorch's ops (oneDNN's conv) and the block as the fast path runs it (`apply_fast_kernels`; its kernel
+    path is recorded). About 78% of the training FLOPs sit in this convolution, so it bounds how short a training
+    step can get on this CPU."""
     from .modeling_minivision import MiniVisionForImageClassification
 
     size = config.image_size // config.pool_size
@@ -241,7 +243,7 @@ def conv2_step_ms(config: MiniVisionConfig, batch: int, time_s: float) -> dict:
     try:
         from .fast import apply_fast_kernels
 
-        report = apply_fast_kernels(fast_model, device="cpu", bf16=True)
+        report = apply_fast_kernels(fast_model, device="cpu", bf16=bf16)
         path = next((b.get("path") if isinstance(b, dict) else str(b) for name, b in report["blocks"].items()
                      if name.endswith("1")), None)  # fmt: skip
     except Exception as error:  # noqa: BLE001 (no compiler, a build error: the fast figure is then absent)
@@ -251,14 +253,14 @@ def conv2_step_ms(config: MiniVisionConfig, batch: int, time_s: float) -> dict:
 
     def step(block):
         def run():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = block(x)
             out.float().sum().backward()
 
         return run
 
     warmup = min(0.5, time_s)
-    result = {"batch": batch, "fast_path": path, "winograd_ms": None}
+    result = {"batch": batch, "precision": "bf16" if bf16 else "fp32", "fast_path": path, "winograd_ms": None}
     result["ms"] = onnx_utils.throughput(step(plain_block.to(memory_format=fmt)), batch, time_s, warmup)[
         "ms_per_call_p50"
     ]
@@ -487,7 +489,8 @@ def format_markdown(r: dict) -> str:
             "",
             f"A fast step takes {floor['fast_step_ms']:.1f} ms; {TARGETS['train_speedup']:g}x the plain path allows "
             f"{floor['step_ms_for_target']:.1f} ms. The second conv block alone (conv + max-pool + ReLU, forward and "
-            f"backward, bf16, batch {floor['batch']}) takes {floor['ms']:.1f} ms with PyTorch's ops"
+            f"backward, {floor.get('precision', 'bf16')}, batch {floor['batch']}) takes {floor['ms']:.1f} ms with "
+            "PyTorch's ops"
             + (f", {floor['winograd_ms']:.1f} ms as the fast path runs it ({floor['fast_path']})."
                if floor.get("winograd_ms") else ".")  # fmt: skip
             + (" bf16 is emulated on this CPU: both figures measure the emulation." if floor.get("emulated") else ""),

@@ -67,13 +67,14 @@ def test_record_has_every_number_positive(bench):
     assert on_disk["training"]["fast"]["channels_last"] is True  # bf16 depends on the CPU (recorded, not asserted)
     assert on_disk["training"]["plain"]["fused_kernels"] is False
     assert on_disk["training"]["rounds"] == 2 and len(on_disk["training"]["round_speedups"]) == 2
-    if on_disk["plan"]["run_bf16"]:  # the second conv block alone, both ways (bf16)
-        floor = on_disk["training"]["conv2_floor"]
-        assert floor["batch"] == 32 and _positive(floor["ms"]) and _positive(floor["fast_step_ms"])
-        assert _positive(floor["winograd_ms"]) and floor["fast_path"] in {p.value for p in KernelPath}
-        assert floor["step_ms_for_target"] == pytest.approx(
-            32 / (5 * on_disk["training"]["plain"]["steady_images_per_s"]) * 1e3, rel=1e-2
-        )
+    # the second conv block alone, both ways, in the precision the fast path trains in (never emulated bf16)
+    floor = on_disk["training"]["conv2_floor"]
+    assert floor["precision"] == ("fp32" if on_disk["plan"]["bf16_emulated"] else "bf16")
+    assert floor["batch"] == 32 and _positive(floor["ms"]) and _positive(floor["fast_step_ms"])
+    assert _positive(floor["winograd_ms"]) and floor["fast_path"] in {p.value for p in KernelPath}
+    assert floor["step_ms_for_target"] == pytest.approx(
+        32 / (5 * on_disk["training"]["plain"]["steady_images_per_s"]) * 1e3, rel=1e-2
+    )
 
     for kind in ("mnist_28x28_L", "drawing_400x400_RGBA"):
         p = on_disk["pipeline"][kind]
