@@ -137,6 +137,19 @@ def best_variant_block() -> str:
                       f"{'met' if met else '**not met**'}.", ""]  # fmt: skip
     sources = "; ".join(f"`{path}` (`{rec['command']}`)" for rec, path in [*searches, *comparisons])
     lines += [variants_table(searches, comparisons), "", f"Sources: {sources}."]
+    if (ROOT / "assets" / "recipe_search.png").exists():
+        lines += ["", "![Every variant tried: validation curves, and final validation / test accuracy per seed]"
+                      "(assets/recipe_search.png)", "",
+                  "(`python -m scripts.plot_recipe_search`, from the records above.)"]  # fmt: skip
+    ensemble = _load("validation_ensemble.json")
+    if ensemble:
+        lines += ["", f"Headroom check on the validation rows: the {len(ensemble['runs'])} runs "
+                      f"({', '.join(f'`{name}`' for name in ensemble['runs'])}) score {ensemble['single_mean']:.2%} "
+                      f"on average (best {ensemble['single_best']:.2%}); their softmax-averaged ensemble scores "
+                      f"{ensemble['ensemble_accuracy']:.2%}, and {ensemble['errors_in_every_run']} of the "
+                      f"~{round(sum(ensemble['errors_per_run'].values()) / len(ensemble['runs']))} rows each run "
+                      f"gets wrong are wrong in every run (`records/validation_ensemble.json`, "
+                      f"`{ensemble['command']}`)."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import minivision_hf as mv
-from minivision_hf.data import random_shift_rotate, validation_split
+from minivision_hf.data import elastic_displacement, random_shift_rotate, validation_split
 from minivision_hf.ema import EMA_FILE, WeightEMA
 from minivision_hf.training import RECIPES
-from scripts import eval_model, make_variant, train
+from scripts import eval_model, make_variant, plot_recipe_search, train, validation_ensemble
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANT = REPO_ROOT / "variants" / "best"
@@ -57,6 +57,23 @@ def test_pure_shear_moves_rows_in_proportion_to_their_height():
     out = random_shift_rotate(image, 0, 0.0, (1.0, 1.0), torch.Generator().manual_seed(3), mode="bilinear", shear=20)
     top, bottom = out[0, 0, 2].argmax().item(), out[0, 0, 25].argmax().item()
     assert top != bottom and abs(out[0, 0, 14].argmax().item() - 14) <= 1
+
+
+def test_elastic_distortion_is_smooth_seeded_and_off_by_default():
+    field = elastic_displacement(64, 28, 28, alpha=34.0, sigma=4.0, generator=torch.Generator().manual_seed(0))
+    again = elastic_displacement(64, 28, 28, alpha=34.0, sigma=4.0, generator=torch.Generator().manual_seed(0))
+    assert field.shape == (64, 28, 28, 2) and torch.equal(field, again)
+    pixels = field * 14  # normalised units -> pixels (the grid spans 2 over 28 pixels)
+    rms = pixels.pow(2).mean().sqrt().item()
+    assert 0.8 < rms < 2.0  # Simard's alpha 34, sigma 4: about a pixel and a half, not a scramble
+    neighbour = (pixels[:, :, 1:] - pixels[:, :, :-1]).pow(2).mean().sqrt().item()
+    assert neighbour < 0.25 * rms  # smooth: neighbouring pixels move together
+    images = torch.rand(8, 1, 28, 28)
+    plain = random_shift_rotate(images, 2, 10.0, (0.9, 1.1), torch.Generator().manual_seed(0))
+    off = random_shift_rotate(images, 2, 10.0, (0.9, 1.1), torch.Generator().manual_seed(0), elastic=(0.0, 4.0))
+    assert torch.equal(plain, off)  # alpha 0 draws nothing: the existing streams are unchanged
+    on = random_shift_rotate(images, 2, 10.0, (0.9, 1.1), torch.Generator().manual_seed(0), elastic=(34.0, 4.0))
+    assert on.shape == images.shape and not torch.equal(plain, on)
 
 
 def test_weight_ema_averages_and_swaps_back():
@@ -112,6 +129,29 @@ def test_best_recipe_smoke_run_keeps_the_ema_and_evaluates_on_held_out_rows(tiny
     model = mv.MiniVisionForImageClassification.from_pretrained(tmp_path)
     assert record["final_eval"]["accuracy"] == pytest.approx(record["epochs"][-1]["ema_accuracy"])
     assert model.num_parameters() == 824_650
+
+
+def test_validation_ensemble_and_search_plot(tiny_dir, tmp_path):
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"run{seed}"
+        train.main(["--recipe", "best", "--smoke", "--seed", str(seed), "--dataset", str(tiny_dir), "--output-dir",
+                    str(out), "--no-progress"])  # fmt: skip
+        runs.append(str(out))
+    result = validation_ensemble.main([*runs, "--dataset", str(tiny_dir), "--output", str(tmp_path / "ens.json")])
+    assert set(result["runs"]) == {"run1", "run2"} and result["validation"]["val_size"] == 100
+    assert 0 <= result["errors_in_every_run"] <= min(result["errors_per_run"].values())
+    assert json.loads((tmp_path / "ens.json").read_text())["ensemble_accuracy"] == result["ensemble_accuracy"]
+    with pytest.raises(SystemExit):  # a run that held nothing out cannot be compared on validation rows
+        train.main(["--recipe", "plus", "--smoke", "--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "p"),
+                    "--no-progress"])  # fmt: skip
+        validation_ensemble.main([runs[0], str(tmp_path / "p"), "--dataset", str(tiny_dir)])
+    search = sorted(str(p) for p in (REPO_ROOT / "records").glob("recipe_search*.json"))
+    tested = sorted(str(p) for p in (REPO_ROOT / "records").glob("recipes_best*.json"))
+    if not search:
+        pytest.skip("no recipe search records committed")
+    out = plot_recipe_search.main(["--search", *search, "--tested", *tested, "--out", str(tmp_path / "search.png")])
+    assert out.is_file() and out.stat().st_size > 10_000
 
 
 def test_best_recipe_is_the_recipe_of_the_recorded_runs():

@@ -1,0 +1,84 @@
+"""How much headroom the finished search runs leave: each run's accuracy on the validation rows it held out, and the
+accuracy of their ensemble (softmax averaged) on the same rows. If even the ensemble gains nothing, the runs share
+their errors, and a recipe change that only reshuffles them (another seed, distillation from those runs) cannot lift
+the single model much. Validation rows only: the test split is not touched.
+
+    python -m scripts.validation_ensemble --dataset ../shared/data/mnist --output records/validation_ensemble.json \
+        outputs/search/plus-ema-seed1 outputs/search/plus-ema-seed2 ...
+"""
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
+
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+import minivision_hf  # noqa: F401  (registers the Auto classes)
+from minivision_hf.data import load_mnist, validation_split
+from minivision_hf.training import write_json
+from scripts.eval_model import collect_logits
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="finished run folders (save_pretrained + run_record.json)")
+    p.add_argument("--dataset", default="ylecun/mnist")
+    p.add_argument("--output", default=None, help="JSON file to write")
+    return p.parse_args(argv)
+
+
+def held_out_rows(run: Path) -> tuple[int, int]:
+    """(val_size, val_seed) the run held out, from its run record; every run compared must share them."""
+    record = json.loads((run / "run_record.json").read_text())
+    return int(record["recipe_values"]["val_size"]), int(record["args"].get("val_seed", 0))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    runs = [Path(r) for r in args.runs]
+    splits = {held_out_rows(r) for r in runs}
+    if len(splits) != 1 or 0 in {size for size, _ in splits}:
+        raise SystemExit(f"the runs must hold out the same validation rows, found (val_size, val_seed) {splits}")
+    (val_size, val_seed), = splits
+    train = load_mnist(args.dataset, "train")
+    _, rows = validation_split(len(train), val_size, val_seed)
+    val = train.select(rows.tolist())
+    probs, per_run = {}, {}
+    for run in runs:
+        model = AutoModelForImageClassification.from_pretrained(run).eval()
+        processor = AutoImageProcessor.from_pretrained(run)
+        with torch.no_grad():
+            logits, labels, _ = collect_logits(model, processor, val, progress=False)
+        probs[run.name] = logits.softmax(-1)
+        per_run[run.name] = (logits.argmax(-1) == labels).float().mean().item()
+        print(f"{run.name}: {per_run[run.name]:.2%}")
+    names = list(probs)
+    errors = {name: set(torch.nonzero(probs[name].argmax(-1) != labels).flatten().tolist()) for name in names}
+    ensemble = (sum(probs.values()) / len(probs)).argmax(-1)
+    result = {
+        "description": "accuracy on the held-out validation rows of each run and of their softmax-averaged ensemble",
+        "validation": {"val_size": val_size, "val_seed": val_seed},
+        "runs": per_run,
+        "single_mean": sum(per_run.values()) / len(per_run),
+        "single_best": max(per_run.values()),
+        "ensemble_accuracy": (ensemble == labels).float().mean().item(),
+        "errors_in_every_run": len(set.intersection(*errors.values())),
+        "errors_per_run": {name: len(e) for name, e in errors.items()},
+        "pairwise_shared_errors_mean": sum(len(errors[a] & errors[b]) for a, b in itertools.combinations(names, 2))
+        / max(1, len(names) * (len(names) - 1) // 2),
+        "command": "python -m scripts.validation_ensemble " + " ".join(sys.argv[1:]),
+    }
+    print(f"ensemble of {len(names)}: {result['ensemble_accuracy']:.2%} (single mean {result['single_mean']:.2%}, "
+          f"best {result['single_best']:.2%}); {result['errors_in_every_run']} rows wrong in every run")  # fmt: skip
+    if args.output:
+        write_json(Path(args.output), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
