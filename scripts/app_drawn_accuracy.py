@@ -27,6 +27,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def portable(source: str) -> str:
+    """A model source as the record stores it: a folder inside this repository relative to its root ("." for the
+    release, "variants/best"), so the record reads the same on every checkout; Hub ids and other paths as they are."""
+    path = Path(source)
+    if path.is_absolute() and path.resolve().is_relative_to(REPO_ROOT):
+        return str(path.resolve().relative_to(REPO_ROOT)) or "."
+    return source
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from tests.conftest import load_app
@@ -46,7 +58,7 @@ def main(argv=None) -> dict:
         misses = [(i, label, p) for i, label, image in drawings
                   if (p := top_label(app.predict(sketch(image), name))) != label]  # fmt: skip
         results[name] = {
-            "source": app.MODEL_SOURCES[name][0],
+            "source": portable(app.MODEL_SOURCES[name][0]),
             "revision": app.MODEL_SOURCES[name][1],
             "accuracy": 1 - len(misses) / len(drawings),
             "misses": misses,
