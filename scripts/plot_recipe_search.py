@@ -52,6 +52,8 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     search = load_runs(args.search if args.search is not None else sorted(glob.glob("records/recipe_search*.json")))
     tested = load_runs(args.tested if args.tested is not None else sorted(glob.glob("records/recipes_best*.json")))
+    # a run's one test evaluation, by its folder (a comparison may name the variant otherwise, e.g. `--as best`)
+    test_of = {r["output_dir"]: r["accuracy"] for runs in tested.values() for r in runs if r.get("accuracy")}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120, gridspec_kw={"width_ratios": [1.2, 1]})
     for name, runs in search.items():
         curves = [kept_curve(r) for r in runs]
@@ -66,9 +68,7 @@ def main(argv=None) -> Path:
     for i, name in enumerate(names):
         val = [r["val_accuracy"] * 100 for r in search[name] if r.get("val_accuracy") is not None]
         right.scatter([i] * len(val), val, color="tab:blue", s=18, label="validation, per seed" if i == 0 else None)
-        test = [r["accuracy"] * 100 for r in tested.get(name, []) if r.get("accuracy") is not None]
-        if name == "plus-ema" and not test:  # recipe `best` = plus-ema, evaluated under its own name
-            test = [r["accuracy"] * 100 for r in tested.get("best", []) if r.get("accuracy") is not None]
+        test = [test_of[r["output_dir"]] * 100 for r in search[name] if r.get("output_dir") in test_of]
         if test:
             label = None if labelled else "test, per seed (evaluated once), and mean"
             right.scatter([i + 0.15] * len(test), test, color="tab:red", marker="x", s=24, label=label)
