@@ -15,10 +15,10 @@ Read it in the order it runs:
 4. modules.py — the swapped-in modules, each holding its path (shown in its repr).
 5. functions.py — the torch autograd Functions over the C kernels, and the PyTorch expressions they equal.
 
-The C kernels by family (csrc/): pool_relu.c (max-pool + ReLU), first_block.c (1-channel conv + max-pool + ReLU),
-winograd_transforms.c (Winograd F(2x2, 3x3) transforms for the c+bmm path), winograd_avx512bf16.c (the one-pass
-Winograd block with its own AVX-512 BF16 products); vec.h (native-width vectors) and winograd_tiles.h hold what
-they share.
+The C kernels by family (csrc/): pool_relu.c (max-pool + ReLU), first_block.c (1-channel conv + max-pool + ReLU,
+bf16 and fp32), winograd_transforms.c (Winograd F(2x2, 3x3) transforms for the c+bmm path, bf16 and fp32),
+winograd_avx512bf16.c (the one-pass Winograd block with its own AVX-512 BF16 products); vec.h (vectors at the ISA
+level's native width) and winograd_tiles.h hold what they share.
 """
 
 from .build import BuildResult, KernelLibrary, load_kernels

@@ -1,7 +1,7 @@
-"""The nn.Modules the fast path swaps into a MiniVision model. Each holds the kernel path it was given when the model
-was prepared (swap.py chooses it from the machine's capabilities) and shows it in its repr; at call time it only checks
-that the input is one its kernel takes (CPU, even size, bf16 autocast for the bf16 kernels), else it computes the same
-function with PyTorch's ops.
+"""The nn.Modules the fast path swaps into a MiniVision model. Each holds the kernel path (and precision) it was given
+when the model was prepared (swap.py chooses them from the machine's capabilities) and shows them in its repr; at call
+time it only checks that the input is one its kernel takes (CPU, even size; bf16 autocast for the bf16 kernels, none
+for the fp32 ones), else it computes the same function with PyTorch's ops.
 """
 
 import enum
