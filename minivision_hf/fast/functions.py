@@ -51,6 +51,11 @@ def _sizes(x_shape) -> dict:
     return {"images": n, "height": h, "width": w, "channels": c}
 
 
+def _kernel_name(name: str, dtype: torch.dtype) -> str:
+    """The C function for the data type: the bf16 kernels have the plain name, the fp32 ones end in _f32."""
+    return name if dtype == torch.bfloat16 else f"{name}_f32"
+
+
 class PoolReLU(torch.autograd.Function):
     """relu(max_pool2d(x, 2)) for a CPU channels_last (N, C, H, W) bf16 or fp32 x with even H and W."""
 
@@ -91,11 +96,11 @@ class Conv1PoolReLU(torch.autograd.Function):
         bias_b = bias.detach().to(dtype).float().contiguous()
         y = _channels_last_empty((n, c, h // 2, w // 2), dtype)
         code = _channels_last_empty((n, c, h // 2, w // 2), torch.int16)
-        name = "mv_conv1_pool_relu_forward" if bf16 else "mv_conv1_pool_relu_forward_f32"
-        kernels.call(name, x=xb, taps=taps, bias=bias_b, y=y, code=code, images=n, height=h, width=w, channels=c)
+        kernels.call(_kernel_name("mv_conv1_pool_relu_forward", dtype), x=xb, taps=taps, bias=bias_b, y=y, code=code,
+                     images=n, height=h, width=w, channels=c)  # fmt: skip
         ctx.save_for_backward(xb, code)
         ctx.mark_non_differentiable(code)
-        ctx.kernels, ctx.weight_dtype, ctx.bf16 = kernels, weight.dtype, bf16
+        ctx.kernels, ctx.weight_dtype = kernels, weight.dtype
         return y
 
     @staticmethod
@@ -104,9 +109,9 @@ class Conv1PoolReLU(torch.autograd.Function):
         n, c, h2, w2 = grad.shape
         grad = grad.to(xb.dtype).contiguous(memory_format=torch.channels_last)
         grad_taps, grad_bias = torch.empty(9, c), torch.empty(c)
-        name = "mv_conv1_pool_relu_backward" if ctx.bf16 else "mv_conv1_pool_relu_backward_f32"
-        ctx.kernels.call(name, x=xb, grad_y=grad, code=code, grad_taps=grad_taps, grad_bias=grad_bias, images=n,
-                         height=2 * h2, width=2 * w2, channels=c)  # fmt: skip
+        ctx.kernels.call(_kernel_name("mv_conv1_pool_relu_backward", xb.dtype), x=xb, grad_y=grad, code=code,
+                         grad_taps=grad_taps, grad_bias=grad_bias, images=n, height=2 * h2, width=2 * w2,
+                         channels=c)  # fmt: skip
         grad_weight = grad_taps.t().reshape(c, 1, 3, 3).to(ctx.weight_dtype)
         return None, grad_weight, grad_bias.to(ctx.weight_dtype), None, None
 
@@ -129,11 +134,6 @@ def _chunk_buffer(images: int, h: int, w: int, channels: int, dtype: torch.dtype
     return lambda k: flat[: 16 * k * (h // 2) * (w // 2) * channels].view(16, -1, channels)
 
 
-def _transform_name(name: str, dtype: torch.dtype) -> str:
-    """The C transform for the storage type: bf16 functions have the plain name, fp32 ones end in _f32."""
-    return name if dtype == torch.bfloat16 else f"{name}_f32"
-
-
 def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, one_pass: bool,
                      chunk: int = WINOGRAD_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The Winograd block's forward: channels_last x (N, C_in, H, W), Winograd weights u (16, C_in, C_out) of the same
@@ -150,8 +150,8 @@ def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, 
         return y, code
     chunk = min(n, chunk)
     v, m = _chunk_buffer(chunk, h, w, c_in, dtype), _chunk_buffer(chunk, h, w, c_out, dtype)
-    input_transform = _transform_name("mv_winograd_input_transform", dtype)
-    output_transform = _transform_name("mv_winograd_output_pool_relu", dtype)
+    input_transform = _kernel_name("mv_winograd_input_transform", dtype)
+    output_transform = _kernel_name("mv_winograd_output_pool_relu", dtype)
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
         vk, mk = v(k), m(k)
@@ -180,7 +180,7 @@ def winograd_backward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor,
     v, dm, dv = (_chunk_buffer(chunk, h, w, c, dtype) for c in (c_in, c_out, c_in))
     du_part = torch.empty(16, c_in, c_out, dtype=dtype)
     u_t = u.transpose(1, 2).contiguous()
-    name = {f: _transform_name(f"mv_winograd_{f}", dtype)
+    name = {f: _kernel_name(f"mv_winograd_{f}", dtype)
             for f in ("input_transform", "output_pool_relu_backward", "input_transform_backward")}  # fmt: skip
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
@@ -209,10 +209,11 @@ class WinogradConvPoolReLU(torch.autograd.Function):
         xb = x.to(dtype).contiguous(memory_format=torch.channels_last)  # autocast's casts (bf16), or fp32 as it is
         u = winograd_weights(weight.detach().to(dtype).float()).to(dtype)
         bias_b = bias.detach().to(dtype).float().contiguous()
-        y, code = winograd_forward(kernels, xb, u, bias_b, one_pass and bf16, chunk)
+        one_pass = one_pass and bf16  # the one-pass products are bf16 only
+        y, code = winograd_forward(kernels, xb, u, bias_b, one_pass, chunk)
         ctx.save_for_backward(xb, u, code)
         ctx.mark_non_differentiable(code)
-        ctx.kernels, ctx.one_pass, ctx.chunk = kernels, one_pass and bf16, chunk
+        ctx.kernels, ctx.one_pass, ctx.chunk = kernels, one_pass, chunk
         ctx.input_dtype, ctx.weight_dtype = x.dtype, weight.dtype
         return y
 

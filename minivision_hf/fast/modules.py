@@ -68,30 +68,15 @@ def pool_relu_applies(x: torch.Tensor) -> bool:
     )
 
 
-def fp32_conv_kernel_applies(x: torch.Tensor) -> bool:
-    """Whether an fp32 conv kernel computes what PyTorch would here: a CPU fp32 (N, C, H, W) input, H and W even,
-    outside any CPU autocast (inside one, PyTorch's ops run at the autocast's precision)."""
-    return (
-        x.device.type == "cpu"
-        and x.dim() == 4
-        and x.dtype == torch.float32
-        and x.shape[2] % 2 == 0
-        and x.shape[3] % 2 == 0
-        and not torch.is_autocast_enabled("cpu")
-    )
-
-
-def bf16_conv_kernel_applies(x: torch.Tensor) -> bool:
-    """Whether a bf16 conv kernel computes what PyTorch would here: a CPU (N, C, H, W) input, H and W even, inside
-    bf16 autocast on the CPU (the kernels reproduce autocast's numerics; outside it PyTorch's fp32 ops run)."""
-    return (
-        x.device.type == "cpu"
-        and x.dim() == 4
-        and x.shape[2] % 2 == 0
-        and x.shape[3] % 2 == 0
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
+def conv_kernel_applies(x: torch.Tensor, precision: str) -> bool:
+    """Whether a conv kernel of `precision` computes what PyTorch would here: a CPU (N, C, H, W) input, H and W even,
+    and the autocast state PyTorch's ops would run in. "bf16" kernels reproduce bf16 autocast's numerics, so they need
+    it on; "fp32" kernels need an fp32 input and no CPU autocast (inside one, PyTorch's ops run at its precision)."""
+    if not (x.device.type == "cpu" and x.dim() == 4 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0):
+        return False
+    if precision == "bf16":
+        return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
 class FusedMaxPoolReLU(nn.Module):
@@ -148,7 +133,7 @@ class FusedConvPoolReLUBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         x, conv, bf16 = hidden_states, self.conv, self.precision == "bf16"
-        applies = bf16_conv_kernel_applies(x) if bf16 else fp32_conv_kernel_applies(x)
+        applies = conv_kernel_applies(x, self.precision)
         if self.direct and not x.requires_grad and applies:  # no input gradient from this kernel
             pooled = Conv1PoolReLU.apply(x, conv.weight, conv.bias, self.kernels, bf16)
         elif self.winograd and applies:

@@ -130,10 +130,8 @@ static void backward_vectorised(const void *x, const void *grad, const int16_t *
         for (long j = 0; j < W2; ++j) {
             const float *p = pad + 2 * i * Wp + 2 * j;
             const long at = (r * W2 + j) * C + k0;
-            vi16 c16;
-            memcpy(&c16, code + at, sizeof c16);
-            vu bits = (vu)(f32 ? load_f32_v((const float *)grad + at) : load_bf16_v((const uint16_t *)grad + at));
-            vi which = __builtin_convertvector(c16, vi); /* 0..3: the window input that won; 4: none */
+            vu bits = (vu)load_v(grad, at, f32);
+            vi which = load_codes_v(code + at); /* 0..3: the window input that won; 4: none */
             vf g0 = (vf)(bits & (vu)(which == 0));
             vf g1 = (vf)(bits & (vu)(which == 1));
             vf g2 = (vf)(bits & (vu)(which == 2));

@@ -67,6 +67,18 @@ static inline vf load_f32_v(const float *p) {
 }
 static inline void store_f32_v(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
+/* VL values at element i of an array stored as bf16 bits (f32 = 0) or fp32 (f32 = 1), as fp32. */
+static inline vf load_v(const void *p, long i, int f32) {
+    return f32 ? load_f32_v((const float *)p + i) : load_bf16_v((const uint16_t *)p + i);
+}
+
+/* VL pooling codes (int16: 0..3 the window input that won, 4 where ReLU closed) as 32-bit lanes. */
+static inline vi load_codes_v(const int16_t *code) {
+    vi16 c16;
+    memcpy(&c16, code, sizeof c16);
+    return __builtin_convertvector(c16, vi);
+}
+
 /* Rounds the 4 conv outputs of a 2x2 window to bf16 and stores relu(max) and its code (as pool_relu.c: first maximum,
  * NaN wins, 4 where ReLU closes). */
 static inline void pool_relu_v(const vf out[4], uint16_t *y, int16_t *code) {

@@ -93,12 +93,6 @@ static inline vf output_window_backward(vf grad, vi which, vf out[16]) {
     return g;
 }
 
-static inline vi load_codes_v(const int16_t *code) {
-    vi16 c16;
-    memcpy(&c16, code, sizeof c16);
-    return __builtin_convertvector(c16, vi);
-}
-
 /* output_window_backward for the bf16 block: gradient and codes at element `at` of (T, C) arrays. */
 static inline vf output_tile_backward(const uint16_t *grad, const int16_t *code, long at, vf out[16]) {
     return output_window_backward(load_bf16_v(grad + at), load_codes_v(code + at), out);

@@ -15,11 +15,6 @@
 #include "minivision_kernels.h"
 #include "winograd_tiles.h"
 
-/* 16 values at element i of an array stored as bf16 bits (f32 = 0) or fp32 (f32 = 1). */
-static inline vf load_16(const void *p, long i, int f32) {
-    return f32 ? load_f32_v((const float *)p + i) : load_bf16_v((const uint16_t *)p + i);
-}
-
 /* V = B^T d B for tiles t0..t1: x (N, H, W, C) -> V (16, T, C), both of the storage type; bf16 V rounded to nearest
  * even. */
 static void winograd_input(const void *x, void *V, long t0, long t1, long T, long H, long W, long C, int f32) {
@@ -30,7 +25,7 @@ static void winograd_input(const void *x, void *V, long t0, long t1, long T, lon
         tile_offsets(t / tiles, t % tiles, H, W, C, offset);
         for (long k = 0; k < C; k += VL) {
             vf d[16], out[16];
-            for (int e = 0; e < 16; ++e) d[e] = offset[e] < 0 ? zero : load_16(x, offset[e] + k, f32);
+            for (int e = 0; e < 16; ++e) d[e] = offset[e] < 0 ? zero : load_v(x, offset[e] + k, f32);
             input_transform(d, out);
             for (int e = 0; e < 16; ++e) {
                 const long at = (e * T + t) * C + k;
@@ -48,7 +43,7 @@ static void winograd_output_pool_relu(const void *M, const float *bias, void *y,
     for (long t = t0; t < t1; ++t)
         for (long k = 0; k < C; k += VL) {
             vf m[16], out[4];
-            for (int e = 0; e < 16; ++e) m[e] = load_16(M, (e * T + t) * C + k, f32);
+            for (int e = 0; e < 16; ++e) m[e] = load_v(M, (e * T + t) * C + k, f32);
             output_window(m, load_f32_v(bias + k), out);
             if (f32) pool_relu_v_f32(out, (float *)y + t * C + k, code + t * C + k);
             else pool_relu_v(out, (uint16_t *)y + t * C + k, code + t * C + k);
@@ -63,7 +58,7 @@ static void winograd_output_backward(const void *grad, const int16_t *code, void
     for (long t = t0; t < t1; ++t)
         for (long k = 0; k < C; k += VL) {
             vf d[16];
-            vf g = output_window_backward(load_16(grad, t * C + k, f32), load_codes_v(code + t * C + k), d);
+            vf g = output_window_backward(load_v(grad, t * C + k, f32), load_codes_v(code + t * C + k), d);
             store_f32_v(dbias + k, load_f32_v(dbias + k) + g);
             for (int e = 0; e < 16; ++e) {
                 const long at = (e * T + t) * C + k;
@@ -86,7 +81,7 @@ static void winograd_input_backward(const void *dV, void *grad_x, float *scratch
                 const long t = (n * H2 + ty) * W2 + tx;
                 for (long k = 0; k < C; k += VL) {
                     vf d[16];
-                    for (int e = 0; e < 16; ++e) d[e] = load_16(dV, (e * T + t) * C + k, f32);
+                    for (int e = 0; e < 16; ++e) d[e] = load_v(dV, (e * T + t) * C + k, f32);
                     input_tile_backward(d, scratch + (2 * ty * Wp + 2 * tx) * C + k, Wp * C, C);
                 }
             }
