@@ -492,8 +492,7 @@ def format_markdown(r: dict) -> str:
             f"backward, {floor.get('precision', 'bf16')}, batch {floor['batch']}) takes {floor['ms']:.1f} ms with "
             "PyTorch's ops"
             + (f", {floor['winograd_ms']:.1f} ms as the fast path runs it ({floor['fast_path']})."
-               if floor.get("winograd_ms") else ".")  # fmt: skip
-            + (" bf16 is emulated on this CPU: both figures measure the emulation." if floor.get("emulated") else ""),
+               if floor.get("winograd_ms") else "."),  # fmt: skip
         ]
     tta = r.get("time_to_accuracy")
     lines += ["", f"### Seconds of training to {r['args']['target_accuracy']:.1%} test accuracy {isa}", ""]

@@ -142,7 +142,7 @@ def elastic_displacement(
 ) -> torch.Tensor:
     """Simard et al. 2003's elastic distortion as a (b, h, w, 2) offset to add to a sampling grid (normalised units):
     per pixel and axis a uniform draw in [-1, 1], smoothed by a Gaussian of `sigma` pixels (separable, zero
-    padded), scaled by `alpha` pixels. alpha 34, sigma 4 (Simard's) moves pixels by ~1.4 px RMS, smoothly."""
+    padded), scaled by `alpha` pixels. alpha 34, sigma 4 (Simard's) moves pixels by ~1.3 px RMS, smoothly."""
     noise = torch.rand(b * 2, h, w, generator=generator) * 2 - 1
 
     def blur(n: int) -> torch.Tensor:  # the Gaussian as an (n, n) matrix: zero padding is its cut-off rows

@@ -19,9 +19,9 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import minivision_hf  # noqa: F401  (registers the Auto classes)
-from minivision_hf.data import load_mnist, validation_split
 from minivision_hf.training import write_json
 from scripts.eval_model import collect_logits
+from scripts.make_variant import validation_rows
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,22 +32,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def held_out_rows(run: Path) -> tuple[int, int]:
-    """(val_size, val_seed) the run held out, from its run record; every run compared must share them."""
-    record = json.loads((run / "run_record.json").read_text())
+def held_out_rows(record: dict) -> tuple[int, int]:
+    """(val_size, val_seed) a run held out, from its run record; every run compared must share them."""
     return int(record["recipe_values"]["val_size"]), int(record["args"].get("val_seed", 0))
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     runs = [Path(r) for r in args.runs]
-    splits = {held_out_rows(r) for r in runs}
+    records = [json.loads((run / "run_record.json").read_text()) for run in runs]
+    splits = {held_out_rows(record) for record in records}
     if len(splits) != 1 or 0 in {size for size, _ in splits}:
         raise SystemExit(f"the runs must hold out the same validation rows, found (val_size, val_seed) {splits}")
     (val_size, val_seed), = splits
-    train = load_mnist(args.dataset, "train")
-    _, rows = validation_split(len(train), val_size, val_seed)
-    val = train.select(rows.tolist())
+    val = validation_rows(records[0], args.dataset)  # the rows the runs held out, rebuilt as make_variant does
     probs, per_run = {}, {}
     for run in runs:
         model = AutoModelForImageClassification.from_pretrained(run).eval()
