@@ -616,6 +616,14 @@ class TrainingData:
     eval_name: str
 
 
+def data_device() -> torch.device:
+    """Where the fast path keeps the dataset and augments its batches: this process's CUDA GPU where there is one
+    (the device Trainer puts the model on: LOCAL_RANK's under torchrun), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
     """Load the splits and make the fast path's uint8 tensors + batched augmentation, or the plain path's per-sample
     PIL transforms. With recipe.val_size, the evaluation set is rows held out of the training split."""
@@ -650,6 +658,7 @@ def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
         shear=recipe.shear,
         interpolation=recipe.interpolation,
         elastic=(recipe.elastic_alpha, recipe.elastic_sigma),
+        device=data_device(),  # resident on a GPU: no copy per batch
     )
     # TracedCollator: each batch carries the generator state a resume restarts from (MiniVisionTrainer saves it).
     return TrainingData(IndexDataset(len(train_x)), IndexDataset(len(eval_x), start=len(train_x)),
@@ -701,6 +710,7 @@ def training_arguments(args, recipe: Recipe, world: int, use_bf16: bool) -> Trai
         torch_compile=args.compile,
         seed=args.seed,
         dataloader_num_workers=0,
+        dataloader_pin_memory=args.data_path != "fast",  # the fast path's batches are already on the device
         remove_unused_columns=False,
         report_to="none",  # TensorBoard is attached explicitly, writing into output_dir/tensorboard
         disable_tqdm=args.no_progress,
@@ -969,6 +979,7 @@ __all__ = [
     "check_arguments",
     "check_model_source",
     "checkpoints",
+    "data_device",
     "discard_folder",
     "evaluate_kept_model",
     "git_commit",

@@ -212,3 +212,48 @@ def test_seconds_to_a_target_accuracy_for_both_paths(tiny_dir):
         run = result[path]
         assert run["reached"] and run["epoch"] == 1 and _positive(run["train_s"]) and run["wall_s"] >= run["train_s"]
     assert result["speedup"] == pytest.approx(result["plain"]["train_s"] / result["fast"]["train_s"], rel=1e-3)
+
+
+def test_gpu_script_reads_seconds_to_each_target_from_the_epochs():
+    from scripts import gpu_time_to_accuracy as gpu
+
+    record = {"epochs": [{"epoch": 1, "wall_s": 1.5, "test_accuracy": 0.985},
+                         {"epoch": 2, "wall_s": 1.25, "test_accuracy": 0.9931},
+                         {"epoch": 3, "wall_s": 1.0, "test_accuracy": 0.9951}]}  # fmt: skip
+    assert gpu.seconds_to(record, 0.99) == {"epoch": 2, "accuracy": 0.9931, "train_s": 2.75}
+    assert gpu.seconds_to(record, 0.995) == {"epoch": 3, "accuracy": 0.9951, "train_s": 3.75}
+    assert gpu.seconds_to(record, 0.999) == {"epoch": None, "accuracy": None, "train_s": None}
+    assert {c[0] for c in gpu.CONFIGS} >= {"plus-2ep", "plus-8ep", "seed-plain"}  # 99.0%, 99.5%, the naive side
+    assert {c[2] for c in gpu.CONFIGS} == {0.99, 0.995}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_script_refuses_to_time_a_cpu_as_a_gpu(tmp_path):
+    from scripts import gpu_time_to_accuracy as gpu
+
+    with pytest.raises(SystemExit, match="no CUDA GPU here"):
+        gpu.main(["--output", str(tmp_path / "g.json")])
+    assert not (tmp_path / "g.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_its_configurations_and_records_a_failing_one(tiny_dir, tmp_path):
+    """The prepared GPU run's logic, on this CPU with --smoke: each configuration is a scripts.train run whose
+    epochs land in the record and the table; one that fails (here a flag train.py refuses) is recorded with its error
+    and the others still run."""
+    from scripts import gpu_time_to_accuracy as gpu
+
+    broken = ("broken", "fast", 0.99, ["--recipe", "plus", "--lr", "nan"])
+    configs = [c for c in gpu.CONFIGS if c[0] == "plus-2ep"] + [broken]
+    original, gpu.CONFIGS = gpu.CONFIGS, configs
+    try:
+        result = gpu.main(["--smoke", "--allow-cpu", "--dataset", str(tiny_dir), "--output", str(tmp_path / "g.json")])
+    finally:
+        gpu.CONFIGS = original
+    good, bad = result["runs"]
+    assert good["name"] == "plus-2ep" and good["epochs_run"] == len(good["accuracies"]) >= 1
+    assert all(_positive(s) for s in good["epoch_s"]) and set(good["to_99_0"]) == {"epoch", "accuracy", "train_s"}
+    assert bad["name"] == "broken" and "lr" in bad["error"]
+    assert json.loads((tmp_path / "g.json").read_text())["device"].startswith("CPU")
+    table = (tmp_path / "g.md").read_text()
+    assert "| plus-2ep | fast |" in table and "| broken | fast |" in table and "failed:" in table

@@ -216,6 +216,33 @@ def test_collator_and_plain_transform_agree_without_augmentation(tiny_test):
     assert math.isfinite(float(torch.stack(augmented["pixel_values"]).sum()))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (none here): the dataset kept on the GPU is checked only "
+    "where one is present"))])  # fmt: skip
+def test_collator_on_a_device_gives_the_same_batches(tiny_test, device):
+    """The fast path keeps the dataset on Trainer's device (a GPU: no copy per batch); the augmentation draws stay on
+    the CPU generator, so the batches equal the host-memory collator's (on a GPU, but for nearest-pixel ties), and no
+    augmentation stream changes."""
+    images, labels = decode_to_uint8(tiny_test)
+    host = BatchCollator(images, labels, augment_below=64, max_degrees=12.0, scale=(0.9, 1.1), seed=3)
+    resident = BatchCollator(images, labels, augment_below=64, max_degrees=12.0, scale=(0.9, 1.1), seed=3,
+                             device=device)  # fmt: skip
+    assert resident.images.device.type == device
+    for rows in (list(range(0, 32)), list(range(64, 96))):  # augmented training rows, then evaluation rows
+        a, b = host(rows), resident(rows)
+        assert b["pixel_values"].device.type == device and b["labels"].device.type == device
+        assert torch.equal(a["labels"], b["labels"].cpu())
+        differ = ((a["pixel_values"] - b["pixel_values"].cpu()).abs() > 1e-4).float().mean()
+        assert differ <= (0.0 if device == "cpu" else 0.01)  # a GPU may round a nearest-pixel tie the other way
+    assert torch.equal(host.generator.get_state(), resident.generator.get_state())
+
+
+def test_data_device_is_trainers():
+    from minivision_hf.training import data_device
+
+    assert data_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_compare_recipes_smoke(tiny_dir, tmp_path):
     from scripts import compare_recipes
 

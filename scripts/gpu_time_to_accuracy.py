@@ -1,0 +1,138 @@
+"""Seconds of training to 99.0% and 99.5% test accuracy on a CUDA GPU, next to the anchor: 0.76 s to 99.0%
+(train_mnist_fast, one epoch, GTX 1660 Ti).
+
+Each configuration is one `scripts.train` run with `--target-accuracy` (it stops at the first epoch whose test
+accuracy reaches the target). The fast path on CUDA keeps the uint8 dataset on the GPU and augments whole batches
+there (`data.BatchCollator(device=...)`), trains under bf16 autocast where the GPU has bf16, channels_last, and runs
+PyTorch's ops for every block (the C kernels are CPU kernels). Every configuration runs once, in order, and a
+failing one is recorded with its error rather than stopping the rest: GPU time is scarce, so this is one prepared
+run (`bash scripts/gpu_check.sh run` on the GPU machine: the CUDA tests, then this script).
+
+    python -m scripts.gpu_time_to_accuracy --dataset ../shared/data/mnist
+    python -m scripts.gpu_time_to_accuracy --smoke --allow-cpu --dataset tests/fixtures/mnist_tiny   # CI: the logic
+
+Writes records/gpu_time_to_accuracy.json and its markdown table (--output, --markdown). Seconds are the run
+record's training seconds up to and including that epoch (evaluations excluded); `wall_s` includes them.
+"""
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
+
+import torch
+
+from minivision_hf import benchmarking as bench
+from minivision_hf.data import DEFAULT_DATASET
+from minivision_hf.training import write_json
+
+ANCHOR = {"seconds_to_99.0": 0.76, "what": "train_mnist_fast, one epoch, GTX 1660 Ti"}
+# name, data path, target, train.py arguments. The 99% configurations are the CPU benchmark's fast one, a larger batch
+# (fewer, bigger steps suit a GPU) and torch.compile; the 99.5% one is `plus` in a short one-cycle schedule; the plain
+# path (per-sample PIL transforms, fp32, the seed's recipe) is the naive side.
+CONFIGS = [
+    ("plus-2ep", "fast", 0.99, ["--recipe", "plus", "--epochs", "2", "--warmup-epochs", "0.2"]),
+    ("plus-3ep-b512", "fast", 0.99, ["--recipe", "plus", "--epochs", "3", "--warmup-epochs", "0.3",
+                                     "--batch-size", "512", "--lr", "0.1"]),  # fmt: skip
+    ("plus-2ep-compile", "fast", 0.99, ["--recipe", "plus", "--epochs", "2", "--warmup-epochs", "0.2", "--compile"]),
+    ("plus-8ep", "fast", 0.995, ["--recipe", "plus", "--epochs", "8", "--warmup-epochs", "0.5"]),
+    ("seed-plain", "plain", 0.99, ["--recipe", "seed", "--epochs", "6"]),
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--only", nargs="+", default=None, choices=[c[0] for c in CONFIGS], help="these configurations")
+    p.add_argument("--output", default="records/gpu_time_to_accuracy.json")
+    p.add_argument("--markdown", default=None, help="default: --output with .md")
+    p.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to check the script, not to time)")
+    p.add_argument("--smoke", action="store_true", help="tiny runs (train.py --smoke): the script's logic, for CI")
+    return p.parse_args(argv)
+
+
+def seconds_to(record: dict, target: float) -> dict:
+    """The first epoch of a run record whose test accuracy reaches `target`: its number, accuracy and the training
+    seconds up to and including it (None where no epoch did)."""
+    seconds = 0.0
+    for epoch in record["epochs"]:
+        seconds += epoch["wall_s"]
+        if epoch.get("test_accuracy", -1.0) >= target:
+            return {"epoch": epoch["epoch"], "accuracy": epoch["test_accuracy"], "train_s": round(seconds, 3)}
+    return {"epoch": None, "accuracy": None, "train_s": None}
+
+
+def run_config(name: str, path: str, target: float, train_args: list[str], dataset: str, smoke: bool) -> dict:
+    """One configuration's run: its seconds to 99.0% (and to 99.5% where its target is that), or its error."""
+    extra = ["--target-accuracy", str(target), *train_args, *(["--smoke"] if smoke else [])]
+    row = {"name": name, "data_path": path, "target": target, "train_args": train_args}
+    try:
+        record = bench.train_run(path, dataset, extra, batch_size=256)
+    except Exception as error:  # noqa: BLE001 -- a failing configuration is recorded, the others still run
+        stderr = getattr(error, "stderr", "") or traceback.format_exc()
+        row["error"] = f"{type(error).__name__}: {stderr.strip().splitlines()[-1] if stderr.strip() else error}"
+        print(f"{name}: failed: {row['error']}")
+        return row
+    row.update(
+        bf16=bool(record.get("bf16")),
+        batch_size=record["args"]["batch_size"],
+        epochs_run=len(record["epochs"]),
+        epoch_s=[e["wall_s"] for e in record["epochs"]],
+        accuracies=[e.get("test_accuracy") for e in record["epochs"]],
+        train_images_per_s=record.get("train_images_per_s"),
+        to_99_0=seconds_to(record, 0.99),
+        to_99_5=seconds_to(record, 0.995),
+        hardware=record.get("hardware"),
+    )
+    print(f"{name}: to 99.0% {row['to_99_0']['train_s']} s, to 99.5% {row['to_99_5']['train_s']} s "
+          f"(epochs {row['accuracies']})")  # fmt: skip
+    return row
+
+
+def markdown(result: dict) -> str:
+    lines = [f"### Seconds of training to 99.0% / 99.5% test accuracy on {result['device']} [{result['cpu']['isa']}]",
+             "",
+             "| configuration | path | train.py arguments | bf16 | to 99.0% | to 99.5% | images/s |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def cell(reached: dict) -> str:
+        return "not reached" if reached["train_s"] is None else f"{reached['train_s']:.2f} s (epoch {reached['epoch']})"
+
+    for row in result["runs"]:
+        args = " ".join(row["train_args"])
+        if "error" in row:
+            lines.append(f"| {row['name']} | {row['data_path']} | `{args}` | | failed: {row['error']} | | |")
+            continue
+        lines.append(f"| {row['name']} | {row['data_path']} | `{args}` | {row['bf16']} | {cell(row['to_99_0'])} | "
+                     f"{cell(row['to_99_5'])} | {row['train_images_per_s'] or 0:,.0f} |")  # fmt: skip
+    lines += ["", f"Anchor: {ANCHOR['seconds_to_99.0']} s to 99.0% ({ANCHOR['what']})."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        sys.exit("no CUDA GPU here: these figures are a GPU's (pass --allow-cpu to check the script on a CPU)")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (--allow-cpu: not a GPU figure)"
+    configs = [c for c in CONFIGS if args.only is None or c[0] in args.only]
+    result = {
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu": bench.cpu_record(),  # the host CPU (the plain path's transforms run there)
+        "anchor": ANCHOR,
+        "smoke": args.smoke,
+        "dataset": args.dataset,
+        "runs": [run_config(*config, args.dataset, args.smoke) for config in configs],
+    }
+    write_json(Path(args.output), result)
+    markdown_path = Path(args.markdown or Path(args.output).with_suffix(".md"))
+    markdown_path.write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
