@@ -33,6 +33,7 @@ class Recipe:
     lr: float = 0.01
     momentum: float = 0.8
     nesterov: bool = False
+    optimizer: str = "sgd"  # "sgd" (momentum, nesterov) or "adamw" (beta1 = momentum, beta2 0.999, decoupled decay)
     weight_decay: float = 0.0
     scheduler: str = "step"  # "step": StepLR per epoch; "onecycle": linear warm-up then cosine to 0, per step
     step_epochs: int = 3  # StepLR step size, in epochs
@@ -137,7 +138,7 @@ class TracedCollator:
 
 
 class MiniVisionTrainer(Trainer):
-    """Trainer with the recipe's SGD and an epoch-exact schedule, that also:
+    """Trainer with the recipe's optimizer (SGD, or AdamW) and an epoch-exact schedule, that also:
 
     - stops on a non-finite loss (`NonFiniteLossError`, naming the step) before anything is saved;
     - saves, in every checkpoint, the augmentation generator's state and the `EpochRecorder`'s (STATE_FILE), and
@@ -174,16 +175,18 @@ class MiniVisionTrainer(Trainer):
             for param in model.parameters():
                 if param.requires_grad:
                     (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on biases and BatchNorm
-            self.optimizer = torch.optim.SGD(
-                [
-                    {"params": decay, "weight_decay": self.recipe.weight_decay},
-                    {"params": no_decay, "weight_decay": 0.0},
-                ],
-                lr=self.recipe.lr,
-                momentum=self.recipe.momentum,
-                nesterov=self.recipe.nesterov,
-                foreach=True,
-            )
+            groups = [
+                {"params": decay, "weight_decay": self.recipe.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ]
+            if self.recipe.optimizer == "adamw":
+                self.optimizer = torch.optim.AdamW(groups, lr=self.recipe.lr, betas=(self.recipe.momentum, 0.999),
+                                                   foreach=True)  # fmt: skip
+            elif self.recipe.optimizer == "sgd":
+                self.optimizer = torch.optim.SGD(groups, lr=self.recipe.lr, momentum=self.recipe.momentum,
+                                                 nesterov=self.recipe.nesterov, foreach=True)  # fmt: skip
+            else:
+                raise ValueError(f"unknown optimizer {self.recipe.optimizer!r}; use 'sgd' or 'adamw'")
         return self.optimizer
 
     def steps_per_epoch(self) -> int:

@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=recipe.lr, help="base learning rate")
     p.add_argument("--momentum", type=float, default=recipe.momentum)
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=recipe.nesterov)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=recipe.optimizer,
+                   help="adamw: --momentum is its beta1, --weight-decay is decoupled")  # fmt: skip
     p.add_argument("--weight-decay", type=float, default=recipe.weight_decay)
     p.add_argument("--scheduler", choices=["step", "onecycle"], default=recipe.scheduler)
     p.add_argument("--step-epochs", type=int, default=recipe.step_epochs, help="StepLR step size in epochs")

@@ -89,6 +89,21 @@ def test_no_winograd_keeps_pytorchs_second_conv(tiny_dir, tmp_path):
     assert record["final_eval"]["accuracy"] > 0.1
 
 
+def test_adamw_optimizer_trains_and_is_recorded(tiny_dir, tmp_path):
+    """--optimizer adamw: AdamW with --momentum as beta1 and decoupled weight decay on weights only (not biases or
+    BatchNorm), under the recipe's schedule; the run record names it and the checkpoint holds Adam's moments."""
+    record = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--smoke", "--recipe", "plus",
+                         "--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.01", *TINY_ARGS])  # fmt: skip
+    assert record["recipe_values"]["optimizer"] == "adamw" and record["final_eval"]["accuracy"] > 0.1
+    checkpoint = max(tmp_path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert {"exp_avg", "exp_avg_sq"} <= set(state["state"][0])
+    decay, no_decay = state["param_groups"]
+    assert decay["betas"][0] == 0.9 and decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    with pytest.raises(SystemExit):
+        train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "x"), "--optimizer", "lamb"])
+
+
 def test_resume_continues_step_and_schedule(tiny_dir, tmp_path):
     common = ["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--epochs", "4", "--batch-size", "64",
               *TINY_ARGS]  # fmt: skip
