@@ -189,6 +189,17 @@ def test_variant_folder_is_complete_and_names_its_run():
     assert f"{result['accuracy']:.2%}" in card and "revision=\"best\"" in card and "Every variant tried" in card
 
 
+def test_variant_code_is_the_packages_code():
+    """The variant's remote-code files are the package's, byte for byte (save_pretrained copies them): a change to
+    the model, processor or pipeline code must reach the `best` branch too."""
+    for name in ("configuration_minivision.py", "modeling_minivision.py", "image_processing_minivision.py",
+                 "pipeline_minivision.py"):  # fmt: skip
+        assert (VARIANT / name).read_bytes() == (REPO_ROOT / "minivision_hf" / name).read_bytes(), (
+            f"variants/best/{name} differs from minivision_hf/{name}: copy it over (scripts.make_variant writes it "
+            "with save_pretrained)"
+        )
+
+
 @needs_variant
 def test_variant_loads_locally_and_as_remote_code(tiny_test):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
