@@ -12,6 +12,7 @@ process with MINIVISION_ISA_LEVEL=x86-64-v3 to build and run the kernels as an A
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -178,9 +179,10 @@ def test_this_cpu_builds_for_its_own_level():
     assert LIB.one_pass_winograd == ("avx512_bf16" in BUILD.target.features)
 
 
-def _run(code: str, tmp_path, refuse: str | None = None, **env) -> subprocess.CompletedProcess:
+def _run(code: str, tmp_path, refuse: str | None = None, prefix: tuple[str, ...] = (), timeout: int = 300,
+         **env) -> subprocess.CompletedProcess:  # fmt: skip
     """Run `code` in a fresh Python with an empty kernel cache; with `refuse`, its C compiler (gcc behind a wrapper)
-    fails on every flag starting with `refuse`."""
+    fails on every flag starting with `refuse`; `prefix` runs the interpreter under another program (an emulator)."""
     environment = {**os.environ, "MINIVISION_CACHE": str(tmp_path / "cache"), **env}
     if refuse:
         compiler = tmp_path / "cc-refusing"
@@ -188,7 +190,8 @@ def _run(code: str, tmp_path, refuse: str | None = None, **env) -> subprocess.Co
                             'done\nexec gcc "$@"\n')  # fmt: skip
         compiler.chmod(0o755)
         environment["CC"] = str(compiler)
-    return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*prefix, sys.executable, "-c", code], env=environment, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
 
 
 @needs_kernels
@@ -420,6 +423,67 @@ def test_x86_64_v3_build_runs_the_avx2_choices(tmp_path):
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
     built = list((tmp_path / "cache" / "minivision_hf").glob("*.so"))
     assert [p.name.split("-")[1:-1] for p in built] == [["x86", "64", "v3"]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-x86_64 not installed (apt-get install qemu-user)")
+@pytest.mark.skipif(not {"avx2", "fma"} <= CAPS.cpu_features, reason="needs a CPU with AVX2 (x86-64-v3)")
+def test_fast_training_step_on_an_emulated_avx2_only_cpu(tmp_path):
+    """The fast path on a CPU that has no AVX-512 at all: this interpreter under `qemu-x86_64 -cpu Haswell` (AVX2 and
+    FMA; QEMU stops a program at its first AVX-512 instruction). No variable asks for it: /proc/cpuinfo there is the
+    host's (AVX-512), PyTorch's CPUID reading is AVX2, and the detection follows the CPU. The library is built for
+    x86-64-v3, the plan is fp32, and an evaluation and a training step (loss, every gradient) equal PyTorch's own
+    modules run on the same emulated CPU."""
+    code = (
+        "import torch\n"
+        "import minivision_hf as mv\n"
+        "from minivision_hf import fast\n"
+        "caps = fast.detect_capabilities()\n"
+        "assert torch.backends.cpu.get_cpu_capability() == 'AVX2'\n"
+        "assert caps.isa_level == 'x86-64-v3' and 'CPUID' in caps.cpu_source and not caps.cpu_bf16_native, caps\n"
+        "torch.manual_seed(0)\n"
+        "ref = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).to(memory_format=torch.channels_last)\n"
+        "ref.classifier[2].p = 0.0\n"
+        "model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).to(memory_format=torch.channels_last)\n"
+        "model.load_state_dict(ref.state_dict())\n"
+        "model.classifier[2].p = 0.0\n"
+        "ref.eval(), model.eval()\n"
+        "report = fast.apply_fast_kernels(model)\n"
+        "assert report['kernel_isa_level'] == 'x86-64-v3' and report['precision'] == 'fp32', report\n"
+        "assert [b['path'] for b in report['blocks'].values()] == ['c-one-pass', 'c+bmm'], report\n"
+        "g = torch.Generator().manual_seed(1)\n"
+        "x = torch.randn(16, 1, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)\n"
+        "labels = torch.randint(0, 10, (16,), generator=g)\n"
+        "with torch.no_grad():\n"
+        "    logits = [m(pixel_values=x).logits for m in (ref, model)]\n"
+        "torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)\n"
+        "ref.train(), model.train()\n"
+        "losses = [m(pixel_values=x, labels=labels).loss for m in (ref, model)]\n"
+        "torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)\n"
+        "for loss in losses:\n"
+        "    loss.backward()\n"
+        "for (name, a), b in zip(ref.named_parameters(), model.parameters()):\n"
+        "    torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4, msg=name)\n"
+        "print('ok')\n"
+    )
+    result = _run(code, tmp_path, prefix=("qemu-x86_64", "-cpu", "Haswell"), timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    built = list((tmp_path / "cache" / "minivision_hf").glob("*.so"))
+    assert [p.name.split("-")[1:-1] for p in built] == [["x86", "64", "v3"]]
+
+
+def test_a_swapped_model_keeps_its_eval_mode():
+    """apply_fast_kernels on a model already in eval mode: the swapped-in modules (FastDropout above all) are in eval
+    mode too, so its outputs are deterministic and equal the unswapped model's."""
+    ref = _model().eval()
+    model = copy.deepcopy(ref)
+    fast.apply_fast_kernels(model, capabilities=AVX2_ONLY)
+    assert not any(m.training for m in model.modules())
+    x = _digits(8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, ref(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+    model.train()
+    assert all(m.training for m in model.modules())
 
 
 def test_cuda_choice_runs_pytorchs_ops_and_fast_dropout():

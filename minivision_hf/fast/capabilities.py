@@ -5,6 +5,12 @@ The CPU's features come from /proc/cpuinfo (the kernel's names for the cpuid bit
 there is none (macOS, Windows) from `torch.backends.cpu.get_cpu_capability()` ("AVX512", "AVX2", ...), which cannot
 tell AVX-512 BF16 apart and so never claims it.
 
+On x86 the two sources are also checked against each other: PyTorch reads the processor's own CPUID, so where it
+dispatches to AVX2 (or to no AVX2) on a CPU whose /proc/cpuinfo lists more, the features are cut down to x86-64-v3
+(or x86-64-v2). /proc/cpuinfo is the host's under an emulator such as `qemu-x86_64 -cpu Haswell`, and a library
+built from it would stop there on the first AVX-512 instruction (SIGILL); `ATEN_CPU_CAPABILITY=avx2` lowers both
+alike.
+
 `MINIVISION_ISA_LEVEL=<level>` (a name in `ISA_LEVELS`, e.g. `x86-64-v3`) makes this CPU look like one of that level:
 its features are cut down to the level's (never raised above what the CPU has). That is how an AVX-512 machine runs
 the AVX2-only choices end to end (fp32, kernels built for x86-64-v3); for PyTorch's own kernels to follow, also set
@@ -40,6 +46,8 @@ RECORDED_FEATURES = _X86_64_V4 | {"avx512_bf16", "avx512_vnni", "avx_vnni", "amx
 
 # torch.backends.cpu.get_cpu_capability() -> the features it implies, where /proc/cpuinfo is missing.
 _TORCH_CAPABILITY_FEATURES = {"AVX512": _X86_64_V4, "AVX2": _X86_64_V3}
+# ... and the ISA level it caps an x86 CPU's features to (its CPUID reading; "AVX512" caps nothing).
+_TORCH_CAPABILITY_LEVEL = {"AVX2": "x86-64-v3", "DEFAULT": "x86-64-v2"}
 
 
 @dataclass(frozen=True)
@@ -131,9 +139,15 @@ def detect_capabilities() -> Capabilities:
     cpuinfo = Path("/proc/cpuinfo")
     features = read_cpu_features(cpuinfo.read_text()) if cpuinfo.exists() else frozenset()
     source = "/proc/cpuinfo"
+    capability = torch.backends.cpu.get_cpu_capability()
     if not features:
-        capability = torch.backends.cpu.get_cpu_capability()
         features, source = _TORCH_CAPABILITY_FEATURES.get(capability, frozenset()), f"torch.backends.cpu ({capability})"
+    elif platform.machine() in X86_MACHINES and capability in _TORCH_CAPABILITY_LEVEL:
+        capped = limit_to_level(features, _TORCH_CAPABILITY_LEVEL[capability])
+        if capped != features:
+            features = capped
+            why = "ATEN_CPU_CAPABILITY" if os.environ.get("ATEN_CPU_CAPABILITY") else "its CPUID reading"
+            source += f", limited to {_TORCH_CAPABILITY_LEVEL[capability]}: PyTorch dispatches to {capability} ({why})"
     level = os.environ.get("MINIVISION_ISA_LEVEL")
     if level:
         features, source = limit_to_level(features, level), f"{source}, limited to {level} by MINIVISION_ISA_LEVEL"

@@ -79,8 +79,9 @@ def _is_2x2(pool: nn.MaxPool2d) -> bool:
 def swap_blocks(model: nn.Module, plan: FastPathPlan) -> dict[str, FusedConvPoolReLUBlock | FusedMaxPoolReLU]:
     """Give every block with a 2x2 stride-2 max-pool followed by ReLU its fused module: conv blocks (conv, pool, act,
     norm) become `FusedConvPoolReLUBlock` on their chosen path; other such blocks get `FusedMaxPoolReLU` as their pool
-    (their act becomes Identity). No parameter changes: the state dict and saved files stay the same. Returns the
-    fused modules by the swapped block's qualified name."""
+    (their act becomes Identity). No parameter changes: the state dict and saved files stay the same; each new module
+    takes the training / eval mode of the module it replaces. Returns the fused modules by the swapped block's
+    qualified name."""
     swapped = {}
     for parent_name, parent in list(model.named_modules()):
         for name, block in parent.named_children():
@@ -91,21 +92,22 @@ def swap_blocks(model: nn.Module, plan: FastPathPlan) -> dict[str, FusedConvPool
             if isinstance(getattr(block, "conv", None), nn.Conv2d) and hasattr(block, "norm"):
                 path = choose_block_path(block.conv, plan)
                 fused = FusedConvPoolReLUBlock(block, path, plan.build.library, precision=plan.precision)
-                setattr(parent, name, fused)
+                setattr(parent, name, fused.train(block.training))
             else:
-                fused = FusedMaxPoolReLU(plan.build.library)
-                block.pool, block.act = fused, nn.Identity()
+                fused = FusedMaxPoolReLU(plan.build.library).train(pool.training)
+                block.pool, block.act = fused, nn.Identity().train(act.training)
             swapped[qualified] = fused
     return swapped
 
 
 def swap_dropouts(model: nn.Module) -> int:
-    """Replace every nn.Dropout with `FastDropout` (same p); returns how many."""
+    """Replace every nn.Dropout with `FastDropout` (same p, same training / eval mode: a dropout swapped into an
+    evaluating model stays off); returns how many."""
     count = 0
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:
-                setattr(parent, name, FastDropout(child.p))
+                setattr(parent, name, FastDropout(child.p).train(child.training))
                 count += 1
     return count
 
