@@ -134,15 +134,16 @@ def utilisation(images_per_s: float, flops_per_image: float, peak_gflops: float 
 # ---- training ---------------------------------------------------------------------------------------------------
 
 
-def train_run(path: str, dataset: str, extra: list[str], batch_size: int) -> dict:
+def train_run(path: str, dataset: str, extra: list[str], batch_size: int, timeout_s: float | None = None) -> dict:
     """One `scripts.train` run of a data path ("plain" or "fast") in its own process (the fast path changes
     process-wide state: glibc's malloc settings, thread pools, which must not leak into the other path or the
-    inference measurements); returns its run record."""
+    inference measurements), stopped after `timeout_s` if given (subprocess.TimeoutExpired); returns its run
+    record."""
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([
             sys.executable, "-m", "scripts.train", "--dataset", dataset, "--data-path", path,
             "--batch-size", str(batch_size), "--no-progress", "--output-dir", tmp, "--save-total-limit", "1", *extra,
-        ], cwd=REPO_ROOT, check=True, capture_output=True, text=True)  # fmt: skip
+        ], cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
         return json.loads((Path(tmp) / "run_record.json").read_text())
 
 

@@ -188,9 +188,10 @@ class IndexDataset(torch.utils.data.Dataset):
 
 class BatchCollator:
     """Index batch -> {"pixel_values", "labels"}: gather from the uint8 tensor, augment rows below `augment_below`
-    (the training rows), normalise. With `device` (e.g. "cuda"), the uint8 dataset lives there (MNIST's 70,000
-    images are 55 MB) and batches are gathered and augmented there, with no host-to-device copy per batch; the random
-    draws stay on the CPU generator, so a device changes no augmentation stream."""
+    (the training rows), normalise. With `device` (e.g. "cuda"; or `.to(device)` later), the uint8 dataset lives
+    there (MNIST's 70,000 images are 55 MB) and batches are gathered and augmented there: no image crosses to the
+    device per batch, only the indices and the augmentation parameters (a few floats an image). The random draws stay
+    on the CPU generator, so a device changes no augmentation stream."""
 
     def __init__(
         self,
@@ -212,6 +213,11 @@ class BatchCollator:
         self.shear, self.interpolation, self.elastic = shear, interpolation, elastic
         self.channels_last = channels_last
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def to(self, device: str | torch.device) -> "BatchCollator":
+        """Keep the dataset on `device` (batches are then made there); returns self."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)

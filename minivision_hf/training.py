@@ -591,7 +591,8 @@ def check_arguments(args, world: int = 1) -> list[str]:
 def recipe_from_args(args) -> Recipe:
     """The --recipe's values with every flag that names a recipe field applied."""
     base = RECIPES[args.recipe]
-    return replace(base, **{f.name: getattr(args, f.name) for f in fields(base) if hasattr(args, f.name)})
+    recipe = replace(base, **{f.name: getattr(args, f.name) for f in fields(base) if hasattr(args, f.name)})
+    return replace(recipe, nesterov=False) if recipe.optimizer == "adamw" else recipe  # Nesterov is SGD's
 
 
 def process_counts() -> tuple[int, int]:
@@ -617,14 +618,6 @@ class TrainingData:
     eval: torch.utils.data.Dataset
     collator: object | None
     eval_name: str
-
-
-def data_device() -> torch.device:
-    """Where the fast path keeps the dataset and augments its batches: this process's CUDA GPU where there is one
-    (the device Trainer puts the model on: LOCAL_RANK's under torchrun), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
@@ -661,7 +654,6 @@ def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
         shear=recipe.shear,
         interpolation=recipe.interpolation,
         elastic=(recipe.elastic_alpha, recipe.elastic_sigma),
-        device=data_device(),  # resident on a GPU: no copy per batch
     )
     # TracedCollator: each batch carries the generator state a resume restarts from (MiniVisionTrainer saves it).
     return TrainingData(IndexDataset(len(train_x)), IndexDataset(len(eval_x), start=len(train_x)),
@@ -756,8 +748,14 @@ def build_trainer(args, recipe: Recipe, model, processor, data: TrainingData, wo
         # EMATrainer evaluates the live and the averaged weights every epoch and keeps the average.
         from .ema import EMATrainer
 
-        return EMATrainer(ema_decay=recipe.ema_decay, **kwargs)
-    return MiniVisionTrainer(**kwargs)
+        trainer = EMATrainer(ema_decay=recipe.ema_decay, **kwargs)
+    else:
+        trainer = MiniVisionTrainer(**kwargs)
+    # The fast path's uint8 dataset goes where Trainer put the model (a GPU: images gathered and augmented there).
+    batches = getattr(data.collator, "collator", None)
+    if isinstance(batches, BatchCollator):
+        batches.to(trainer.args.device)
+    return trainer
 
 
 def evaluate_kept_model(trainer: MiniVisionTrainer) -> dict:
@@ -982,7 +980,6 @@ __all__ = [
     "check_arguments",
     "check_model_source",
     "checkpoints",
-    "data_device",
     "discard_folder",
     "evaluate_kept_model",
     "git_commit",

@@ -15,7 +15,9 @@ cd "$(dirname "$0")/.."
 MODE=${1:-run}
 # What scripts.train imports beyond the GPU image's own packages (torch, accelerate, safetensors, numpy, pyarrow,
 # pandas, xxhash, tensorboard, ... are there), at this project's tested versions.
-PACKAGES=(transformers tokenizers huggingface_hub httpx2 httpcore2 truststore click datasets evaluate dill multiprocess fsspec)
+# transformers checks safetensors' and regex's versions when imported.
+PACKAGES=(transformers tokenizers huggingface_hub httpx2 httpcore2 truststore click safetensors regex datasets evaluate
+  dill multiprocess fsspec pytest pluggy iniconfig)
 
 if [ "$MODE" = stage ]; then
   PY=${PYTHON:-.venv/bin/python}
@@ -34,22 +36,31 @@ if [ "$MODE" = stage ]; then
 fi
 
 [ "$MODE" = run ] || { echo "usage: bash scripts/gpu_check.sh stage|run"; exit 2; }
+# Within the device tool's 10 minutes a command: ~1 min to install and import, 2 min of tests, 6.5 min of timing.
 OUT=${OUT:-outputs/gpu}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/run.log") 2>&1
+tee_pid=$!
+finish() { exec >&- 2>&-; wait "$tee_pid"; exit "$1"; }
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 if [ -d .gpu/wheels ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/wheels/*.whl \
-    || exit 1
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .gpu/wheels/*.whl || finish 1
   export PYTHONPATH=/tmp/site
 fi
 DATASET=.gpu/mnist
-[ -d "$DATASET" ] || DATASET=../shared/data/mnist
+[ -d "$DATASET" ] || { echo "no $DATASET: run 'bash scripts/gpu_check.sh stage' here first, carry .gpu"; finish 1; }
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda,
-  torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', 'transformers', transformers.__version__)"
+"$PY" -c "import torch, torchvision, transformers, datasets, evaluate, accelerate, pytest
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')" || finish 1
 # The tests that need CUDA (each skips clearly without it), and the CPU-side tests of the CUDA plan.
-timeout 240 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_training.py tests/test_fast_kernels.py \
+timeout 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_training.py tests/test_fast_kernels.py \
   -k "cuda or device" 2>&1 | tee "$OUT/cuda_tests.log"
-timeout 420 "$PY" -m scripts.gpu_time_to_accuracy --dataset "$DATASET" --output "$OUT/gpu_time_to_accuracy.json"
+tests_rc=${PIPESTATUS[0]}
+timeout 400 "$PY" -m scripts.gpu_time_to_accuracy --dataset "$DATASET" --output "$OUT/gpu_time_to_accuracy.json" \
+  --timeout 120
+timing_rc=$?
+echo "cuda tests rc $tests_rc, timing rc $timing_rc"
+finish $(( tests_rc || timing_rc ))

@@ -223,8 +223,23 @@ def test_gpu_script_reads_seconds_to_each_target_from_the_epochs():
     assert gpu.seconds_to(record, 0.99) == {"epoch": 2, "accuracy": 0.9931, "train_s": 2.75}
     assert gpu.seconds_to(record, 0.995) == {"epoch": 3, "accuracy": 0.9951, "train_s": 3.75}
     assert gpu.seconds_to(record, 0.999) == {"epoch": None, "accuracy": None, "train_s": None}
+    ema = {"kept": "ema", "epochs": [{**e, "ema_accuracy": e["test_accuracy"] + 0.002} for e in record["epochs"]]}
+    assert gpu.seconds_to(ema, 0.995)["epoch"] == 2  # an EMA run's kept weights are the EMA's
     assert {c[0] for c in gpu.CONFIGS} >= {"plus-2ep", "plus-8ep", "seed-plain"}  # 99.0%, 99.5%, the naive side
     assert {c[2] for c in gpu.CONFIGS} == {0.99, 0.995}
+
+
+def test_gpu_script_records_a_configuration_cut_by_its_timeout(monkeypatch):
+    import subprocess
+
+    from scripts import gpu_time_to_accuracy as gpu
+
+    def too_slow(path, dataset, extra, batch_size, timeout_s=None):
+        raise subprocess.TimeoutExpired(["scripts.train"], timeout_s)
+
+    monkeypatch.setattr(gpu.bench, "train_run", too_slow)
+    row = gpu.run_config("plus-2ep", "fast", 0.99, ["--recipe", "plus"], "d", smoke=False, timeout_s=150)
+    assert row["error"] == "stopped after 150 s (--timeout)" and "to_99_0" not in row
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

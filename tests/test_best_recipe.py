@@ -189,6 +189,7 @@ def test_variant_folder_is_complete_and_names_its_run():
     assert f"{result['accuracy']:.2%}" in card and "revision=\"best\"" in card and "Every variant tried" in card
 
 
+@needs_variant
 def test_variant_code_is_the_packages_code():
     """The variant's remote-code files are the package's, byte for byte (save_pretrained copies them): a change to
     the model, processor or pipeline code must reach the `best` branch too."""

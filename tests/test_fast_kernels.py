@@ -440,7 +440,8 @@ def test_fast_training_step_on_an_emulated_avx2_only_cpu(tmp_path):
         "from minivision_hf import fast\n"
         "caps = fast.detect_capabilities()\n"
         "assert torch.backends.cpu.get_cpu_capability() == 'AVX2'\n"
-        "assert caps.isa_level == 'x86-64-v3' and 'CPUID' in caps.cpu_source and not caps.cpu_bf16_native, caps\n"
+        "assert caps.isa_level == 'x86-64-v3' and not caps.cpu_bf16_native, caps\n"
+        f"assert {'avx512f' in CAPS.cpu_features} <= ('CPUID' in caps.cpu_source), caps  # host cpuinfo capped\n"
         "torch.manual_seed(0)\n"
         "ref = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).to(memory_format=torch.channels_last)\n"
         "ref.classifier[2].p = 0.0\n"
@@ -472,6 +473,37 @@ def test_fast_training_step_on_an_emulated_avx2_only_cpu(tmp_path):
     assert [p.name.split("-")[1:-1] for p in built] == [["x86", "64", "v3"]]
 
 
+ZEN3_FLAGS = ("fpu sse sse2 ssse3 sse4_1 sse4_2 pni cx16 lahf_lm popcnt abm movbe xsave avx avx2 fma f16c bmi1 bmi2 "
+              "sha_ni vaes vpclmulqdq")  # an AVX2-only EPYC's /proc/cpuinfo (no AVX-512, no VNNI)
+AVX512_HOST_FLAGS = ZEN3_FLAGS + " avx512f avx512bw avx512cd avx512dq avx512vl avx512_bf16 avx512_vnni avx_vnni"
+
+
+@pytest.mark.parametrize(
+    ("flags", "torch_level", "machine", "level", "capped"),
+    [
+        (AVX512_HOST_FLAGS, "AVX512", "x86_64", "x86-64-v4-bf16", False),  # both agree
+        (AVX512_HOST_FLAGS, "AVX2", "x86_64", "x86-64-v3", True),  # qemu -cpu Haswell: the host's cpuinfo
+        (AVX512_HOST_FLAGS, "DEFAULT", "x86_64", "x86-64-v2", True),  # no AVX2 at all
+        (ZEN3_FLAGS, "AVX2", "x86_64", "x86-64-v3", False),  # a real AVX2-only CPU: nothing to cap
+        (ZEN3_FLAGS + " avx_vnni", "AVX2", "x86_64", "x86-64-v3", False),  # Alder Lake: its AVX-VNNI is kept
+        ("fp asimd asimddp bf16", "DEFAULT", "aarch64", "aarch64", False),  # off x86: no cap
+    ],
+)
+def test_cpu_features_are_capped_by_pytorchs_cpuid_reading(flags, torch_level, machine, level, capped):
+    features, source = fast.capabilities.cpu_features_from(f"flags\t: {flags}\n", torch_level, machine)
+    caps = fast.Capabilities(machine, features, source)
+    assert caps.isa_level == level and ("capped" in source) == capped, source
+    if not capped:
+        assert features == read_cpu_features(f"flags: {flags}")  # nothing dropped, sse2 and sha_ni included
+    if "avx_vnni" in flags and level == "x86-64-v3" and not capped:
+        assert caps.cpu_int8_dot_products  # AVX-VNNI is an AVX2-level feature
+    if capped:  # the emulated CPU's features are the level's, nothing of the host's text beyond them
+        assert features == ISA_LEVELS[level][0] & read_cpu_features(f"flags: {flags}")
+    assert fast.capabilities.cpu_features_from(None, torch_level, machine)[1] == f"torch.backends.cpu ({torch_level})"
+    with_env = fast.capabilities.cpu_features_from(f"flags: {flags}", torch_level, machine, "avx2")[1]
+    assert ("ATEN_CPU_CAPABILITY=avx2" in with_env) == capped
+
+
 def test_a_swapped_model_keeps_its_eval_mode():
     """apply_fast_kernels on a model already in eval mode: the swapped-in modules (FastDropout above all) are in eval
     mode too, so its outputs are deterministic and equal the unswapped model's."""
@@ -484,6 +516,10 @@ def test_a_swapped_model_keeps_its_eval_mode():
         torch.testing.assert_close(model(pixel_values=x).logits, ref(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
     model.train()
     assert all(m.training for m in model.modules())
+    frozen = _model().train()
+    frozen.minivision.blocks[0].norm.eval()  # a BatchNorm held in eval mode on purpose
+    fast.apply_fast_kernels(frozen, capabilities=AVX2_ONLY)
+    assert frozen.minivision.blocks[0].training and not frozen.minivision.blocks[0].norm.training
 
 
 def test_cuda_choice_runs_pytorchs_ops_and_fast_dropout():

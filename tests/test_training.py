@@ -95,6 +95,7 @@ def test_adamw_optimizer_trains_and_is_recorded(tiny_dir, tmp_path):
     record = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--smoke", "--recipe", "plus",
                          "--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.01", *TINY_ARGS])  # fmt: skip
     assert record["recipe_values"]["optimizer"] == "adamw" and record["final_eval"]["accuracy"] > 0.1
+    assert record["recipe_values"]["nesterov"] is False  # plus's Nesterov is SGD's: not recorded as applied
     checkpoint = max(tmp_path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
     assert {"exp_avg", "exp_avg_sq"} <= set(state["state"][0])
@@ -252,10 +253,31 @@ def test_collator_on_a_device_gives_the_same_batches(tiny_test, device):
     assert torch.equal(host.generator.get_state(), resident.generator.get_state())
 
 
-def test_data_device_is_trainers():
-    from minivision_hf.training import data_device
+def test_trainer_keeps_the_fast_path_dataset_where_the_model_is(tiny_dir, tmp_path):
+    """build_trainer moves the fast path's uint8 dataset to the device Trainer put the model on (a GPU where there is
+    one; Trainer's choice, not a second guess), so batches are made there."""
+    from minivision_hf import MiniVisionImageProcessor
+    from minivision_hf.training import build_data, build_model, build_trainer, recipe_from_args
 
-    assert data_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    args = train.parse_args(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--smoke"])
+    recipe = recipe_from_args(args)
+    data = build_data(args, recipe)
+    model, _ = build_model(args, use_bf16=False)
+    trainer = build_trainer(args, recipe, model, MiniVisionImageProcessor(), data, world=1, use_bf16=False)
+    device = next(trainer.model.parameters()).device
+    assert data.collator.collator.images.device == device == trainer.args.device
+    assert trainer.args.dataloader_pin_memory is False  # nothing to pin: the batches are made on the device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here): training with the dataset "
+                    "on the GPU, and resuming it, is checked only where one is present")  # fmt: skip
+def test_fast_path_trains_and_resumes_on_cuda(tiny_dir, tmp_path):
+    common = ["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--epochs", "2", "--batch-size", "64",
+              *TINY_ARGS]  # fmt: skip
+    first = train.main([*common, "--max-steps", "8"])
+    resumed = train.main([*common, "--resume"])
+    assert first["global_step"] == 8 and resumed["resumed"] and resumed["global_step"] > 8
+    assert resumed["hardware"]["gpu"] and resumed["final_eval"]["accuracy"] > 0.1
 
 
 def test_compare_recipes_smoke(tiny_dir, tmp_path):

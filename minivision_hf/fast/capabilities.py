@@ -5,10 +5,10 @@ The CPU's features come from /proc/cpuinfo (the kernel's names for the cpuid bit
 there is none (macOS, Windows) from `torch.backends.cpu.get_cpu_capability()` ("AVX512", "AVX2", ...), which cannot
 tell AVX-512 BF16 apart and so never claims it.
 
-On x86 the two sources are also checked against each other: PyTorch reads the processor's own CPUID, so where it
-dispatches to AVX2 (or to no AVX2) on a CPU whose /proc/cpuinfo lists more, the features are cut down to x86-64-v3
-(or x86-64-v2). /proc/cpuinfo is the host's under an emulator such as `qemu-x86_64 -cpu Haswell`, and a library
-built from it would stop there on the first AVX-512 instruction (SIGILL); `ATEN_CPU_CAPABILITY=avx2` lowers both
+On x86 the two sources are also checked against each other (`cpu_features_from`): PyTorch reads the processor's own
+CPUID, so where it dispatches to AVX2 (or to no AVX2) on a CPU whose /proc/cpuinfo claims more, the features are capped
+at x86-64-v3 (or x86-64-v2). Under an emulator such as `qemu-x86_64 -cpu Haswell` /proc/cpuinfo is the host's, and a
+library built from it would stop at its first AVX-512 instruction (SIGILL); `ATEN_CPU_CAPABILITY=avx2` lowers both
 alike.
 
 `MINIVISION_ISA_LEVEL=<level>` (a name in `ISA_LEVELS`, e.g. `x86-64-v3`) makes this CPU look like one of that level:
@@ -47,7 +47,7 @@ RECORDED_FEATURES = _X86_64_V4 | {"avx512_bf16", "avx512_vnni", "avx_vnni", "amx
 # torch.backends.cpu.get_cpu_capability() -> the features it implies, where /proc/cpuinfo is missing.
 _TORCH_CAPABILITY_FEATURES = {"AVX512": _X86_64_V4, "AVX2": _X86_64_V3}
 # ... and the ISA level it caps an x86 CPU's features to (its CPUID reading; "AVX512" caps nothing).
-_TORCH_CAPABILITY_LEVEL = {"AVX2": "x86-64-v3", "DEFAULT": "x86-64-v2"}
+_TORCH_CAPABILITY_LEVEL = {"AVX2": "x86-64-v3", "DEFAULT": "x86-64-v2", "NO AVX": "x86-64-v2"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,26 @@ def read_cpu_features(cpuinfo: str) -> frozenset[str]:
     return frozenset()
 
 
+def cpu_features_from(cpuinfo: str | None, torch_capability: str, machine: str,
+                      aten_capability: str | None = None) -> tuple[frozenset[str], str]:  # fmt: skip
+    """(features, where they came from) for a CPU: /proc/cpuinfo's text (None where there is none), else what
+    PyTorch's dispatch level implies. On x86 PyTorch's level (read from the processor's CPUID, or lowered by
+    ATEN_CPU_CAPABILITY, given as `aten_capability`) caps what /proc/cpuinfo lists where that text claims a higher
+    level: under an emulator the text is the host's, and kernels built from it would stop at their first instruction
+    the emulated CPU lacks. A CPU whose text agrees keeps every feature it lists."""
+    features = read_cpu_features(cpuinfo) if cpuinfo else frozenset()
+    if not features:
+        return _TORCH_CAPABILITY_FEATURES.get(torch_capability, frozenset()), f"torch.backends.cpu ({torch_capability})"
+    source, level = "/proc/cpuinfo", _TORCH_CAPABILITY_LEVEL.get(torch_capability)
+    if machine in X86_MACHINES and level is not None:
+        names = list(ISA_LEVELS)
+        if names.index(Capabilities(machine, features).isa_level) > names.index(level):
+            why = f"ATEN_CPU_CAPABILITY={aten_capability}" if aten_capability else "its CPUID reading"
+            features = limit_to_level(features, level)  # the rest of that text cannot be trusted either
+            source += f", capped to {level}: PyTorch dispatches to {torch_capability} ({why})"
+    return features, source
+
+
 def limit_to_level(features: frozenset[str], level: str) -> frozenset[str]:
     """`features` cut down to the named ISA level's (what a CPU of exactly that level shows): the simulation
     MINIVISION_ISA_LEVEL asks for. Never adds a feature the CPU lacks."""
@@ -137,17 +157,9 @@ def limit_to_level(features: frozenset[str], level: str) -> frozenset[str]:
 def detect_capabilities() -> Capabilities:
     """This machine's capabilities (read once per process). Honours MINIVISION_ISA_LEVEL (see the module docstring)."""
     cpuinfo = Path("/proc/cpuinfo")
-    features = read_cpu_features(cpuinfo.read_text()) if cpuinfo.exists() else frozenset()
-    source = "/proc/cpuinfo"
-    capability = torch.backends.cpu.get_cpu_capability()
-    if not features:
-        features, source = _TORCH_CAPABILITY_FEATURES.get(capability, frozenset()), f"torch.backends.cpu ({capability})"
-    elif platform.machine() in X86_MACHINES and capability in _TORCH_CAPABILITY_LEVEL:
-        capped = limit_to_level(features, _TORCH_CAPABILITY_LEVEL[capability])
-        if capped != features:
-            features = capped
-            why = "ATEN_CPU_CAPABILITY" if os.environ.get("ATEN_CPU_CAPABILITY") else "its CPUID reading"
-            source += f", limited to {_TORCH_CAPABILITY_LEVEL[capability]}: PyTorch dispatches to {capability} ({why})"
+    features, source = cpu_features_from(cpuinfo.read_text() if cpuinfo.exists() else None,
+                                         torch.backends.cpu.get_cpu_capability(), platform.machine(),
+                                         os.environ.get("ATEN_CPU_CAPABILITY"))  # fmt: skip
     level = os.environ.get("MINIVISION_ISA_LEVEL")
     if level:
         features, source = limit_to_level(features, level), f"{source}, limited to {level} by MINIVISION_ISA_LEVEL"

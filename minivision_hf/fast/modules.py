@@ -120,6 +120,8 @@ class FusedConvPoolReLUBlock(nn.Module):
             raise ValueError(f"kernel path {path} needs the C kernels")
         self.conv, self.norm = block.conv, block.norm
         self.pool, self.act = FusedMaxPoolReLU(None if path is KernelPath.TORCH else kernels), nn.Identity()
+        # In the replaced block's mode (train or eval); its conv and norm, held as they are, keep their own flags.
+        self.training = self.pool.training = self.act.training = block.training
         if precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
         self.path, self.kernels, self.chunk, self.precision = KernelPath(path), kernels, chunk, precision

@@ -92,10 +92,11 @@ def swap_blocks(model: nn.Module, plan: FastPathPlan) -> dict[str, FusedConvPool
             if isinstance(getattr(block, "conv", None), nn.Conv2d) and hasattr(block, "norm"):
                 path = choose_block_path(block.conv, plan)
                 fused = FusedConvPoolReLUBlock(block, path, plan.build.library, precision=plan.precision)
-                setattr(parent, name, fused.train(block.training))
+                setattr(parent, name, fused)
             else:
-                fused = FusedMaxPoolReLU(plan.build.library).train(pool.training)
-                block.pool, block.act = fused, nn.Identity().train(act.training)
+                fused = FusedMaxPoolReLU(plan.build.library)
+                fused.training = pool.training
+                block.pool, block.act = fused, nn.Identity()
             swapped[qualified] = fused
     return swapped
 
@@ -107,7 +108,9 @@ def swap_dropouts(model: nn.Module) -> int:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:
-                setattr(parent, name, FastDropout(child.p).train(child.training))
+                dropout = FastDropout(child.p)
+                dropout.training = child.training
+                setattr(parent, name, dropout)
                 count += 1
     return count
 
