@@ -57,7 +57,7 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', tr
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')" || finish 1
 # The tests that need CUDA (each skips clearly without it), and the CPU-side tests of the CUDA plan.
 timeout 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_training.py tests/test_fast_kernels.py \
-  -k "cuda or device" 2>&1 | tee "$OUT/cuda_tests.log"
+  -k "cuda or device or where_the_model" 2>&1 | tee "$OUT/cuda_tests.log"
 tests_rc=${PIPESTATUS[0]}
 timeout 400 "$PY" -m scripts.gpu_time_to_accuracy --dataset "$DATASET" --output "$OUT/gpu_time_to_accuracy.json" \
   --timeout 120
