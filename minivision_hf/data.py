@@ -188,10 +188,10 @@ class IndexDataset(torch.utils.data.Dataset):
 
 class BatchCollator:
     """Index batch -> {"pixel_values", "labels"}: gather from the uint8 tensor, augment rows below `augment_below`
-    (the training rows), normalise. With `device` (e.g. "cuda"; or `.to(device)` later), the uint8 dataset lives
-    there (MNIST's 70,000 images are 55 MB) and batches are gathered and augmented there: no image crosses to the
-    device per batch, only the indices and the augmentation parameters (a few floats an image). The random draws stay
-    on the CPU generator, so a device changes no augmentation stream."""
+    (the training rows), normalise. After `.to(device)` (e.g. "cuda"), the uint8 dataset lives there (MNIST's 70,000
+    images are 55 MB) and batches are gathered and augmented there: no image crosses to the device per batch, only
+    the indices and the augmentation parameters (a few floats an image). The random draws stay on the CPU generator,
+    so a device changes no augmentation stream."""
 
     def __init__(
         self,
@@ -206,9 +206,8 @@ class BatchCollator:
         shear: float = 0.0,
         interpolation: str = "nearest",
         elastic: tuple[float, float] = (0.0, 0.0),
-        device: str | torch.device | None = None,
     ):
-        self.images, self.labels = images.to(device), labels.to(device)
+        self.images, self.labels = images, labels
         self.augment_below, self.max_shift, self.max_degrees, self.scale = augment_below, max_shift, max_degrees, scale
         self.shear, self.interpolation, self.elastic = shear, interpolation, elastic
         self.channels_last = channels_last

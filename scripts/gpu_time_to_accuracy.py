@@ -3,10 +3,10 @@
 
 Each configuration is one `scripts.train` run with `--target-accuracy` (it stops at the first epoch whose test
 accuracy reaches the target). The fast path on CUDA keeps the uint8 dataset on the GPU and augments whole batches
-there (`data.BatchCollator(device=...)`), trains under bf16 autocast where the GPU has bf16, channels_last, and runs
-PyTorch's ops for every block (the C kernels are CPU kernels). Every configuration runs once, in order, and a
-failing one is recorded with its error rather than stopping the rest: GPU time is scarce, so this is one prepared
-run (`bash scripts/gpu_check.sh run` on the GPU machine: the CUDA tests, then this script).
+there (`data.BatchCollator.to`, in `training.build_trainer`), trains under bf16 autocast where the GPU has bf16,
+channels_last, and runs PyTorch's ops for every block (the C kernels are CPU kernels). Every configuration runs once,
+in order, and a failing one is recorded with its error rather than stopping the rest: GPU time is scarce, so this is
+one prepared run (`bash scripts/gpu_check.sh run` on the GPU machine: the CUDA tests, then this script).
 
     python -m scripts.gpu_time_to_accuracy --dataset ../shared/data/mnist
     python -m scripts.gpu_time_to_accuracy --smoke --allow-cpu --dataset tests/fixtures/mnist_tiny   # CI: the logic

@@ -241,8 +241,7 @@ def test_collator_on_a_device_gives_the_same_batches(tiny_test, device):
     augmentation stream changes."""
     images, labels = decode_to_uint8(tiny_test)
     host = BatchCollator(images, labels, augment_below=64, max_degrees=12.0, scale=(0.9, 1.1), seed=3)
-    resident = BatchCollator(images, labels, augment_below=64, max_degrees=12.0, scale=(0.9, 1.1), seed=3,
-                             device=device)  # fmt: skip
+    resident = BatchCollator(images, labels, augment_below=64, max_degrees=12.0, scale=(0.9, 1.1), seed=3).to(device)
     assert resident.images.device.type == device
     for rows in (list(range(0, 32)), list(range(64, 96))):  # augmented training rows, then evaluation rows
         a, b = host(rows), resident(rows)
