@@ -68,17 +68,40 @@ class MiniVisionPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus a complete `auto_map`, the `custom_pipelines` entry and the image
-        processor's and pipeline's code files."""
-        self.config.auto_map = {**self._auto_map, **(getattr(self.config, "auto_map", None) or {})}
-        code_files = [Path(__file__).with_name(name) for name in self._extra_code_files]
-        if code_files[-1].exists():  # absent when this model was itself loaded as remote code without the pipeline
-            custom = getattr(self.config, "custom_pipelines", None) or {}
-            self.config.custom_pipelines = {**custom, **self._custom_pipelines}
+        processor's and pipeline's code files. Loaded as remote code, this module's folder holds only what transformers
+        copied (the modeling and configuration files): the other two come from the folder the model was loaded from
+        when it is at hand, and an entry whose file cannot be shipped is left out, so the saved folder never names a
+        file it lacks."""
+        code_files = {name: self._code_file(name) for name in self._extra_code_files}
+        auto_map = {**self._auto_map, **(getattr(self.config, "auto_map", None) or {})}
+        if code_files["image_processing_minivision.py"] is None:
+            auto_map.pop("AutoImageProcessor", None)
+        self.config.auto_map = auto_map
+        custom = {task: entry for task, entry in (getattr(self.config, "custom_pipelines", None) or {}).items()
+                  if not str(entry.get("impl", "")).startswith("pipeline_minivision.")}  # fmt: skip
+        if code_files["pipeline_minivision.py"] is not None:
+            custom.update(self._custom_pipelines)
+        if custom:
+            self.config.custom_pipelines = custom
+        elif hasattr(self.config, "custom_pipelines"):
+            del self.config.custom_pipelines
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            for source in code_files:
-                if source.exists():
-                    shutil.copyfile(source, Path(save_directory) / source.name)
+            for name, source in code_files.items():
+                target = Path(save_directory) / name
+                if source is not None and not (target.exists() and target.samefile(source)):
+                    shutil.copyfile(source, target)
+
+    def _code_file(self, name: str) -> Path | None:
+        """Where to copy code file `name` from: beside this module, else in the local folder the model was loaded
+        from; None when neither has it."""
+        here = Path(__file__).with_name(name)
+        if here.is_file():
+            return here
+        loaded_from = str(getattr(self.config, "_name_or_path", "") or "")
+        if loaded_from and Path(loaded_from, name).is_file():
+            return Path(loaded_from, name)
+        return None
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -175,7 +198,8 @@ class MiniVisionForImageClassification(MiniVisionPreTrainedModel):
 
 def _class_indices(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Labels as int64 class indices, refused with a clear error when they are not integers: a float label (0.7)
-    would otherwise be truncated to a class silently. Values are left to cross_entropy (-100 means "ignore")."""
+    would otherwise be truncated to a class silently, and an index outside 0..num_labels-1 (other than -100, "ignore")
+    would fail deep in cross_entropy (a device-side assert on CUDA)."""
     labels = torch.as_tensor(labels)
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise ValueError(
@@ -186,7 +210,15 @@ def _class_indices(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"labels must have shape {tuple(logits.shape[:-1])} (one per image), got {tuple(labels.shape)}"
         )
-    return labels.long()
+    labels = labels.long()
+    num_labels = logits.shape[-1]
+    outside = (labels != -100) & ((labels < 0) | (labels >= num_labels))
+    if bool(outside.any()):
+        raise ValueError(
+            f"labels must be class indices 0..{num_labels - 1} (or -100 to ignore a row), got "
+            f"{labels[outside].unique()[:5].tolist()}"
+        )
+    return labels
 
 
 __all__ = ["MiniVisionPreTrainedModel", "MiniVisionModel", "MiniVisionForImageClassification"]

@@ -195,6 +195,76 @@ def test_blank_images_give_the_documented_background(processor):
     assert processor.has_ink([draw_seven(100, 0, 255, "L")]) == [True]
 
 
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().float(), b.flatten().float()]))[0, 1])
+
+
+def test_28x28_images_that_mnist_did_not_normalise_go_through_the_protocol(processor, tiny_test):
+    """Only MNIST-normalised 28x28 images pass through; a small, faint, off-centre or slightly over-range one is
+    cropped, stretched and centred like any other image, and comes back close to the digit it shows."""
+    for item in tiny_test.select(range(8)):
+        digit = np.asarray(item["image"])
+        original = torch.from_numpy(digit / 255.0)
+        corner = np.zeros((28, 28), np.uint8)
+        corner[:14, :14] = np.asarray(item["image"].resize((14, 14), Image.BILINEAR))
+        for name, image in [("small, in a corner", corner), ("faint", (digit * 0.25).astype(np.uint8)),
+                            ("float in 0..1.02", digit / 255.0 * 1.02)]:  # fmt: skip
+            out = assert_mnist_like(processor(image)["pixel_values"])
+            assert correlation(out, original) > 0.7, name  # passed through as given: < 0.2 for the corner one
+
+
+def test_a_transparent_margin_around_an_opaque_sheet_is_paper(processor, tiny_test):
+    """An opaque sheet (paper and ink) inside a transparent margin: the margin continues the paper, whichever shade
+    it is, instead of the whole sheet reading as one block of ink."""
+    for item in tiny_test.select(range(8)):
+        digit = np.asarray(item["image"])
+        reference = processor(digit)["pixel_values"]
+        for sheet in (255 - digit, digit):  # dark ink on white paper, white ink on black paper
+            layer = np.zeros((48, 48, 4), np.uint8)
+            layer[10:38, 10:38, :3], layer[10:38, 10:38, 3] = sheet[..., None], 255
+            out = processor(Image.fromarray(layer, "RGBA"))["pixel_values"]
+            assert correlation(out, reference) > 0.9
+
+
+def test_strokes_with_a_semi_transparent_brush_are_ink(processor):
+    seven = np.asarray(draw_seven(280, 255, 0, "L"))
+    layer = np.zeros((280, 280, 4), np.uint8)
+    layer[..., 3] = (seven * 0.4).astype(np.uint8)  # black ink at 40% opacity on a transparent layer
+    assert processor.has_ink([Image.fromarray(layer, "RGBA")]) == [True]
+    reference = processor(Image.fromarray(seven))["pixel_values"]
+    assert correlation(processor(Image.fromarray(layer, "RGBA"))["pixel_values"], reference) > 0.95
+
+
+def test_one_overshooting_float_value_does_not_rescale_the_image_or_its_alpha(processor):
+    gray = np.asarray(draw_seven(112, 255, 0, "L"), dtype=np.float32) / 255
+    rgba = np.concatenate([np.repeat(gray[..., None], 3, -1), np.ones((112, 112, 1), np.float32)], -1)
+    reference = processor(rgba)["pixel_values"]
+    rgba[50, 50, 0] = 1.01  # a resampling overshoot
+    assert torch.allclose(processor(rgba)["pixel_values"], reference, atol=0.05)
+    assert processor.has_ink([rgba]) == [True]
+
+
+def test_paper_noise_grey_shades_and_a_stray_speck_are_blank(processor):
+    noise = np.clip(240 + np.random.default_rng(0).normal(0, 2, (400, 400)), 0, 255).astype(np.uint8)
+    shades = np.full((400, 400), 250, np.uint8)
+    shades[:200] = 245
+    speck = np.full((400, 400), 255, np.uint8)
+    speck[123, 77] = 0
+    grey = np.full((28, 28), 80, np.uint8)
+    pages = [noise, shades, speck, grey]
+    assert processor.has_ink(pages) == [False] * 4
+    out = processor(pages)["pixel_values"]
+    assert torch.allclose(out, torch.full_like(out, BACKGROUND))
+
+
+def test_a_truncated_file_opened_by_the_caller_is_a_clear_value_error(processor, tmp_path):
+    path = tmp_path / "seven.png"
+    draw_seven(300, (0, 0, 0), (255, 255, 255)).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with Image.open(path) as image, pytest.raises(ValueError, match="could not decode"):
+        processor(image)
+
+
 def test_corrupt_and_huge_inputs_raise_clear_errors(processor, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="could not decode"):
         processor(b"\x89PNG\r\n\x1a\n not really a png")

@@ -108,6 +108,9 @@ def test_loss_refuses_non_integer_labels():
             model(pixel_values=pixel_values, labels=labels)
     with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
         model(pixel_values=pixel_values, labels=torch.tensor([[0, 1]]))
+    for labels in (torch.tensor([3, 10]), torch.tensor([-1, 2])):  # not a class, not the ignore index
+        with pytest.raises(ValueError, match=r"class indices 0\.\.9"):
+            model(pixel_values=pixel_values, labels=labels)
     logits = model(pixel_values=pixel_values).logits
     for labels in (torch.tensor([3, 4]), torch.tensor([3, 4], dtype=torch.int32), [3, 4]):
         loss = model(pixel_values=pixel_values, labels=labels).loss

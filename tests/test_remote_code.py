@@ -1,5 +1,8 @@
 """Auto classes and pipeline: in-package (registered) and as Hub remote code in a fresh process."""
 
+import json
+import shutil
+
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -92,3 +95,38 @@ def test_remote_code_in_a_fresh_process(saved_release, tmp_path):
     assert torch.allclose(torch.tensor(result["logits"]), local(x).logits, atol=1e-5)
     assert result["pipeline"][0] == [{"label": "blank", "score": 1.0}]
     assert len(result["pipeline"][1]) == 3 and {r["label"] for r in result["pipeline"][1]} <= set("0123456789")
+
+
+@pytest.mark.slow
+def test_a_model_loaded_as_remote_code_saves_a_complete_folder(saved_release, tmp_path):
+    """Loaded as remote code, the model's module folder holds only the modeling and configuration files; saving it
+    (the fine-tune-then-push path) still writes the processor's and pipeline's code, taken from the folder it was
+    loaded from, and once that folder is gone, no entry names a file the saved folder lacks."""
+
+    source = tmp_path / "copy"
+    shutil.copytree(saved_release, source)
+    result = run_fresh(
+        f"""
+        import json, shutil
+        from PIL import Image
+        from transformers import AutoModelForImageClassification, pipeline
+        model = AutoModelForImageClassification.from_pretrained({str(source)!r}, trust_remote_code=True)
+        model.save_pretrained("saved")
+        ink = Image.new("L", (28, 28))
+        ink.paste(255, (12, 4, 16, 24))
+        shutil.copy({str(source / "preprocessor_config.json")!r}, "saved")
+        out = pipeline("image-classification", model="saved", trust_remote_code=True)(ink, top_k=1)
+        shutil.rmtree({str(source)!r})
+        model.save_pretrained("orphan")
+        print(json.dumps({{"pipeline": out}}))
+        """,
+        cwd=tmp_path,
+    )
+    assert result["pipeline"][0]["label"] in set("0123456789")
+    for name in ("image_processing_minivision.py", "pipeline_minivision.py"):
+        assert (tmp_path / "saved" / name).is_file()
+    orphan = json.loads((tmp_path / "orphan" / "config.json").read_text())
+    assert "custom_pipelines" not in orphan and "AutoImageProcessor" not in orphan["auto_map"]
+    for name in orphan["auto_map"].values():
+        assert (tmp_path / "orphan" / (name.split(".")[0] + ".py")).is_file()
+    AutoModelForImageClassification.from_pretrained(tmp_path / "orphan", trust_remote_code=True)

@@ -12,8 +12,10 @@ in 28x28 by their centre of mass. Drawings, photos and scans are brought to the 
 7. `center_of_mass`: paste into 28x28 with the centre of mass at pixel (14, 14), MNIST's own mean
 8. normalise with MNIST's mean 0.1307 / std 0.3081
 
-Images that are already MNIST-like (28x28, opaque, dark background) skip steps 4-7 when `mnist_passthrough` is on,
-so MNIST's own images come out exactly as they went in. A blank image (no pixel above `ink_threshold`) becomes an
+Images that are already MNIST-normalised (28x28, opaque, black background, full contrast, ink fitted to the 20x20 box
+and centred by its centre of mass) skip steps 4-7 when `mnist_passthrough` is on, so MNIST's own images come out
+exactly as they went in; any other 28x28 image (a small, faint, stretched or off-centre digit) goes through them all.
+A blank image (no ink: nothing differs from the paper by at least `MIN_CONTRAST`, or only a speck does) becomes an
 all-background image: every value equals (0 - mean) / std; `has_ink()` tells such images apart.
 
 Array and tensor shapes follow transformers' `input_data_format` convention ("channels_first" / "channels_last"),
@@ -48,6 +50,16 @@ MNIST_CENTER = 14.0
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights PIL's convert("L") uses
 CHANNEL_COUNTS = (1, 2, 3, 4)  # L, LA, RGB, RGBA: what a channel axis may hold
 _EXIF_ORIENTATION = 0x0112
+# What counts as ink, in [0, 1] units after background removal: a difference from the paper of at least MIN_CONTRAST
+# (paper grain, JPEG noise and grey shades stay below it), over at least MIN_INK_PIXELS pixels and MIN_INK_FRACTION of
+# the image (a stray speck is not a digit). A layer whose highest opacity is under MIN_ALPHA shows nothing; one whose
+# visible pixels differ from their median by over 0.3 in more than PAPER_AND_INK of them holds paper as well as ink.
+MIN_CONTRAST = 0.1
+MIN_INK_PIXELS = 2
+MIN_INK_FRACTION = 1e-4
+MIN_ALPHA = 0.05
+PAPER_AND_INK = 0.02
+RANGE_OVERSHOOT = 1.5  # float pixels up to 1.5 read as 0..1 (an 8-bit image that dark shows nothing anyway)
 
 
 def to_pixel_values(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
@@ -79,10 +91,11 @@ class MiniVisionImageProcessor(TorchvisionBackend):
         do_normalize (`bool`, *optional*, defaults to `True`): normalise with `image_mean` / `image_std`.
         image_mean (`float`, *optional*, defaults to 0.1307), image_std (`float`, *optional*, defaults to 0.3081):
             one finite number each (or a one-element list: the model reads one channel); `image_std` > 0.
-        mnist_passthrough (`bool`, *optional*, defaults to `True`): leave 28x28 opaque dark-background images as
-            they are (MNIST's own images), only rescaling them to [0, 1].
-        flatten_alpha (`bool`, *optional*, defaults to `True`): composite transparent pixels onto a background of the
-            opposite shade to the ink, so transparency never reads as ink.
+        mnist_passthrough (`bool`, *optional*, defaults to `True`): leave 28x28 images that are already
+            MNIST-normalised (opaque, black background, full contrast, ink fitted and centred: MNIST's own images) as
+            they are, only rescaling them to [0, 1].
+        flatten_alpha (`bool`, *optional*, defaults to `True`): composite transparent pixels onto the paper's shade
+            (strokes on a transparent layer: the shade opposite to the ink's), so transparency never reads as ink.
         invert (`str`, *optional*, defaults to `"auto"`): `"auto"` inverts when the border is light, `"always"`,
             or `"never"`.
         crop_to_ink (`bool`, *optional*, defaults to `True`): crop to the ink's bounding box.
@@ -205,29 +218,27 @@ class MiniVisionImageProcessor(TorchvisionBackend):
                   center_of_mass, ink_threshold, max_pixels) -> tuple[torch.Tensor, bool]:  # fmt: skip
         gray, alpha = _gray_and_alpha(image, max_pixels)
         if alpha is not None and flatten_alpha and float(alpha.min()) < 1.0:
-            opaque = alpha > 0.5
-            if not bool(opaque.any()):
-                return torch.zeros(size), False
-            ink_is_dark = float(gray[opaque].mean()) < 0.5
-            background = 1.0 if ink_is_dark else 0.0
-            gray = gray * alpha + background * (1.0 - alpha)
+            if float(alpha.max()) < MIN_ALPHA:
+                return torch.zeros(size), False  # a fully (or all but invisibly) transparent layer
+            gray = gray * alpha + _alpha_background(gray, alpha) * (1.0 - alpha)
             alpha = None
         light_background = _border_level(gray) > 0.5
         if invert == "always" or (invert == "auto" and light_background):
             gray = 1.0 - gray
 
-        if mnist_passthrough and tuple(gray.shape) == tuple(size) and alpha is None and not light_background:
-            return gray, bool((gray > ink_threshold).any())
+        if mnist_passthrough and tuple(gray.shape) == tuple(size) and alpha is None and not light_background \
+                and _is_mnist_normalised(gray, ink_threshold, fit_size):  # fmt: skip
+            return gray, True
 
         # Background removal and contrast stretch: a grey paper or a faint pen still gives white-on-black.
         background_level = _border_level(gray)  # after any inversion: the paper's level, now dark
         gray = (gray - background_level).clamp_(min=0.0)
         peak = float(gray.max())
-        if peak <= 1e-6:
+        if peak < MIN_CONTRAST:  # paper grain, JPEG noise or a shade of grey: nothing drawn
             return torch.zeros(size), False
         gray = gray / peak
         mask = gray > ink_threshold
-        if not bool(mask.any()):
+        if int(mask.sum()) < max(MIN_INK_PIXELS, MIN_INK_FRACTION * mask.numel()):  # no ink, or a stray speck
             return torch.zeros(size), False
 
         if crop_to_ink:
@@ -249,6 +260,39 @@ class MiniVisionImageProcessor(TorchvisionBackend):
         if do_normalize:
             pixel_values = to_pixel_values(pixel_values, _scalar(image_mean), _scalar(image_std))
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+
+def _alpha_background(gray: torch.Tensor, alpha: torch.Tensor) -> float:
+    """The shade that transparent pixels take: the paper's, where the visible layer holds paper and ink (an opaque
+    sheet with a transparent margin: its most common shade), else the opposite of the ink's (strokes on a transparent
+    layer: the visible pixels are all ink, of one shade). Visible means at least half the layer's highest opacity,
+    so a stroke drawn with a semi-transparent brush still counts."""
+    visible = gray[alpha >= 0.5 * float(alpha.max())]
+    level = float(visible.median())
+    if float(((visible - level).abs() > 0.3).float().mean()) > PAPER_AND_INK:
+        return level  # paper and ink: the margin continues the paper
+    return 1.0 if level < 0.5 else 0.0  # ink alone: the background is its opposite
+
+
+def _is_mnist_normalised(gray: torch.Tensor, ink_threshold: float, fit_size: int) -> bool:
+    """Whether a white-on-black image of the output size is already what the protocol would make of it: black
+    background, full contrast, ink fitted to the `fit_size` box and centred by its centre of mass. Every one of
+    MNIST's 70,000 images is (peak >= 0.996, longer ink side 18-20 px, centre of mass within 0.52 px of (14, 14));
+    a small, faint, stretched or off-centre digit is not, and goes through the whole protocol."""
+    h, w = gray.shape
+    if _border_level(gray) > 0.05 or float(gray.max()) < 0.9:
+        return False
+    mask = gray > ink_threshold
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+    if len(rows) == 0:
+        return False
+    longer = max(int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1)
+    if fit_size and abs(longer - fit_size * max(h, w) / 28) > 3:
+        return False
+    total = gray.sum()
+    cy = float((gray.sum(1) * torch.arange(h)).sum() / total)
+    cx = float((gray.sum(0) * torch.arange(w)).sum() / total)
+    return abs(cy - MNIST_CENTER * h / 28) <= 1.0 and abs(cx - MNIST_CENTER * w / 28) <= 1.0
 
 
 def _border_level(gray: torch.Tensor) -> float:
@@ -309,6 +353,11 @@ def _gray_and_alpha(image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor 
     """Any single image -> (gray HxW float32 in [0, 1], alpha HxW in [0, 1] or None)."""
     if isinstance(image, Image.Image):
         _check_pixels(image.height, image.width, max_pixels)
+        try:  # an image opened by the caller is decoded here: a truncated or corrupt file fails now
+            image.load()
+        except (OSError, SyntaxError) as err:
+            raise ValueError(f"could not decode the image ({err}); give a PNG, JPEG, WebP, BMP or similar file") \
+                from err  # fmt: skip
         image = _upright(image)
         if image.mode == "P":
             image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -317,7 +366,7 @@ def _gray_and_alpha(image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor 
             gray = np.asarray(image.convert("RGBA").convert("L") if image.mode != "LA" else image.getchannel("L"))
             return torch.from_numpy(gray.astype(np.float32) / 255.0), alpha
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            return _float_gray(torch.from_numpy(np.asarray(image).astype(np.float32))), None
+            return _float_gray(torch.from_numpy(np.asarray(image).astype(np.float32))).clamp(0.0, 1.0), None
         if image.mode != "L":
             image = image.convert("L")
         return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0), None
@@ -326,19 +375,21 @@ def _gray_and_alpha(image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor 
         raise TypeError(f"expected a PIL image or a (C, H, W) tensor, got {type(image).__name__}")
     tensor = image
     _check_pixels(tensor.shape[1], tensor.shape[2], max_pixels)
+    channels = tensor.shape[0]
+    alpha = tensor[-1] if channels in (2, 4) else None
+    tensor = tensor[:-1] if alpha is not None else tensor
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
+        alpha = alpha.float() / 255.0 if alpha is not None else None
     elif tensor.dtype == torch.bool:
         tensor = tensor.float()
+        alpha = alpha.float() if alpha is not None else None
     elif tensor.dtype in (torch.uint16, torch.int16, torch.int32, torch.int64) or tensor.is_floating_point():
+        # colour and alpha each on their own range: one overshooting colour value must not rescale the alpha
         tensor = _float_gray(tensor.float())
+        alpha = _float_gray(alpha.float()).clamp(0.0, 1.0) if alpha is not None else None
     else:
         raise ValueError(f"unsupported image dtype {tensor.dtype}")
-    channels = tensor.shape[0]
-    if channels in (2, 4):
-        alpha, tensor = tensor[-1], tensor[:-1]
-    else:
-        alpha = None
     if channels >= 3:
         gray = sum(weight * tensor[i] for i, weight in enumerate(_LUMA))
     else:
@@ -418,12 +469,14 @@ def _channel_axis(shape: tuple[int, ...], input_data_format) -> ChannelDimension
 
 
 def _float_gray(values: torch.Tensor) -> torch.Tensor:
-    """Float or wide-integer pixels -> [0, 1], guessing the range from the data: <=1, <=255 or <=65535."""
+    """Float or wide-integer pixels -> [0, 1] units, guessing the range from the data: 0..1, 0..255 or 0..65535, with
+    up to RANGE_OVERSHOOT above a range still read as that range (resampling overshoots: 1.02 is not an 8-bit value);
+    values past the range are left for the caller's clamp."""
     if not bool(torch.isfinite(values).all()):
         raise ValueError("image contains NaN or infinite values")
     peak = float(values.max()) if values.numel() else 0.0
     for limit in (1.0, 255.0, 65535.0):
-        if peak <= limit:
+        if peak <= limit * RANGE_OVERSHOOT:
             return values / limit
     return values / peak
 
