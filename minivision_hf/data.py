@@ -9,9 +9,11 @@ Both end in `to_pixel_values`, the image processor's normalisation.
 
 import io
 import math
+import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -35,6 +37,10 @@ def load_mnist(source: str = DEFAULT_DATASET, split: str = "train", max_samples:
     is_path_like = source.startswith((".", "/", "~")) or source.endswith(".parquet") or source.count("/") > 1
     if not path.exists() and is_path_like:
         raise FileNotFoundError(f"dataset path {source!r} does not exist (give a folder, a .parquet file or a Hub id)")
+    named = split_named_by(path) if path.is_file() else None
+    if named is not None and named != split:  # train-00000-of-00001.parquet is not the test split
+        raise ValueError(f"{source!r} holds the {named!r} split (by its file name), not {split!r}: pass the folder "
+                         f"holding both splits, or the {split!r} file")  # fmt: skip
     try:
         if path.is_file():
             splits = datasets.load_dataset("parquet", data_files={split: str(path)})
@@ -60,6 +66,16 @@ def load_mnist(source: str = DEFAULT_DATASET, split: str = "train", max_samples:
     return ds
 
 
+SPLIT_NAMES = {"train": "train", "test": "test", "validation": "validation", "valid": "validation", "val": "validation"}
+
+
+def split_named_by(path: Path) -> str | None:
+    """The split a single data file's name gives it, datasets' way (`train-00000-of-00001.parquet`, `test.parquet`,
+    `mnist_val.parquet`): a word of the name that is a split's name; None when no word is, or several are."""
+    words = {SPLIT_NAMES[w] for w in re.split(r"[^a-z]+", path.name.lower()) if w in SPLIT_NAMES}
+    return words.pop() if len(words) == 1 else None
+
+
 def check_schema(ds: datasets.Dataset, name: str = "dataset") -> None:
     """An `image` column of datasets.Image and a `label` column with 10 classes, or a clear ValueError."""
     features = ds.features
@@ -76,6 +92,10 @@ def check_schema(ds: datasets.Dataset, name: str = "dataset") -> None:
         raise ValueError(f"{name}: 'label' must be a ClassLabel or an integer column, it is {label}")
     if len(ds) == 0:
         raise ValueError(f"{name}: the split is empty")
+    labels = ds.data.column("label")  # the Arrow column: no decoding
+    low, high = pc.min(labels).as_py(), pc.max(labels).as_py()
+    if low is None or low < 0 or high > 9:
+        raise ValueError(f"{name}: labels must be digits 0-9, found range {low}..{high}")
 
 
 def decode_to_uint8(ds: datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:

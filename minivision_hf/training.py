@@ -150,7 +150,7 @@ class MiniVisionTrainer(Trainer):
     """
 
     def __init__(self, *args, recipe: Recipe, recorder: "EpochRecorder | None" = None,
-                 save_total_limit: int | None = None, **kwargs):  # fmt: skip
+                 save_total_limit: int | None = None, run_identity: dict | None = None, **kwargs):  # fmt: skip
         if kwargs.get("args") is not None and kwargs["args"].save_total_limit:
             raise ValueError("pass save_total_limit to MiniVisionTrainer, not TrainingArguments: it rotates itself")
         self.commit = _CheckpointCommit(self)
@@ -161,6 +161,7 @@ class MiniVisionTrainer(Trainer):
             self.model.config.__dict__.pop("use_cache", None)
         self.recipe = recipe
         self.recorder = recorder
+        self.run_identity = run_identity  # saved in every checkpoint: a resume must match it (resume_mismatches)
         self.save_total_limit = save_total_limit
         collator = self.data_collator
         self.augment_generator: torch.Generator | None = getattr(collator, "generator", None)
@@ -256,6 +257,7 @@ class MiniVisionTrainer(Trainer):
         state = {
             "augment_generator": self.augment_state.cpu() if self.augment_state is not None else None,
             "recorder": self.recorder.state_dict() if self.recorder is not None else None,
+            "run": self.run_identity,
         }
         path = self.state_file(folder)
         torch.save(state, path.with_suffix(".tmp"))
@@ -311,6 +313,32 @@ def last_complete_checkpoint(output_dir: Path, processes: int = 1, remove_incomp
             print(f"resume: {folder} was not finished (killed while saving?); removing it")
             discard_folder(folder)
     return None
+
+
+# What a resumed run must share with the run that wrote its checkpoint, besides the recipe's values (schedule, batch,
+# augmentation, held-out rows): the data, the seed and the data path. Speed settings (bf16, kernels) may change.
+RESUME_FIELDS = ("dataset", "train_split", "eval_split", "max_train_samples", "max_eval_samples", "val_seed", "seed",
+                 "data_path", "grad_accum")  # fmt: skip
+
+
+def run_identity(args, recipe: Recipe, world: int = 1) -> dict:
+    """The values a checkpoint records so that `--resume` continues the same run (see RESUME_FIELDS)."""
+    identity = {name: getattr(args, name, None) for name in RESUME_FIELDS}
+    identity["dataset"] = str(identity["dataset"])
+    return {"recipe": getattr(args, "recipe", None), **identity, **asdict(recipe), "processes": world}
+
+
+def resume_mismatches(checkpoint: Path, identity: dict) -> list[str]:
+    """How the run about to resume differs from the one that wrote `checkpoint` ([] when it does not, or when the
+    checkpoint predates these records)."""
+    path = Path(checkpoint) / STATE_FILE
+    if not path.exists():
+        path = Path(checkpoint) / "minivision_state_0.pth"
+    if not path.exists():
+        return []
+    saved = torch.load(path, weights_only=True).get("run") or {}
+    return [f"{name} {saved[name]!r} there, {value!r} now" for name, value in identity.items()
+            if name != "notes" and name in saved and saved[name] != value]  # fmt: skip
 
 
 def rotate_checkpoints(output_dir: Path, limit: int | None, best: str | None = None, processes: int = 1) -> None:
@@ -409,7 +437,8 @@ class EpochRecorder(TrainerCallback):
             if name.endswith(("loss", "accuracy")):
                 self.open[name if name.startswith("ema_") else f"test_{name}"] = value
         reached = self.target_accuracy is not None and metrics.get(self.target_metric, -1.0) >= self.target_accuracy
-        if reached and self.target is None and self.epoch_complete(state):
+        run_ends_here = state.max_steps > 0 and state.global_step >= state.max_steps  # a fractional last epoch too
+        if reached and self.target is None and (self.epoch_complete(state) or run_ends_here):
             finished = [*self.epochs, self.open]
             self.target = {
                 "target": self.target_accuracy, "metric": self.target_metric, "reached": True,
@@ -585,7 +614,32 @@ def check_arguments(args, world: int = 1) -> list[str]:
     batch, accum = getattr(args, "batch_size", 1), getattr(args, "grad_accum", 1)
     if batch >= 1 and accum >= 1 and batch % (world * accum):
         problems.append(f"--batch-size {batch} must be divisible by processes x --grad-accum = {world * accum}")
+    val_size, max_train = getattr(args, "val_size", 0) or 0, getattr(args, "max_train_samples", None)
+    if val_size > 0 and max_train and val_size >= max_train:
+        problems.append(f"--val-size {val_size} leaves no training rows of --max-train-samples {max_train}")
+    if getattr(args, "data_path", "fast") == "plain":
+        extra = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name, plain in PLAIN_AUGMENTATION.items()
+                 if hasattr(args, name) and getattr(args, name) != plain]  # fmt: skip
+        if extra:
+            problems.append(f"--data-path plain implements the seed's augmentation only (shift and rotation, "
+                            f"nearest); this recipe also sets {', '.join(extra)}: use --data-path fast")  # fmt: skip
+    dataset = Path(str(getattr(args, "dataset", "")))
+    if dataset.is_file() and not val_size:
+        problems.append(f"--dataset {dataset} is one file, one split: evaluating on it would test on training rows; "
+                        "pass the folder holding both splits, or hold rows out with --val-size")  # fmt: skip
+    output_dir = getattr(args, "output_dir", None)
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        problems.append(f"--output-dir {output_dir} is a file, not a folder")
+    elif output_dir is not None and not getattr(args, "resume", False) and checkpoints(Path(output_dir)):
+        found = ", ".join(c.name for c in checkpoints(Path(output_dir))[-3:])
+        problems.append(f"--output-dir {output_dir} holds an earlier run's checkpoints ({found}): pass --resume to "
+                        "continue that run, or give a new or empty --output-dir (nothing was deleted)")  # fmt: skip
     return problems
+
+
+# The plain path's per-sample transforms: the seed's shift and rotation only; other recipe values need the fast path.
+PLAIN_AUGMENTATION = {"scale_min": 1.0, "scale_max": 1.0, "shear": 0.0, "elastic_alpha": 0.0,
+                      "interpolation": "nearest"}  # fmt: skip
 
 
 def recipe_from_args(args) -> Recipe:
@@ -634,8 +688,7 @@ def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
     else:
         eval_ds = load_mnist(args.dataset, args.eval_split, args.max_eval_samples)
     if args.data_path == "plain":
-        extra = (recipe.scale_min, recipe.scale_max) != (1.0, 1.0) or recipe.shear or recipe.elastic_alpha
-        if extra or recipe.interpolation != "nearest":
+        if any(getattr(recipe, name) != plain for name, plain in PLAIN_AUGMENTATION.items()):
             raise ValueError("--data-path plain implements the seed's augmentation only (no zoom, shear, elastic or "
                              "interpolation)")  # fmt: skip
         train = train_ds.with_transform(plain_transform(True, recipe.max_shift, recipe.max_degrees))
@@ -743,6 +796,7 @@ def build_trainer(args, recipe: Recipe, model, processor, data: TrainingData, wo
         recipe=recipe,
         recorder=recorder,
         save_total_limit=args.save_total_limit,
+        run_identity=run_identity(args, recipe, world),
     )
     if recipe.ema_decay:
         # EMATrainer evaluates the live and the averaged weights every epoch and keeps the average.
@@ -780,8 +834,9 @@ def run_record(args, recipe: Recipe, trainer: MiniVisionTrainer, data: TrainingD
     over them, and images/s over the epochs' training time."""
     recorder = trainer.recorder
     epochs = recorder.rows()
-    whole = [e for e in epochs if not e.get("partial")]
-    best = max(whole, key=lambda r: r.get("test_accuracy", -1.0)) if whole else {}
+    # Trainer keeps the best of every evaluation, a partial last epoch's included (fractional --epochs, --max-steps)
+    evaluated = [e for e in epochs if "test_accuracy" in e]
+    best = max(evaluated, key=lambda r: r["test_accuracy"]) if evaluated else {}
     train_s = sum(e["wall_s"] for e in epochs)
     n_train = len(data.train)
     images = sum(n_train if not e.get("partial") else min(e["steps"] * args.batch_size, n_train) for e in epochs)

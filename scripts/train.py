@@ -43,6 +43,8 @@ from minivision_hf.training import (
     process_counts,
     recipe_from_args,
     recover_folder,
+    resume_mismatches,
+    run_identity,
     run_record,
     save_final_model,
 )
@@ -144,14 +146,21 @@ def main(argv=None) -> dict:
     # Fast path: keep freed buffers in the heap, so steps stop re-faulting their activations (~25% of a step here).
     memory_kept = keep_freed_memory() if args.data_path == "fast" else False
 
-    data = build_data(args, recipe, rank)
+    checkpoint = last_complete_checkpoint(output_dir, world, remove_incomplete=rank == 0) if args.resume else None
+    if args.resume and checkpoint is None:
+        print(f"--resume: no complete checkpoint in {output_dir}, starting from scratch")
+    differences = resume_mismatches(checkpoint, run_identity(args, recipe, world)) if checkpoint else []
+    if differences:  # continuing with other values would mix two runs in one model and one record
+        sys.exit(f"train.py: error: --resume: {checkpoint} belongs to a run with other values ("
+                 f"{'; '.join(differences)}): resume with that run's arguments, or use a new --output-dir")  # fmt: skip
+    try:
+        data = build_data(args, recipe, rank)
+    except (FileNotFoundError, ConnectionError, ValueError) as err:  # the dataset: missing, offline, wrong schema
+        sys.exit(f"train.py: error: {err}")
     model, fast_kernels = build_model(args, use_bf16)
     processor = mv.MiniVisionImageProcessor()
     trainer = build_trainer(args, recipe, model, processor, data, world, use_bf16)
 
-    checkpoint = last_complete_checkpoint(output_dir, world, remove_incomplete=rank == 0) if args.resume else None
-    if args.resume and checkpoint is None:
-        print(f"--resume: no complete checkpoint in {output_dir}, starting from scratch")
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except NonFiniteLossError as err:

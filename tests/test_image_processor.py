@@ -93,6 +93,9 @@ def test_palette_with_transparency(processor):
     palette = rgba.convert("P")
     palette.info["transparency"] = palette.getpixel((0, 0))
     assert_mnist_like(processor(palette)["pixel_values"])
+    quantized = rgba.quantize()  # the alpha lives in the RGBA palette, not in the info
+    assert quantized.mode == "P" and "transparency" not in quantized.info
+    assert_mnist_like(processor(quantized)["pixel_values"])
 
 
 def test_sixteen_bit_and_float_modes(processor):

@@ -24,7 +24,7 @@ from minivision_hf.data import (
 )
 from minivision_hf.training import RECIPES, lr_factor
 from scripts import eval_model, make_model_card, train
-from tests.conftest import REPO_ROOT
+from tests.conftest import FIXTURES, REPO_ROOT
 
 TINY_ARGS = ["--max-eval-samples", "128", "--no-progress", "--save-total-limit", "3"]
 
@@ -120,6 +120,72 @@ def test_resume_continues_step_and_schedule(tiny_dir, tmp_path):
     assert logged[-1]["learning_rate"] == pytest.approx(0.01 * 0.5 ** ((32 - 1) // 24))
 
 
+def test_a_new_run_refuses_a_folder_holding_an_earlier_runs_checkpoints(smoke_run, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "earlier"
+    shutil.copytree(smoke_run[0], out)
+    before = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(SystemExit) as refused:
+        train.main(["--dataset", str(tiny_dir), "--output-dir", str(out), "--smoke", "--no-progress"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "holds an earlier run's checkpoints" in err and "pass --resume" in err
+    assert {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing used or deleted
+
+
+def test_resume_refuses_other_values_than_the_checkpointed_run(tiny_dir, tmp_path):
+    common = ["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--epochs", "4", "--batch-size", "64",
+              *TINY_ARGS]  # fmt: skip
+    train.main([*common, "--max-steps", "8"])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    changes = [(["--batch-size", "32"], "batch_size 64 there, 32 now"), (["--recipe", "plus"], "recipe"),
+               (["--val-size", "100"], "val_size 0 there, 100 now"), (["--seed", "7"], "seed")]  # fmt: skip
+    for changed, named in changes:
+        with pytest.raises(SystemExit, match=f"--resume: .*checkpoint-8 belongs to a run with other values .*{named}"):
+            train.main([*common, "--resume", *changed])
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert train.main([*common, "--resume", "--bf16", "off"])["global_step"] == 32  # speed settings may change
+
+
+def test_a_fractional_last_epoch_is_an_epoch_of_the_run(tiny_dir, tmp_path):
+    """--epochs 1.5: the half epoch that ends the schedule is evaluated, may be the kept best, and counts for
+    --target-accuracy."""
+    record = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "a"), "--epochs", "1.5",
+                         "--batch-size", "64", "--best-model", "--target-accuracy", "0.999", *TINY_ARGS])  # fmt: skip
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2] and record["epochs"][1]["partial"] is True
+    best = max(record["epochs"], key=lambda e: e["test_accuracy"])
+    assert record["best_epoch"] == best["epoch"]
+    assert record["final_eval"]["accuracy"] == pytest.approx(best["test_accuracy"])
+    first, half = (e["test_accuracy"] for e in record["epochs"])
+    again = train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "b"), "--epochs", "1.5",
+                        "--batch-size", "64", "--target-accuracy", str(half), *TINY_ARGS])  # fmt: skip
+    assert again["target_accuracy"]["reached"] is True  # at the half epoch when the first epoch fell short
+    assert again["target_accuracy"]["epoch"] == (1 if first >= half else 2)
+
+
+def test_conflicting_arguments_are_refused_before_anything_is_read(tiny_dir, tmp_path, capsys):
+    train_file = tiny_dir / "train-00000-of-00001.parquet"
+    for args, message in [
+        (["--data-path", "plain", "--recipe", "plus"], "--data-path plain implements the seed's augmentation only"),
+        (["--recipe", "best", "--max-train-samples", "100"], "--val-size 5000 leaves no training rows"),
+        (["--dataset", str(train_file)], "is one file, one split"),
+        (["--output-dir", str(train_file)], "is a file, not a folder"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "o"), "--no-progress", *args])
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_split_file_is_only_its_own_split_and_labels_must_be_digits(tiny_dir, tmp_path):
+    with pytest.raises(ValueError, match="holds the 'train' split"):
+        load_mnist(str(tiny_dir / "train-00000-of-00001.parquet"), "test")
+    assert len(load_mnist(str(tiny_dir / "test-00000-of-00001.parquet"), "test")) == 256
+    plain_labels = load_mnist(str(tiny_dir), "test").cast_column("label", datasets.Value("int64"))
+    shifted = plain_labels.map(lambda row: {"label": row["label"] + 5})
+    shifted.to_parquet(str(tmp_path / "test-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match=r"labels must be digits 0-9, found range 5\.\.14"):
+        load_mnist(str(tmp_path), "test")
+
+
 def test_evaluate_script_on_fixture(smoke_run, tiny_dir, tmp_path):
     out, _ = smoke_run
     result = eval_model.main(["--model", str(out), "--dataset", str(tiny_dir), "--output", str(tmp_path / "e.json"),
@@ -179,8 +245,19 @@ def test_bad_dataset_paths_and_schemas(tmp_path):
 
 
 def test_train_script_reports_bad_dataset(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        train.main(["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o"), "--smoke"])
+    """A missing path, a folder that is not MNIST, a split it lacks: one line naming the problem, not a traceback,
+    and nothing written."""
+    (tmp_path / "other").mkdir()
+    pd_rows = {"text": ["a", "b"], "label": [0, 1]}
+    datasets.Dataset.from_dict(pd_rows).to_parquet(str(tmp_path / "other" / "train-00000-of-00001.parquet"))
+    for dataset, extra, match in [
+        (tmp_path / "nowhere", [], "does not exist"),
+        (tmp_path / "other", [], "expected an 'image' column"),
+        (FIXTURES / "mnist_tiny", ["--eval-split", "validation"], "has no split 'validation'"),
+    ]:
+        with pytest.raises(SystemExit, match=f"train.py: error: .*{match}"):
+            train.main(["--dataset", str(dataset), "--output-dir", str(tmp_path / "o"), "--smoke", *extra])
+        assert not (tmp_path / "o").exists()
 
 
 def test_batched_augmentation_matches_the_seed_distribution(tiny_test):
@@ -450,7 +527,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_trained_model(smoke
     from minivision_hf import training
 
     out = tmp_path / "trained"
-    shutil.copytree(smoke_run[0], out)
+    shutil.copytree(smoke_run[0], out, ignore=shutil.ignore_patterns("checkpoint-*"))  # a new run may not reuse them
     before = (out / "model.safetensors").read_bytes(), (out / "run_record.json").read_bytes()
     compute_loss = training.MiniVisionTrainer.compute_loss
 

@@ -359,8 +359,8 @@ def _gray_and_alpha(image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor 
             raise ValueError(f"could not decode the image ({err}); give a PNG, JPEG, WebP, BMP or similar file") \
                 from err  # fmt: skip
         image = _upright(image)
-        if image.mode == "P":
-            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        if image.mode == "P":  # transparency in the info (GIF, PNG tRNS) or in an RGBA palette (`quantize()`)
+            image = image.convert("RGBA" if image.has_transparency_data else "RGB")
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
             alpha = torch.from_numpy(np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0)
             gray = np.asarray(image.convert("RGBA").convert("L") if image.mode != "LA" else image.getchannel("L"))
