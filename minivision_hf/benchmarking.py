@@ -25,6 +25,10 @@ from .configuration_minivision import MiniVisionConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"train_speedup": 5.0, "inference_speedup": 4.0, "time_to_accuracy_speedup": 10.0}
 MAX_ACCURACY_DROP = 0.001  # 0.1 percentage points of test accuracy
+# The steady training rate is the median gap between optimizer steps after the warm-up steps of scripts.train
+# (`training.EpochRecorder(warmup=5)`): a run needs 2 steps past them for one gap, so 7 steps at least.
+TRAIN_WARMUP_STEPS = 5
+MIN_TRAIN_STEPS = TRAIN_WARMUP_STEPS + 2
 INT8_PAYS = 1.05  # int8 "pays" when ORT int8 beats ORT fp32 by more than the run-to-run noise at batch 1024
 # Which matmul peak each variant's arithmetic runs at.
 VARIANT_DTYPE = {"eager_fp32": "fp32", "eager_bf16_channels_last": "bf16", "ort_fp32": "fp32", "ort_int8": "int8"}
@@ -157,6 +161,10 @@ def training_speed(dataset: str, steps: int, rounds: int, batch_size: int, max_t
     for round_index in range(rounds):
         for path in records:
             record = train_run(path, dataset, extra, batch_size)
+            if record.get("steady_images_per_s") is None:  # no step past the warm-up was timed
+                raise RuntimeError(f"the {path} training run timed no step after its {TRAIN_WARMUP_STEPS} warm-up "
+                                   f"steps ({record.get('global_step')} steps in all; {steps} asked): pass at least "
+                                   f"{MIN_TRAIN_STEPS} steps")  # fmt: skip
             records[path].append(record)
             print(f"training round {round_index + 1}/{rounds}, {path}: {record['steady_images_per_s']:,.0f} images/s")
     training = {"batch_size": batch_size, "steps": steps, "rounds": rounds, "dataset": dataset}

@@ -21,6 +21,9 @@ from torch import nn
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 20  # torch 2.14's default; the dynamo exporter needs >= 18, QDQ per-channel needs >= 13
+# Below 18 the dynamo exporter writes opset 18 and tries the onnx version converter, which fails on this graph
+# (no adapter for Identity) and quietly keeps 18; `export_onnx` refuses any file whose opset is not the one asked.
+MIN_OPSET = 18
 # int8 schemes: static QDQ (activation ranges calibrated on training images, weights per output channel). How ORT's
 # CPU kernels multiply each one decides whether it holds on every CPU (see minivision_hf/int8_emulation.py):
 # - u8s8: uint8 activations x int8 weights. Exact on VNNI/AMX; on AVX2 without VNNI `vpmaddubsw` adds two u8 x s8
@@ -146,7 +149,27 @@ def export_onnx(model: nn.Module, path: Path, opset: int = DEFAULT_OPSET) -> Pat
         dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
         verbose=False,
     )
+    written = written_opset(path)
+    if written != opset:  # the exporter falls back to another opset with a log line, not an error
+        path.unlink()
+        raise ValueError(f"asked for ONNX opset {opset}, the exporter wrote opset {written} to {path}; "
+                         f"use an opset from {MIN_OPSET} to {max_opset()}")  # fmt: skip
     return path
+
+
+def written_opset(path: Path) -> int:
+    """The default-domain (ai.onnx) opset that the .onnx file at `path` declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def max_opset() -> int:
+    """The newest opset the installed onnx package knows (the exporter's version converter cannot go past it)."""
+    import onnx
+
+    return onnx.defs.onnx_opset_version()
 
 
 def set_metadata(path: Path, props: dict) -> None:
@@ -488,6 +511,7 @@ __all__ = [
     "onnx_metadata",
     "speed_b1024",
     "DEFAULT_OPSET",
+    "MIN_OPSET",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "QUANT_METHODS",
@@ -497,6 +521,7 @@ __all__ = [
     "cpu_cores",
     "export_onnx",
     "get_metadata",
+    "max_opset",
     "ort_logits",
     "ort_session",
     "preprocess_for_quantization",
@@ -504,4 +529,5 @@ __all__ = [
     "set_metadata",
     "throughput",
     "weights_digest",
+    "written_opset",
 ]

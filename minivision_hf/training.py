@@ -3,6 +3,7 @@ subclass (SGD + per-epoch schedules, exact resume, a stop on a non-finite loss),
 record, and atomic folder replacement for the saved model. Library code only; the script reads top to bottom and
 calls these."""
 
+import argparse
 import json
 import math
 import os
@@ -563,6 +564,20 @@ def write_json(path: Path, data: dict) -> None:
 
 
 # ---- arguments --------------------------------------------------------------------------------------------------
+
+
+def positive(kind: type):
+    """argparse type of the scripts: a number of `kind` > 0 (0 steps, images or seconds measure nothing), refused as
+    a usage error (one line, exit 2) rather than a traceback later."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def check_arguments(args, world: int = 1) -> list[str]:

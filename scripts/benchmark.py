@@ -44,7 +44,7 @@ import onnx
 from minivision_hf import benchmarking as bench
 from minivision_hf import onnx_utils
 from minivision_hf.data import decode_to_uint8, load_mnist
-from minivision_hf.training import check_model_source, git_commit, hardware, versions, write_json
+from minivision_hf.training import check_model_source, git_commit, hardware, positive, versions, write_json
 from scripts import export_onnx
 
 TINY_DATASET = bench.REPO_ROOT / "tests" / "fixtures" / "mnist_tiny"
@@ -59,12 +59,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="../shared/data/mnist",
                    help="MNIST folder or Hub id; --quick uses tests/fixtures/mnist_tiny if absent")  # fmt: skip
     p.add_argument("--onnx-dir", default="onnx", help="model.onnx / model_quantized.onnx to reuse if they match")
-    p.add_argument("--train-steps", type=int, default=None, help="optimizer steps per training path (60; quick 12)")
-    p.add_argument("--train-rounds", type=int, default=None,
+    steps_help = (f"optimizer steps per training path (60; quick 12); at least {bench.MIN_TRAIN_STEPS}: after "
+                  f"{bench.TRAIN_WARMUP_STEPS} warm-up steps, the gaps between the later ones are timed")  # fmt: skip
+    p.add_argument("--train-steps", type=positive(int), default=None, help=steps_help)
+    p.add_argument("--train-rounds", type=positive(int), default=None,
                    help="plain/fast runs alternated this many times, medians compared (5; quick 1)")  # fmt: skip
-    p.add_argument("--train-batch-size", type=int, default=256, help="training batch (the seed recipe's 256)")
+    p.add_argument("--train-batch-size", type=positive(int), default=256, help="training batch (the seed recipe's 256)")
     p.add_argument("--target-accuracy", type=float, default=0.99, help="test accuracy for the seconds-to-accuracy runs")
-    p.add_argument("--target-max-epochs", type=int, default=10, help="epochs at most in a seconds-to-accuracy run")
+    p.add_argument("--target-max-epochs", type=positive(int), default=10,
+                   help="epochs at most in a seconds-to-accuracy run")  # fmt: skip
     p.add_argument("--no-time-to-accuracy", action="store_true", help="skip the seconds-to-accuracy runs")
     p.add_argument("--plain-args", default="--recipe seed",
                    help="train.py arguments of the plain seconds-to-accuracy run (the seed card's recipe)")  # fmt: skip
@@ -72,21 +75,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     # `plus` squeezed into a 2-epoch one-cycle schedule (0.2 warm-up epochs) is past 99% after its first epoch.
     p.add_argument("--fast-args", default="--recipe plus --epochs 2 --warmup-epochs 0.2",
                    help="train.py arguments of the fast seconds-to-accuracy run")  # fmt: skip
-    p.add_argument("--eval-samples", type=int, default=None, help="test images for accuracy (10000; quick 1000)")
-    p.add_argument("--time-s", type=float, default=None, help="timed seconds per inference measurement (2; quick 0.25)")
-    p.add_argument("--pipeline-calls", type=int, default=None, help="pipeline calls per input kind (50; quick 10)")
-    p.add_argument("--peak-sizes", type=int, nargs="+", default=None,
+    p.add_argument("--eval-samples", type=positive(int), default=None,
+                   help="test images for accuracy (10000; quick 1000)")  # fmt: skip
+    p.add_argument("--time-s", type=positive(float), default=None,
+                   help="timed seconds per inference measurement (2; quick 0.25)")  # fmt: skip
+    p.add_argument("--pipeline-calls", type=positive(int), default=None,
+                   help="pipeline calls per input kind (50; quick 10)")  # fmt: skip
+    p.add_argument("--peak-sizes", type=positive(int), nargs="+", default=None,
                    help="n of the n x n peak matmuls, best kept (1024 2048 4096; quick 1024)")  # fmt: skip
     p.add_argument("--int8-min-agreement", type=float, default=0.99,
                    help="export check when this script exports (lower it for untrained models)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.train_steps is not None and args.train_steps < bench.MIN_TRAIN_STEPS:
+        p.error(
+            f"--train-steps {args.train_steps} leaves no timed step: the steady rate is the median gap between "
+            f"the steps after {bench.TRAIN_WARMUP_STEPS} warm-up steps, so pass at least {bench.MIN_TRAIN_STEPS}"
+        )
+    # Defaults only where a flag is absent (None): a value given is kept as given, and argparse refused 0 above.
     quick = args.quick
-    args.train_steps = args.train_steps or (12 if quick else 60)
-    args.train_rounds = args.train_rounds or (1 if quick else 5)
-    args.eval_samples = args.eval_samples or (1000 if quick else 10000)
-    args.time_s = args.time_s or (0.25 if quick else 2.0)
-    args.pipeline_calls = args.pipeline_calls or (10 if quick else 50)
-    args.peak_sizes = args.peak_sizes or ([1024] if quick else [1024, 2048, 4096])
+    defaults = {"train_steps": (12, 60), "train_rounds": (1, 5), "eval_samples": (1000, 10000), "time_s": (0.25, 2.0),
+                "pipeline_calls": (10, 50), "peak_sizes": ([1024], [1024, 2048, 4096])}  # fmt: skip
+    for name, (quick_value, full_value) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick_value if quick else full_value)
     return args
 
 

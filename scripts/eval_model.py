@@ -26,7 +26,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 import minivision_hf  # noqa: F401  (registers the Auto classes, so local folders need no remote code)
 from minivision_hf.data import DEFAULT_DATASET, load_mnist
 from minivision_hf.metrics import load_accuracy
-from minivision_hf.training import check_model_source, git_commit, versions, write_json
+from minivision_hf.training import check_model_source, git_commit, positive, versions, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,8 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub id or local folder / parquet")
     p.add_argument("--split", default="test")
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--max-samples", type=positive(int), default=None, help="evaluate the first N images (default: all)")
+    p.add_argument("--batch-size", type=positive(int), default=1000, help="images per forward pass")
     p.add_argument("--output", default=None, help="JSON file to write")
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation (shifted copies, averaged)")
     p.add_argument("--no-progress", action="store_true")
@@ -145,8 +145,8 @@ def format_table(result: dict) -> str:
         "true\\pred " + " ".join(f"{label:>5}" for label in result["labels"]) + "   class acc",
     ]
     for label, row in zip(result["labels"], result["confusion_matrix"]):
-        acc = result["per_class_accuracy"][label]
-        lines.append(f"{label:>9} " + " ".join(f"{v:>5}" for v in row) + f"   {acc:.4f}")
+        acc = result["per_class_accuracy"][label]  # None: no image of this class was evaluated
+        lines.append(f"{label:>9} " + " ".join(f"{v:>5}" for v in row) + "   " + ("-" if acc is None else f"{acc:.4f}"))
     return "\n".join(lines)
 
 

@@ -43,19 +43,31 @@ import minivision_hf as mv
 import onnx
 from minivision_hf import onnx_utils
 from minivision_hf.data import DEFAULT_DATASET
-from minivision_hf.training import check_model_source, git_commit, hardware, versions, write_json
+from minivision_hf.training import check_model_source, git_commit, hardware, positive, versions, write_json
+
+
+def opset(text: str) -> int:
+    """argparse type: an opset this exporter writes as asked (below 18 it would quietly write 18)."""
+    value, low, high = int(text), onnx_utils.MIN_OPSET, onnx_utils.max_opset()
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not supported: the exporter writes opsets {low} to {high}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=".", help="model folder or Hub id (default: the release at the repo root)")
-    p.add_argument("--output", default="onnx", help="folder for model.onnx, model_quantized.onnx, export_report.json")
-    p.add_argument("--opset", type=int, default=onnx_utils.DEFAULT_OPSET, help="ONNX opset (>= 18 for this exporter)")
+    output_help = "folder for model.onnx, model_quantized.onnx, export_report.json (created if missing)"
+    p.add_argument("--output", default="onnx", help=output_help)
+    opset_help = f"ONNX opset, {onnx_utils.MIN_OPSET} to {onnx_utils.max_opset()} (default %(default)s)"
+    p.add_argument("--opset", type=opset, default=onnx_utils.DEFAULT_OPSET, help=opset_help)
     p.add_argument("--calibration-dataset", default=DEFAULT_DATASET,
                    help="Hub id or local folder; its train split calibrates, its test split evaluates")  # fmt: skip
-    p.add_argument("--calibration-samples", type=int, default=512, help="training images for static calibration")
-    p.add_argument("--eval-samples", type=int, default=None, help="test images for the checks (default: all)")
-    p.add_argument("--emulate-samples", type=int, default=None,
+    p.add_argument("--calibration-samples", type=positive(int), default=512,
+                   help="training images for static calibration")  # fmt: skip
+    p.add_argument("--eval-samples", type=positive(int), default=None,
+                   help="test images for the checks (default: all)")  # fmt: skip
+    p.add_argument("--emulate-samples", type=positive(int), default=None,
                    help="test images for the emulated AVX2 accuracy (default: all; ~30 s a scheme on 10k)")  # fmt: skip
     p.add_argument("--qemu-cpu", default=None,
                    help="also run each int8 model with ORT on this CPU emulated by qemu-x86_64 (e.g. Haswell: AVX2, "
@@ -64,10 +76,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="int8 schemes to compare")  # fmt: skip
     p.add_argument("--max-accuracy-drop", type=float, default=0.001,
                    help="int8 schemes qualify within this much of fp32's accuracy (0.001 = 0.1 points)")  # fmt: skip
-    p.add_argument("--time-s", type=float, default=2.0, help="seconds timed per model at batch 1024")
+    p.add_argument("--time-s", type=positive(float), default=2.0, help="seconds timed per model at batch 1024")
     p.add_argument("--max-logit-diff", type=float, default=1e-4, help="fp32 check: max |ONNX - PyTorch| logit")
     p.add_argument("--min-agreement", type=float, default=0.99, help="int8 check: top-1 agreement with PyTorch")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    output = Path(args.output)
+    existing = next((q for q in (output, *output.parents) if q.exists()), None)  # the part that exists already
+    if existing is not None and not existing.is_dir():
+        p.error(f"--output {args.output}: {existing} is a file, not a folder (the folder is created if missing)")
+    return args
 
 
 def main(argv=None) -> dict:
@@ -123,7 +140,7 @@ def main(argv=None) -> dict:
         "model": str(args.model),
         "weights_sha256": metadata["weights_sha256"],
         "exporter": "torch.onnx.export(dynamo=True)",
-        "opset": args.opset,
+        "opset": onnx_utils.written_opset(fp32_path),  # as written in model.onnx (export_onnx checks it is --opset)
         "input": {"name": onnx_utils.INPUT_NAME, "shape": ["batch", 1, 28, 28], "dtype": "float32"},
         "output": {"name": onnx_utils.OUTPUT_NAME, "shape": ["batch", model.config.num_labels], "dtype": "float32"},
         "files": {p.name: {"bytes": p.stat().st_size} for p in (fp32_path, int8_path)},

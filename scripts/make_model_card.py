@@ -1,9 +1,13 @@
 """Generate model_card.md (the Hub README of the model repo) from the committed records; never edit it by hand.
 
-    python -m scripts.make_model_card --records records --output model_card.md [--repo-id NS/NAME]
+    python -m scripts.make_model_card                          # the root release: records/ -> model_card.md
+    python -m scripts.make_model_card --variant best           # variants/best/records -> variants/best/model_card.md
+    python -m scripts.make_model_card --records R --output CARD.md [--repo-id NS/NAME]
 
 Reads records/run_record.json (scripts/train.py), records/eval_test.json (scripts/eval_model.py) and, when present,
-records/recipes.json (scripts/compare_recipes.py) and records/benchmark.json (scripts/benchmark.py).
+records/recipes.json (scripts/compare_recipes.py) and records/benchmark.json (scripts/benchmark.py). A variant's
+records are its own (variants/<name>/records, with the variant.json that scripts/make_variant.py writes): the script
+refuses to write a variant's card from records that are not that variant's, or the root's card from a variant's.
 """
 
 import argparse
@@ -19,18 +23,58 @@ import minivision_hf as mv
 from minivision_hf.training import kept_epoch
 from scripts.update_readme import made_by, threads
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPO_ID = "minivision/mini-vision-v2"
 SEED_CARD = {"accuracy": 0.993, "loss": 0.0235, "train_loss": 0.0615}  # ../shared/seed/Mini-Vision-V2-model-card.txt
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--records", default="records", help="folder with run_record.json and eval_test.json")
-    p.add_argument("--output", default="model_card.md")
+    p.add_argument("--records", default=None,
+                   help="folder of run_record.json and eval_test.json (default: records or the variant's)")  # fmt: skip
+    p.add_argument("--output", default=None, help="card to write (default: model_card.md beside the records folder)")
     p.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="Hub id used in the usage snippets")
     p.add_argument("--variant", default=None,
-                   help="card of a variant folder (variants/<name>, Hub branch <name>) instead of the root release")
-    return p.parse_args(argv)
+                   help="write a variant's card instead of the root release's: its name (the Hub branch; records "
+                        "from variants/<name>/records, or from --records) or its folder (records from "
+                        "<folder>/records, the name from their variant.json)")  # fmt: skip
+    args = p.parse_args(argv)
+    args.variant, args.records = resolve_records(p, args.variant, args.records)
+    if args.output is None:
+        args.output = str(args.records.parent / "model_card.md")
+    return args
+
+
+def resolve_records(p: argparse.ArgumentParser, variant: str | None, records: str | None) -> tuple[str | None, Path]:
+    """(variant name or None, records folder), refusing (argparse error) any combination where the card's title and
+    its numbers would come from different models."""
+    if variant is None:
+        folder = Path(records or "records")
+        other = _load(folder / "variant.json")
+        if other is not None:
+            p.error(f"{folder} holds the records of the variant {other.get('name')!r} (variant.json): pass "
+                    f"--variant {folder.parent} for its card")  # fmt: skip
+        return None, folder
+    given = Path(variant)
+    if given.is_dir() or len(given.parts) > 1:  # a folder (variants/best), not a name
+        folder = given / "records"
+        if records is not None and Path(records).resolve() != folder.resolve():
+            p.error(f"--variant {variant} is a folder with its own records ({folder}); --records {records} would "
+                    f"give its card another model's numbers: drop --records")  # fmt: skip
+        own = _load(folder / "variant.json")
+        if own is None or not own.get("name"):
+            p.error(f"--variant {variant}: no {folder / 'variant.json'} (scripts/make_variant.py writes the variant's "
+                    f"records/ there)")  # fmt: skip
+        return own["name"], folder
+    folder = Path(records) if records is not None else ROOT / "variants" / variant / "records"
+    own = _load(folder / "variant.json")
+    if own is None:
+        what = "holds no variant's records (no variant.json)" if folder.is_dir() else "does not exist"
+        p.error(f"--variant {variant}: {folder} {what}; pass the variant's folder (--variant variants/<name>) or "
+                f"its records (--records variants/<name>/records)")  # fmt: skip
+    if own.get("name") != variant:
+        p.error(f"--variant {variant}: {folder} holds the records of the variant {own.get('name')!r}")
+    return variant, folder
 
 
 def _load(path: Path) -> dict | None:
@@ -120,12 +164,17 @@ def kept_description(record: dict) -> str:
     return "best epoch by test accuracy kept" if record["recipe_values"]["best_model"] else "last epoch kept"
 
 
+def images_evaluated(result: dict) -> str:
+    """How many images the evaluation record covers, as the card's accuracy row names them."""
+    return f"{result['num_samples']:,} MNIST {result['split']} images"
+
+
 def results_section(record: dict, result: dict) -> str:
     kept = kept_epoch(record)
     hw = record["hardware"]
     return f"""| Metric | This model | Seed card |
 |---|---|---|
-| Test accuracy (10,000 MNIST test images) | **{result["accuracy"]:.2%}** ({result["errors"]} errors) | {SEED_CARD["accuracy"]:.1%} |
+| Test accuracy ({images_evaluated(result)}) | **{result["accuracy"]:.2%}** ({result["errors"]} errors) | {SEED_CARD["accuracy"]:.1%} |
 | Test loss | {result["loss"]:.4f} | {SEED_CARD["loss"]} |
 | Train loss (kept epoch {kept["epoch"]}, augmented, dropout on) | {kept.get("train_loss", float("nan")):.4f} | {SEED_CARD["train_loss"]} |
 | Parameters | {mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).num_parameters():,} | 0.82M |
@@ -134,7 +183,7 @@ Test figures come from `scripts/eval_model.py` on the released weights through t
 (`records/eval_test.json`); training figures from `records/run_record.json`. Training took
 {record["train_wall_s"] / 60:.1f} min on {hw["cpu"]} ({hw["cpu_count"]} cores{threads(record, inside=True)}{", " + hw["gpu"] if hw.get("gpu") else ""}){made_by(record)}.
 
-Per-class accuracy: {", ".join(f"{k}: {v:.2%}" for k, v in result["per_class_accuracy"].items())}."""  # noqa: E501
+Per-class accuracy: {", ".join(f"{k}: {_pct(v)}" for k, v in result["per_class_accuracy"].items())}."""  # noqa: E501
 
 
 def recipes_section(recipes: dict | None) -> str:
@@ -445,7 +494,7 @@ split; the test split was evaluated once per finished run.
 
 | Metric | This model (`{name}`) | Seed release (`main`) |
 |---|---|---|
-| Test accuracy (10,000 MNIST test images) | **{result["accuracy"]:.2%}** ({result["errors"]} errors) | {seed_acc} |
+| Test accuracy ({images_evaluated(result)}) | **{result["accuracy"]:.2%}** ({result["errors"]} errors) | {seed_acc} |
 | Test loss (cross-entropy) | {result["loss"]:.4f} | {seed_loss} |
 | Test ECE (15 bins) of softmax(logits) | {result["ece"]:.4f} | {seed_ece} |
 {temperature_rows}
@@ -457,7 +506,7 @@ Test figures: `scripts/eval_model.py --tta` on this folder (`records/eval_test.j
 `records/eval_seed_release.json`); calibration fit: `records/calibration.json`; training: `records/run_record.json`.
 Training took {record["train_wall_s"] / 60:.1f} min on {record["hardware"]["cpu"]}.
 
-Per-class accuracy: {", ".join(f"{k}: {v:.2%}" for k, v in result["per_class_accuracy"].items())}.
+Per-class accuracy: {", ".join(f"{k}: {_pct(v)}" for k, v in result["per_class_accuracy"].items())}.
 
 ## Every variant tried
 
@@ -491,7 +540,7 @@ MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges (CC BY-SA 3.0). Licen
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    records = Path(args.records)
+    records = args.records
     record, result = _load(records / "run_record.json"), _load(records / "eval_test.json")
     if record is None or result is None:
         raise SystemExit(f"need {records}/run_record.json and {records}/eval_test.json (run train, then evaluate)")

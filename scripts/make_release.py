@@ -5,8 +5,8 @@
 
 Copies config.json, model.safetensors and preprocessor_config.json from --run to the repo root, the run record and
 TensorBoard events to records/, evaluates the release on the test split (records/eval_test.json), plots assets/*.png
-and writes model_card.md. The root's *_minivision.py files are links into minivision_hf/, so the root also loads as
-remote code (`trust_remote_code=True`).
+and writes model_card.md. The release's *_minivision.py files make it load as remote code (`trust_remote_code=True`):
+at the repo root they are links into minivision_hf/; in any other --root folder, copies (a link would dangle there).
 
 All of it is first built in a staging folder beside the root's files and evaluated there; then every file is moved
 into place with one rename each, under a journal: a kill while staging leaves the previous release untouched, and a
@@ -40,19 +40,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="outputs/seed", help="output dir of scripts/train.py")
     p.add_argument("--dataset", default="ylecun/mnist", help="for the evaluation (Hub id or local copy)")
-    p.add_argument("--root", default=str(ROOT), help="release folder (default: the repo root)")
+    p.add_argument("--root", default=str(ROOT),
+                   help="release folder, created if missing (default: the repo root, where the code files are links "
+                        "into minivision_hf/; anywhere else they are copies)")  # fmt: skip
     p.add_argument("--init", action="store_true", help="write an initialised, untrained release instead")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if Path(args.root).exists() and not Path(args.root).is_dir():
+        p.error(f"--root {args.root} is a file, not a folder")
+    return args
 
 
-def link_code_files(root: Path) -> None:
-    """Point the root's code files at minivision_hf/ (each link replaced in one rename)."""
+def install_code_files(root: Path) -> None:
+    """Give the release its code files, each replaced in one rename: at the repo root, relative links into
+    minivision_hf/ (they resolve there, and follow the package as it changes); in any other folder, copies, since a
+    relative link would dangle there and an absolute one would break when the folder moves or is uploaded."""
+    at_repo_root = root.resolve() == ROOT.resolve()
     for name in CODE_FILES:
-        if not (ROOT / "minivision_hf" / name).exists():
+        source = ROOT / "minivision_hf" / name
+        if not source.exists():
             continue
-        tmp = root / f".{name}.link"
+        tmp = root / f".{name}.tmp"
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(Path("minivision_hf") / name)
+        if at_repo_root:
+            tmp.symlink_to(Path("minivision_hf") / name)
+        else:
+            shutil.copyfile(source, tmp)
         os.replace(tmp, root / name)
 
 
@@ -122,23 +134,27 @@ def finish_release(root: Path) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     root, run = Path(args.root), Path(args.run)
+    if not args.init:  # the run is checked before anything is written
+        if not run.is_dir():
+            raise SystemExit(f"no such folder: {run}")
+        missing = [name for name in (*RELEASE_FILES, "run_record.json") if not (run / name).exists()]
+        if missing:
+            raise SystemExit(f"{run} is not a finished training run: missing {missing}")
+    if not root.exists():
+        print(f"creating the release folder {root}")
+        root.mkdir(parents=True)
     finish_release(root)  # a release that a kill interrupted is completed first
     staging = root / STAGING
     staging.mkdir()
     if args.init:
         write_init_release(staging)
         commit_release(root, staging, list(RELEASE_FILES))
-        link_code_files(root)
+        install_code_files(root)
         print(f"wrote an untrained release to {root}")
         return
-    if not run.is_dir():
-        raise SystemExit(f"no such folder: {run}")
-    missing = [name for name in (*RELEASE_FILES, "run_record.json") if not (run / name).exists()]
-    if missing:
-        raise SystemExit(f"{run} is not a finished training run: missing {missing}")
     paths = stage_release(run, root, staging, args.dataset)
     commit_release(root, staging, paths)
-    link_code_files(root)
+    install_code_files(root)
     print(f"released {run} into {root}: {', '.join(paths)}")
 
 

@@ -1,0 +1,242 @@
+"""Scripts at the edges of their inputs: a usage mistake is a one-line argparse error (exit 2), never a traceback or a
+silently replaced value, and what a script writes says what it did (the opset written, the images evaluated, the
+variant whose numbers a card shows, code files that resolve where the release lands). Fast: the tiny fixture, tiny
+models, argument parsing."""
+
+import json
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import minivision_hf as mv
+from minivision_hf import benchmarking as bench
+from minivision_hf import onnx_utils
+from minivision_hf.training import EpochRecorder
+from scripts import benchmark, eval_model, export_onnx, make_model_card, make_release
+from tests.conftest import REPO_ROOT, run_fresh
+
+
+def _usage_error(parse_args, argv: list[str], capsys) -> str:
+    """argparse's refusal of `argv`: exit status 2 and the message on stderr (returned)."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert "error:" in err, argv
+    return err
+
+
+# ---- eval_model ---------------------------------------------------------------------------------------------------
+
+
+def test_eval_of_a_few_images_prints_a_dash_for_classes_without_rows_and_writes_the_json(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    eval_model.main(["--model", str(REPO_ROOT), "--dataset", str(tiny_dir), "--max-samples", "3", "--no-progress",
+                     "--output", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["num_samples"] == 3
+    empty = [label for label, acc in result["per_class_accuracy"].items() if acc is None]
+    assert len(empty) >= 7  # 3 images: at most 3 classes have rows
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()}
+    for label in empty:
+        assert rows[label].rstrip().endswith("   -"), rows[label]
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "0"], ["--batch-size", "-5"], ["--max-samples", "0"]])
+def test_eval_refuses_empty_batches_and_samples(argv, capsys):
+    assert "must be a positive int" in _usage_error(eval_model.parse_args, argv, capsys)
+
+
+def test_eval_usage_error_is_one_line_without_a_traceback():
+    run = subprocess.run([sys.executable, "-m", "scripts.eval_model", "--batch-size", "0"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "argument --batch-size: must be a positive int, got 0" in run.stderr
+
+
+# ---- benchmark ----------------------------------------------------------------------------------------------------
+
+
+def test_benchmark_warmup_matches_the_training_recorder():
+    """MIN_TRAIN_STEPS is the fewest steps whose run records a step gap (the steady images/s): replay the recorder."""
+    assert EpochRecorder().warmup == bench.TRAIN_WARMUP_STEPS
+
+    def gaps(steps: int) -> int:
+        recorder, state = EpochRecorder(), SimpleNamespace(global_step=0)
+        recorder.on_train_begin(None, state, None)
+        for step in range(1, steps + 1):
+            state.global_step = step
+            recorder.on_step_end(None, state, None)
+        return len(recorder.step_gaps)
+
+    assert gaps(bench.MIN_TRAIN_STEPS - 1) == 0 and gaps(bench.MIN_TRAIN_STEPS) == 1
+
+
+@pytest.mark.parametrize("steps", ["3", "6"])  # 6 = MIN_TRAIN_STEPS - 1, the most that still times no step
+def test_benchmark_refuses_train_steps_that_leave_no_timed_step(steps, capsys):
+    err = _usage_error(benchmark.parse_args, ["--quick", "--train-steps", steps], capsys)
+    assert "leaves no timed step" in err and f"at least {bench.MIN_TRAIN_STEPS}" in err
+
+
+@pytest.mark.parametrize("argv", [["--train-steps", "0"], ["--train-steps", "-1"], ["--time-s", "0"],
+                                  ["--time-s", "-0.5"], ["--train-rounds", "0"], ["--eval-samples", "0"],
+                                  ["--pipeline-calls", "0"], ["--peak-sizes", "0"]])  # fmt: skip
+def test_benchmark_refuses_zero_and_negative_values_instead_of_replacing_them(argv, capsys):
+    assert "must be a positive" in _usage_error(benchmark.parse_args, ["--quick", *argv], capsys)
+
+
+def test_benchmark_defaults_apply_only_to_absent_flags():
+    quick, full = benchmark.parse_args(["--quick"]), benchmark.parse_args([])
+    assert (quick.train_steps, quick.time_s, quick.train_rounds) == (12, 0.25, 1)
+    assert (full.train_steps, full.time_s, full.train_rounds) == (60, 2.0, 5)
+    given = benchmark.parse_args(["--quick", "--train-steps", str(bench.MIN_TRAIN_STEPS), "--time-s", "0.01"])
+    assert (given.train_steps, given.time_s) == (bench.MIN_TRAIN_STEPS, 0.01)
+
+
+def test_training_speed_names_a_run_that_timed_no_step(monkeypatch):
+    """Past the parser (a library call): a run without a timed step is a clear error, not a format of None."""
+    record = {"steady_images_per_s": None, "global_step": 3}
+    monkeypatch.setattr(bench, "train_run", lambda *args, **kwargs: record)
+    with pytest.raises(RuntimeError, match="timed no step"):
+        bench.training_speed("unused", 3, 1, 32, None, 1, {"fp32": None, "bf16": None})
+
+
+# ---- export_onnx --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opset", ["10", "17", "newest + 1"])
+def test_export_refuses_opsets_it_would_not_write(opset, capsys):
+    if opset == "newest + 1":
+        opset = str(onnx_utils.max_opset() + 1)
+    err = _usage_error(export_onnx.parse_args, ["--opset", opset], capsys)
+    assert f"{onnx_utils.MIN_OPSET} to {onnx_utils.max_opset()}" in err
+    assert export_onnx.parse_args(["--opset", str(onnx_utils.MIN_OPSET)]).opset == onnx_utils.MIN_OPSET
+
+
+def _small_model() -> mv.MiniVisionForImageClassification:
+    torch.manual_seed(0)
+    return mv.MiniVisionForImageClassification(mv.MiniVisionConfig(conv_channels=[4, 8, 8], hidden_size=16)).eval()
+
+
+def test_export_writes_the_opset_asked_or_raises(tmp_path):
+    path = onnx_utils.export_onnx(_small_model(), tmp_path / "m19.onnx", 19)
+    assert onnx_utils.written_opset(path) == 19
+    # The exporter quietly falls back to 18 for an opset it cannot convert to; export_onnx must not.
+    with pytest.raises(ValueError, match="wrote opset 18"):
+        onnx_utils.export_onnx(_small_model(), tmp_path / "m30.onnx", onnx_utils.max_opset() + 2)
+    assert not (tmp_path / "m30.onnx").exists()
+
+
+def test_export_report_records_the_opset_in_the_file(tiny_dir, tmp_path):
+    report = export_onnx.main([
+        "--model", str(REPO_ROOT), "--output", str(tmp_path), "--calibration-dataset", str(tiny_dir), "--opset", "19",
+        "--methods", "u8s8_reduce_range", "--calibration-samples", "64", "--eval-samples", "64",
+        "--emulate-samples", "64", "--time-s", "0.02", "--min-agreement", "0", "--max-accuracy-drop", "1",
+    ])  # fmt: skip
+    assert report["opset"] == onnx_utils.written_opset(tmp_path / onnx_utils.FP32_FILE) == 19
+    assert json.loads((tmp_path / onnx_utils.REPORT_FILE).read_text())["opset"] == 19
+
+
+def test_export_refuses_a_file_as_output_and_empty_calibration(tmp_path, capsys):
+    existing = tmp_path / "report.txt"
+    existing.write_text("not a folder")
+    for output in (existing, existing / "sub"):
+        assert "is a file, not a folder" in _usage_error(export_onnx.parse_args, ["--output", str(output)], capsys)
+    err = _usage_error(export_onnx.parse_args, ["--calibration-samples", "0"], capsys)
+    assert "must be a positive int" in err
+
+
+# ---- make_release -------------------------------------------------------------------------------------------------
+
+
+def test_release_code_files_are_links_at_the_repo_root_and_copies_elsewhere(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "minivision_hf").mkdir(parents=True)
+    for name in make_release.CODE_FILES:
+        shutil.copyfile(REPO_ROOT / "minivision_hf" / name, repo / "minivision_hf" / name)
+    monkeypatch.setattr(make_release, "ROOT", repo)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    make_release.install_code_files(repo)
+    make_release.install_code_files(elsewhere)
+    for name in make_release.CODE_FILES:
+        assert (repo / name).is_symlink() and (repo / name).resolve() == (repo / "minivision_hf" / name).resolve()
+        assert not (elsewhere / name).is_symlink()
+        assert (elsewhere / name).read_bytes() == (repo / "minivision_hf" / name).read_bytes()
+
+
+def test_release_outside_the_repo_loads_as_remote_code(tmp_path):
+    root = tmp_path / "release"
+    root.mkdir()
+    make_release.main(["--init", "--root", str(root)])
+    assert all((root / name).is_file() and not (root / name).is_symlink() for name in make_release.CODE_FILES)
+    loaded = run_fresh(f"""
+        import json
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained({str(root)!r}, trust_remote_code=True)
+        print(json.dumps({{"module": type(model).__module__, "labels": model.config.num_labels}}))
+    """, cwd=tmp_path)  # fmt: skip
+    assert loaded["labels"] == 10 and not loaded["module"].startswith("minivision_hf")
+
+
+def test_release_creates_a_missing_root(tmp_path):
+    root = tmp_path / "not" / "yet" / "release"  # as --help says: created
+    make_release.main(["--init", "--root", str(root)])
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", *make_release.CODE_FILES):
+        assert (root / name).is_file(), name
+
+
+def test_release_refuses_a_file_as_root(tmp_path, capsys):
+    root = tmp_path / "release"
+    root.write_text("a file")
+    assert "is a file, not a folder" in _usage_error(make_release.parse_args, ["--init", "--root", str(root)], capsys)
+
+
+# ---- make_model_card ----------------------------------------------------------------------------------------------
+
+VARIANT = REPO_ROOT / "variants" / "best"
+
+
+def _headline(result: dict) -> str:
+    return f"**{result['accuracy']:.2%}** ({result['errors']} errors)"
+
+
+def test_card_of_a_variant_folder_carries_that_variants_numbers(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    own = json.loads((VARIANT / "records" / "eval_test.json").read_text())
+    root = json.loads((REPO_ROOT / "records" / "eval_test.json").read_text())
+    assert own["accuracy"] != root["accuracy"]  # else the check below could not tell them apart
+    for variant in ("variants/best", str(VARIANT), "best"):
+        card = make_model_card.main(["--variant", variant, "--output", str(tmp_path / "card.md")]).read_text()
+        assert "`best` variant" in card and _headline(own) in card and _headline(root) not in card, variant
+    assert make_model_card.parse_args(["--variant", "best"]).output == str(VARIANT / "model_card.md")
+    assert make_model_card.parse_args([]).output == "model_card.md"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--variant", "variants/best", "--records", "records"],  # a variant folder with another folder's records
+    ["--variant", "best", "--records", "records"],  # a variant name with the root's records
+    ["--variant", "no-such-variant"],
+    ["--records", "variants/best/records"],  # the root's card from a variant's records
+])  # fmt: skip
+def test_card_refuses_records_of_another_model(argv, capsys, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    _usage_error(make_model_card.parse_args, argv, capsys)
+
+
+def test_card_names_the_number_of_images_evaluated(tmp_path):
+    for source, argv in ((REPO_ROOT / "records", []), (VARIANT / "records", ["--variant", "best"])):
+        records = tmp_path / source.parent.name / "records"
+        records.mkdir(parents=True)
+        for name in ("run_record.json", "variant.json"):
+            if (source / name).exists():
+                shutil.copyfile(source / name, records / name)
+        result = json.loads((source / "eval_test.json").read_text())
+        (records / "eval_test.json").write_text(json.dumps({**result, "num_samples": 256}))
+        card = make_model_card.main([*argv, "--records", str(records), "--output", str(tmp_path / "card.md")])
+        text = card.read_text()
+        assert "Test accuracy (256 MNIST test images)" in text and "10,000 MNIST test images" not in text
