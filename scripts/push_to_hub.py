@@ -492,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         if repo.count("/") != 1 or not all(repo.split("/")):
             parser.error(f"repo ids are NAMESPACE/NAME, got {repo!r}")
 
+    if args.dry_run and Path(args.dry_run).exists():
+        if not Path(args.dry_run).is_dir() or any(Path(args.dry_run).iterdir()):
+            parser.error(f"--dry-run {args.dry_run}: give an empty or new folder to stage into")
+
     with tempfile.TemporaryDirectory(prefix="minivision-push-") as tmp:
         out = Path(args.dry_run) if args.dry_run else Path(tmp)
         token = None
@@ -522,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
         except ReleaseError as e:
             print(f"REFUSED, nothing was sent: {_redact(str(e), token)}", file=sys.stderr)
+            if args.dry_run:  # the folder was new or empty: leave it so, and the same dry run can be retried
+                for staged in out.iterdir() if out.is_dir() else ():
+                    shutil.rmtree(staged) if staged.is_dir() else staged.unlink()
             return 2
         _list_files(f"model repo {args.repo_id}", model_dir)
         for name, staged in variant_dirs.items():

@@ -446,6 +446,22 @@ def test_dry_run_sends_nothing(hub, release, space_src, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_refused_dry_run_leaves_its_folder_empty_for_the_retry(hub, release, space_src, tmp_path):
+    out = tmp_path / "out"
+    bad = push(hub, tmp_path, release, tmp_path / "no_space_here", "--dry-run", str(out), token=None)
+    assert bad.returncode == 2 and "REFUSED" in bad.stderr
+    assert not out.exists() or not any(out.iterdir())  # nothing half-staged that would block the next try
+    retry = push(hub, tmp_path, release, space_src, "--dry-run", str(out), token=None)
+    assert retry.returncode == 0, retry.stderr
+    again = push(hub, tmp_path, release, space_src, "--dry-run", str(out), token=None)
+    assert again.returncode == 2 and "give an empty or new folder" in again.stderr
+    (tmp_path / "a_file").write_text("x")
+    as_file = push(hub, tmp_path, release, space_src, "--dry-run", str(tmp_path / "a_file"), token=None)
+    assert as_file.returncode == 2 and "Traceback" not in as_file.stderr
+    assert hub.requests == []
+
+
+@pytest.mark.slow
 def test_wrong_token_is_reported_without_echoing_it(hub, release, space_src, tmp_path):
     secret = "hf_wrong_secret_0123456789"
     result = push(hub, tmp_path, release, space_src, token=secret)
