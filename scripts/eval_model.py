@@ -156,7 +156,10 @@ def main(argv=None) -> dict:
     check_model_source(args.model)  # a mistyped local path: "no such folder: ..."
     model = AutoModelForImageClassification.from_pretrained(args.model, **kwargs)
     processor = AutoImageProcessor.from_pretrained(args.model, **kwargs)
-    dataset = load_mnist(args.dataset, args.split, args.max_samples)
+    try:
+        dataset = load_mnist(args.dataset, args.split, args.max_samples)
+    except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST, no such split
+        sys.exit(f"eval_model.py: error: {err}")
     start = time.perf_counter()
     result = evaluate_model(model, processor, dataset, args.batch_size, progress=not args.no_progress, tta=args.tta)
     result = {

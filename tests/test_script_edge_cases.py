@@ -240,3 +240,13 @@ def test_card_names_the_number_of_images_evaluated(tmp_path):
         card = make_model_card.main([*argv, "--records", str(records), "--output", str(tmp_path / "card.md")])
         text = card.read_text()
         assert "Test accuracy (256 MNIST test images)" in text and "10,000 MNIST test images" not in text
+
+
+def test_eval_dataset_problems_are_one_line(tmp_path):
+    """A missing dataset, a split file asked for another split, a split the folder lacks: one line, no traceback."""
+    tiny = REPO_ROOT / "tests" / "fixtures" / "mnist_tiny"
+    for dataset, split, message in [(tmp_path / "nowhere", "test", "does not exist"),
+                                    (tiny / "train-00000-of-00001.parquet", "test", "holds the 'train' split"),
+                                    (tiny, "validation", "has no split 'validation'")]:  # fmt: skip
+        with pytest.raises(SystemExit, match=f"eval_model.py: error: .*{message}"):
+            eval_model.main(["--model", str(REPO_ROOT), "--dataset", str(dataset), "--split", split, "--no-progress"])
