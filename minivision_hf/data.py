@@ -38,7 +38,7 @@ def load_mnist(source: str = DEFAULT_DATASET, split: str = "train", max_samples:
     if not path.exists() and is_path_like:
         raise FileNotFoundError(f"dataset path {source!r} does not exist (give a folder, a .parquet file or a Hub id)")
     named = split_named_by(path) if path.is_file() else None
-    if named is not None and named != split:  # train-00000-of-00001.parquet is not the test split
+    if named is not None and named != SPLIT_NAMES.get(split, split):  # a train-*.parquet file is not the test split
         raise ValueError(f"{source!r} holds the {named!r} split (by its file name), not {split!r}: pass the folder "
                          f"holding both splits, or the {split!r} file")  # fmt: skip
     try:
@@ -93,6 +93,8 @@ def check_schema(ds: datasets.Dataset, name: str = "dataset") -> None:
     if len(ds) == 0:
         raise ValueError(f"{name}: the split is empty")
     labels = ds.data.column("label")  # the Arrow column: no decoding
+    if labels.null_count:
+        raise ValueError(f"{name}: {labels.null_count} rows have no label")
     low, high = pc.min(labels).as_py(), pc.max(labels).as_py()
     if low is None or low < 0 or high > 9:
         raise ValueError(f"{name}: labels must be digits 0-9, found range {low}..{high}")

@@ -51,14 +51,18 @@ _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights PIL's convert("L") use
 CHANNEL_COUNTS = (1, 2, 3, 4)  # L, LA, RGB, RGBA: what a channel axis may hold
 _EXIF_ORIENTATION = 0x0112
 # What counts as ink, in [0, 1] units after background removal: a difference from the paper of at least MIN_CONTRAST
-# (paper grain, JPEG noise and grey shades stay below it), over at least MIN_INK_PIXELS pixels and MIN_INK_FRACTION of
-# the image (a stray speck is not a digit). A layer whose highest opacity is under MIN_ALPHA shows nothing; one whose
-# visible pixels differ from their median by over 0.3 in more than PAPER_AND_INK of them holds paper as well as ink.
+# (paper grain, JPEG noise and grey shades stay below it), spanning at least MIN_INK_EXTENT_PX pixels and MIN_INK_EXTENT
+# of the image's shorter side (a stray speck is not a digit; a 60-px digit in a 3000x4000 photo is). A layer whose
+# highest opacity is under MIN_ALPHA shows nothing. Its visible pixels hold paper as well as ink (a sheet) when more
+# than PAPER_AND_INK of them differ from their median by over 0.3, or when they fill at least SHEET_FILL of their
+# bounding box and any of them (more than STRAY) differ so.
 MIN_CONTRAST = 0.1
-MIN_INK_PIXELS = 2
-MIN_INK_FRACTION = 1e-4
+MIN_INK_EXTENT_PX = 2
+MIN_INK_EXTENT = 0.005
 MIN_ALPHA = 0.05
 PAPER_AND_INK = 0.02
+SHEET_FILL = 0.5
+STRAY = 0.001
 RANGE_OVERSHOOT = 1.5  # float pixels up to 1.5 read as 0..1 (an 8-bit image that dark shows nothing anyway)
 
 
@@ -238,7 +242,7 @@ class MiniVisionImageProcessor(TorchvisionBackend):
             return torch.zeros(size), False
         gray = gray / peak
         mask = gray > ink_threshold
-        if int(mask.sum()) < max(MIN_INK_PIXELS, MIN_INK_FRACTION * mask.numel()):  # no ink, or a stray speck
+        if _ink_extent(mask) < max(MIN_INK_EXTENT_PX, MIN_INK_EXTENT * min(mask.shape)):  # no ink, or a stray speck
             return torch.zeros(size), False
 
         if crop_to_ink:
@@ -267,11 +271,23 @@ def _alpha_background(gray: torch.Tensor, alpha: torch.Tensor) -> float:
     sheet with a transparent margin: its most common shade), else the opposite of the ink's (strokes on a transparent
     layer: the visible pixels are all ink, of one shade). Visible means at least half the layer's highest opacity,
     so a stroke drawn with a semi-transparent brush still counts."""
-    visible = gray[alpha >= 0.5 * float(alpha.max())]
+    shown = alpha >= 0.5 * float(alpha.max())
+    visible = gray[shown]
     level = float(visible.median())
-    if float(((visible - level).abs() > 0.3).float().mean()) > PAPER_AND_INK:
-        return level  # paper and ink: the margin continues the paper
+    contrasting = float(((visible - level).abs() > 0.3).float().mean())
+    rows, cols = torch.nonzero(shown.any(1)).flatten(), torch.nonzero(shown.any(0)).flatten()
+    fill = len(visible) / ((int(rows[-1] - rows[0]) + 1) * (int(cols[-1] - cols[0]) + 1))
+    if contrasting > PAPER_AND_INK or (fill >= SHEET_FILL and contrasting > STRAY):
+        return level  # paper and ink (a sheet, however little is written on it): the margin continues the paper
     return 1.0 if level < 0.5 else 0.0  # ink alone: the background is its opposite
+
+
+def _ink_extent(mask: torch.Tensor) -> int:
+    """The longer side of the ink's bounding box, in pixels (0 without ink)."""
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+    if len(rows) == 0:
+        return 0
+    return max(int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1)
 
 
 def _is_mnist_normalised(gray: torch.Tensor, ink_threshold: float, fit_size: int) -> bool:
@@ -282,12 +298,8 @@ def _is_mnist_normalised(gray: torch.Tensor, ink_threshold: float, fit_size: int
     h, w = gray.shape
     if _border_level(gray) > 0.05 or float(gray.max()) < 0.9:
         return False
-    mask = gray > ink_threshold
-    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
-    if len(rows) == 0:
-        return False
-    longer = max(int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1)
-    if fit_size and abs(longer - fit_size * max(h, w) / 28) > 3:
+    longer = _ink_extent(gray > ink_threshold)
+    if longer == 0 or (fit_size and abs(longer - fit_size * max(h, w) / 28) > 3):
         return False
     total = gray.sum()
     cy = float((gray.sum(1) * torch.arange(h)).sum() / total)
@@ -469,16 +481,17 @@ def _channel_axis(shape: tuple[int, ...], input_data_format) -> ChannelDimension
 
 
 def _float_gray(values: torch.Tensor) -> torch.Tensor:
-    """Float or wide-integer pixels -> [0, 1] units, guessing the range from the data: 0..1, 0..255 or 0..65535, with
-    up to RANGE_OVERSHOOT above a range still read as that range (resampling overshoots: 1.02 is not an 8-bit value);
-    values past the range are left for the caller's clamp."""
+    """Float or wide-integer pixels -> [0, 1] units, guessing the range from the data: 0..1 or 0..255, with up to
+    RANGE_OVERSHOOT above either still read as it (resampling overshoots: 1.02 is not an 8-bit value), else the
+    smallest power of two above the peak (10-, 12- and 16-bit data: 0..1023, 0..4095, 0..65535); values past the
+    range are left for the caller's clamp."""
     if not bool(torch.isfinite(values).all()):
         raise ValueError("image contains NaN or infinite values")
     peak = float(values.max()) if values.numel() else 0.0
-    for limit in (1.0, 255.0, 65535.0):
+    for limit in (1.0, 255.0):
         if peak <= limit * RANGE_OVERSHOOT:
             return values / limit
-    return values / peak
+    return values / 2.0 ** math.ceil(math.log2(peak + 1))
 
 
 def _paste_centered(digit: torch.Tensor, size: tuple[int, int], center_of_mass: bool) -> torch.Tensor:

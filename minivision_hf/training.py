@@ -325,21 +325,26 @@ RESUME_FIELDS = ("dataset", "train_split", "eval_split", "max_train_samples", "m
 def run_identity(args, recipe: Recipe, world: int = 1) -> dict:
     """The values a checkpoint records so that `--resume` continues the same run (see RESUME_FIELDS)."""
     identity = {name: getattr(args, name, None) for name in RESUME_FIELDS}
-    identity["dataset"] = str(identity["dataset"])
+    local = Path(str(identity["dataset"])).expanduser()
+    identity["dataset"] = str(local.resolve()) if local.exists() else str(identity["dataset"])  # however it is spelt
     return {"recipe": getattr(args, "recipe", None), **identity, **asdict(recipe), "processes": world}
 
 
-def resume_mismatches(checkpoint: Path, identity: dict) -> list[str]:
-    """How the run about to resume differs from the one that wrote `checkpoint` ([] when it does not, or when the
-    checkpoint predates these records)."""
-    path = Path(checkpoint) / STATE_FILE
-    if not path.exists():
-        path = Path(checkpoint) / "minivision_state_0.pth"
-    if not path.exists():
-        return []
-    saved = torch.load(path, weights_only=True).get("run") or {}
-    return [f"{name} {saved[name]!r} there, {value!r} now" for name, value in identity.items()
-            if name != "notes" and name in saved and saved[name] != value]  # fmt: skip
+def resume_mismatches(output_dir: Path, identity: dict) -> tuple[Path | None, list[str]]:
+    """(checkpoint, differences): how the run about to resume in `output_dir` differs from the one that wrote its
+    newest checkpoint holding a run record, complete or not, for any number of processes (so that a mismatch is
+    refused before `last_complete_checkpoint` removes anything). (None, []) when no checkpoint holds a record (none,
+    or older code)."""
+    for checkpoint in reversed(checkpoints(Path(output_dir))):
+        for path in sorted(checkpoint.glob("minivision_state*.pth")):
+            try:
+                saved = torch.load(path, weights_only=True).get("run") or {}
+            except (OSError, RuntimeError, EOFError, AttributeError):
+                continue  # unreadable: a checkpoint killed while written, dealt with by last_complete_checkpoint
+            differences = [f"{name} {saved[name]!r} there, {value!r} now" for name, value in identity.items()
+                           if name != "notes" and name in saved and saved[name] != value]  # fmt: skip
+            return checkpoint, differences
+    return None, []
 
 
 def rotate_checkpoints(output_dir: Path, limit: int | None, best: str | None = None, processes: int = 1) -> None:

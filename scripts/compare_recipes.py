@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from minivision_hf.data import DEFAULT_DATASET, load_mnist
-from minivision_hf.training import RECIPES, write_json
+from minivision_hf.training import RECIPES, Recipe, checkpoints, recipe_from_args, run_identity, write_json
 from scripts import eval_model, train
 
 
@@ -153,6 +153,25 @@ def evaluate_test(record_paths: list[str], dataset: str, output: Path, command: 
     return summary
 
 
+def finished_run(out: Path, cli: list[str]) -> dict | None:
+    """The run record in `out` when a run with these train.py arguments finished there (same recipe values, data,
+    seed and processes: `run_identity`), else None."""
+    record_file = out / "run_record.json"
+    if not record_file.exists():
+        return None
+    record = json.loads(record_file.read_text())
+    args = train.parse_args([*cli, "--resume"])  # --resume: the folder holds that run's checkpoints
+    try:
+        recorded = argparse.Namespace(**record["args"])
+        done = run_identity(recorded, Recipe(**record["recipe_values"]), record["processes"])
+    except (KeyError, TypeError):  # a record from older code
+        return None
+    if done != run_identity(args, recipe_from_args(args), record["processes"]):
+        return None
+    print(f"{out}: reusing the finished run (delete the folder to train it again)")
+    return record
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.merge:
@@ -184,7 +203,9 @@ def main(argv=None) -> dict:
                 cli += ["--smoke"]
             cli += extra  # last, so a variant's own flags win
             start = time.perf_counter()
-            record = train.main(cli)
+            record = finished_run(out, cli)  # a rerun of the comparison reuses the runs it finished
+            if record is None:  # train, continuing a run a kill interrupted (train.py refuses one with other values)
+                record = train.main([*cli, "--resume"] if checkpoints(out) else cli)
             result = {"accuracy": None, "loss": None}
             if test_set is not None:
                 model = AutoModelForImageClassification.from_pretrained(out)

@@ -19,6 +19,8 @@ torchvision transforms, fp32). Both use the same augmentation distributions.
 """
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -146,13 +148,14 @@ def main(argv=None) -> dict:
     # Fast path: keep freed buffers in the heap, so steps stop re-faulting their activations (~25% of a step here).
     memory_kept = keep_freed_memory() if args.data_path == "fast" else False
 
+    if args.resume:  # continuing with other values would mix two runs in one model and one record
+        recorded, differences = resume_mismatches(output_dir, run_identity(args, recipe, world))
+        if differences:  # refused before anything is removed
+            sys.exit(f"train.py: error: --resume: {recorded} belongs to a run with other values ("
+                     f"{'; '.join(differences)}): resume with its arguments, or use a new --output-dir")  # fmt: skip
     checkpoint = last_complete_checkpoint(output_dir, world, remove_incomplete=rank == 0) if args.resume else None
     if args.resume and checkpoint is None:
         print(f"--resume: no complete checkpoint in {output_dir}, starting from scratch")
-    differences = resume_mismatches(checkpoint, run_identity(args, recipe, world)) if checkpoint else []
-    if differences:  # continuing with other values would mix two runs in one model and one record
-        sys.exit(f"train.py: error: --resume: {checkpoint} belongs to a run with other values ("
-                 f"{'; '.join(differences)}): resume with that run's arguments, or use a new --output-dir")  # fmt: skip
     try:
         data = build_data(args, recipe, rank)
     except (FileNotFoundError, ConnectionError, ValueError) as err:  # the dataset: missing, offline, wrong schema
@@ -160,6 +163,16 @@ def main(argv=None) -> dict:
     model, fast_kernels = build_model(args, use_bf16)
     processor = mv.MiniVisionImageProcessor()
     trainer = build_trainer(args, recipe, model, processor, data, world, use_bf16)
+    if checkpoint is not None:
+        done = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        planned = args.max_steps if args.max_steps > 0 else math.ceil(args.epochs * trainer.steps_per_epoch())
+        finished = output_dir / "run_record.json"
+        if done >= planned and finished.exists() and json.loads(finished.read_text())["global_step"] == done:
+            # finished and saved: nothing to train (Trainer would replay a fractional last epoch past its end)
+            print(f"--resume: the run in {output_dir} finished at step {done} and is saved; nothing is left to train")
+            return json.loads(finished.read_text())
+        if done >= planned:  # finished, killed before its final save: resume only to keep and save the model
+            trainer.args.max_steps = done
 
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

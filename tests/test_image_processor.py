@@ -260,6 +260,30 @@ def test_paper_noise_grey_shades_and_a_stray_speck_are_blank(processor):
     assert torch.allclose(out, torch.full_like(out, BACKGROUND))
 
 
+def test_small_digits_in_big_photos_and_deep_integer_data_are_ink(processor):
+    photo = Image.new("L", (3000, 4000), 235)  # a 60-px "0" drawn with a 4-px pen in a phone photo
+    ImageDraw.Draw(photo).ellipse([1480, 1970, 1520, 2030], outline=20, width=4)
+    assert processor.has_ink([photo]) == [True]
+    for bits in (10, 12, 16):
+        deep = np.zeros((64, 64), np.uint16)
+        deep[16:48, 28:36] = 2**bits - 1
+        out = unnormalize(processor(deep)["pixel_values"][0, 0])
+        assert processor.has_ink([deep]) == [True] and out.max() > 0.99, bits
+
+
+def test_a_sheet_with_little_ink_and_transparent_corners_keeps_its_paper(processor):
+    sheet = Image.new("RGBA", (400, 400), (250, 250, 250, 255))  # a thin "0": ink on ~1.4% of the sheet
+    ImageDraw.Draw(sheet).ellipse([110, 110, 290, 290], outline=(0, 0, 0, 255), width=5)
+    rotated = sheet.rotate(10, expand=True)  # transparent corners
+    out = unnormalize(processor(rotated)["pixel_values"][0, 0])
+    reference = unnormalize(processor(sheet.convert("L"))["pixel_values"][0, 0])
+    assert (out > 0.5).float().mean() < 2 * (reference > 0.5).float().mean()  # a ring, not a white block
+    thick = Image.new("RGBA", (200, 200), (0, 0, 0, 0))  # strokes alone, thick enough to fill most of their box
+    ImageDraw.Draw(thick).line([(40, 30), (160, 30), (90, 180)], fill=(0, 0, 0, 255), width=45)
+    assert processor.has_ink([thick]) == [True]
+    assert_mnist_like(processor(thick)["pixel_values"])
+
+
 def test_a_truncated_file_opened_by_the_caller_is_a_clear_value_error(processor, tmp_path):
     path = tmp_path / "seven.png"
     draw_seven(300, (0, 0, 0), (255, 255, 255)).save(path)

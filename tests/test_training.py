@@ -145,6 +145,33 @@ def test_resume_refuses_other_values_than_the_checkpointed_run(tiny_dir, tmp_pat
     assert train.main([*common, "--resume", "--bf16", "off"])["global_step"] == 32  # speed settings may change
 
 
+def test_resume_identity_is_read_before_anything_is_removed_and_ignores_spelling(tiny_dir, tmp_path, monkeypatch):
+    from minivision_hf.training import recipe_from_args, resume_mismatches, run_identity
+
+    common = ["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--epochs", "4", "--batch-size", "64",
+              *TINY_ARGS]  # fmt: skip
+    train.main([*common, "--max-steps", "8"])
+    args = train.parse_args([*common, "--resume"])
+    recipe = recipe_from_args(args)
+    # another number of processes (torchrun): refused from the record, though the checkpoint is "incomplete" there
+    checkpoint, differences = resume_mismatches(tmp_path, run_identity(args, recipe, world=2))
+    assert checkpoint.name == "checkpoint-8" and differences == ["processes 1 there, 2 now"]
+    assert (tmp_path / "checkpoint-8").is_dir()
+    # the same dataset spelt another way is the same run
+    monkeypatch.chdir(tiny_dir.parent)
+    args = train.parse_args([*common, "--resume", "--dataset", f"./{tiny_dir.name}/"])
+    assert resume_mismatches(tmp_path, run_identity(args, recipe_from_args(args))) == (tmp_path / "checkpoint-8", [])
+
+
+def test_resuming_a_finished_fractional_run_trains_nothing_more(tiny_dir, tmp_path):
+    common = ["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--epochs", "1.5", "--batch-size", "64",
+              *TINY_ARGS]  # fmt: skip
+    first = train.main(common)
+    again = train.main([*common, "--resume"])
+    assert first["global_step"] == again["global_step"] == 12
+    assert again["final_eval"]["accuracy"] == first["final_eval"]["accuracy"]
+
+
 def test_a_fractional_last_epoch_is_an_epoch_of_the_run(tiny_dir, tmp_path):
     """--epochs 1.5: the half epoch that ends the schedule is evaluated, may be the kept best, and counts for
     --target-accuracy."""
@@ -184,6 +211,12 @@ def test_a_split_file_is_only_its_own_split_and_labels_must_be_digits(tiny_dir, 
     shifted.to_parquet(str(tmp_path / "test-00000-of-00001.parquet"))
     with pytest.raises(ValueError, match=r"labels must be digits 0-9, found range 5\.\.14"):
         load_mnist(str(tmp_path), "test")
+    unlabelled = plain_labels.map(lambda row, i: {"label": None if i == 3 else row["label"]}, with_indices=True)
+    unlabelled.to_parquet(str(tmp_path / "test-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match="1 rows have no label"):
+        load_mnist(str(tmp_path), "test")
+    plain_labels.to_parquet(str(tmp_path / "mnist_val.parquet"))
+    assert len(load_mnist(str(tmp_path / "mnist_val.parquet"), "val")) == 256  # val, valid, validation: one split
 
 
 def test_evaluate_script_on_fixture(smoke_run, tiny_dir, tmp_path):
@@ -371,6 +404,15 @@ def test_compare_recipes_smoke(tiny_dir, tmp_path):
     merged = compare_recipes.main(["--merge", str(tmp_path / "r.json"), str(tmp_path / "r.json"), "--output",
                                    str(tmp_path / "m.json")])  # fmt: skip
     assert set(merged["recipes"]) == {"seed", "plus"} and len(merged["runs"]) == 8
+    # rerun into the same work dir: the finished runs are reused, not retrained, nor refused
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("model.safetensors")}
+    again = compare_recipes.main(["--smoke", "--recipes", "seed", "--seeds", "1", "--dataset", str(tiny_dir),
+                                  "--work-dir", str(tmp_path / "w"), "--output", str(tmp_path / "2.json")])  # fmt: skip
+    assert again["recipes"]["seed"]["accuracies"] == summary["recipes"]["seed"]["accuracies"][:1]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("model.safetensors")} == stamps
+    with pytest.raises(SystemExit, match="belongs to a run with other values"):  # other values: a new --work-dir
+        compare_recipes.main(["--smoke", "--recipes", "seed", "--seeds", "1", "--epochs", "1", "--dataset",
+                              str(tiny_dir), "--work-dir", str(tmp_path / "w"), "--output", str(tmp_path / "r3.json")])
 
 
 # ---- kills, resumes, refusals -------------------------------------------------------------------------------------
