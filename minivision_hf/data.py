@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -21,8 +20,9 @@ from PIL import Image
 from .extras import explain_missing_extra
 from .image_processing_minivision import to_pixel_values
 
-with explain_missing_extra():  # `datasets` comes with the `train` extra: say so when it is missing
+with explain_missing_extra():  # `datasets` (and its pyarrow) come with the `train` extra: say so when missing
     import datasets
+    import pyarrow.compute as pc
 
 DEFAULT_DATASET = "ylecun/mnist"  # the `mnist` entry of datasets; a local copy with the same layout works too
 IMAGE_SIZE = 28
