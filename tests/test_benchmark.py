@@ -211,7 +211,8 @@ def test_seconds_to_a_target_accuracy_for_both_paths(tiny_dir):
     for path in ("plain", "fast"):
         run = result[path]
         assert run["reached"] and run["epoch"] == 1 and _positive(run["train_s"]) and run["wall_s"] >= run["train_s"]
-    assert result["speedup"] == pytest.approx(result["plain"]["train_s"] / result["fast"]["train_s"], rel=1e-3)
+    # rounded to 3 decimals: on the fixture the ratio can be below 1, where that is more than 1e-3 relative
+    assert result["speedup"] == pytest.approx(result["plain"]["train_s"] / result["fast"]["train_s"], abs=5.1e-4)
 
 
 def test_gpu_script_reads_seconds_to_each_target_from_the_epochs():
