@@ -219,6 +219,13 @@ class MiniVisionTrainer(Trainer):
             self.augment_state = augment_state  # the generator state after this batch: where a resume restarts
         return loss
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed at the run's last step inside an epoch (a fractional --epochs, killed before its final save):
+        # Trainer would skip the batches done and then train one step past the end.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def get_eval_dataloader(self, eval_dataset=None):
         loader = super().get_eval_dataloader(eval_dataset)
         # A DataLoader draws its workers' base seed from `generator` (the global torch RNG when None) each time it is
@@ -325,9 +332,14 @@ RESUME_FIELDS = ("dataset", "train_split", "eval_split", "max_train_samples", "m
 def run_identity(args, recipe: Recipe, world: int = 1) -> dict:
     """The values a checkpoint records so that `--resume` continues the same run (see RESUME_FIELDS)."""
     identity = {name: getattr(args, name, None) for name in RESUME_FIELDS}
-    local = Path(str(identity["dataset"])).expanduser()
-    identity["dataset"] = str(local.resolve()) if local.exists() else str(identity["dataset"])  # however it is spelt
+    identity["dataset"] = _dataset_identity(identity["dataset"])
     return {"recipe": getattr(args, "recipe", None), **identity, **asdict(recipe), "processes": world}
+
+
+def _dataset_identity(dataset) -> str:
+    """A dataset however it is spelt: a local path resolved, a Hub id as given."""
+    local = Path(str(dataset)).expanduser()
+    return str(local.resolve()) if local.exists() else str(dataset)
 
 
 def resume_mismatches(output_dir: Path, identity: dict) -> tuple[Path | None, list[str]]:
@@ -341,6 +353,8 @@ def resume_mismatches(output_dir: Path, identity: dict) -> tuple[Path | None, li
                 saved = torch.load(path, weights_only=True).get("run") or {}
             except (OSError, RuntimeError, EOFError, AttributeError):
                 continue  # unreadable: a checkpoint killed while written, dealt with by last_complete_checkpoint
+            if "dataset" in saved:  # a record written as given (a relative path) by older code
+                saved["dataset"] = _dataset_identity(saved["dataset"])
             differences = [f"{name} {saved[name]!r} there, {value!r} now" for name, value in identity.items()
                            if name != "notes" and name in saved and saved[name] != value]  # fmt: skip
             return checkpoint, differences

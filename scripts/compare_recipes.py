@@ -40,7 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from minivision_hf.data import DEFAULT_DATASET, load_mnist
-from minivision_hf.training import RECIPES, Recipe, checkpoints, recipe_from_args, run_identity, write_json
+from minivision_hf.training import (
+    RECIPES,
+    Recipe,
+    checkpoints,
+    recipe_from_args,
+    recover_folder,
+    run_identity,
+    write_json,
+)
 from scripts import eval_model, train
 
 
@@ -156,6 +164,7 @@ def evaluate_test(record_paths: list[str], dataset: str, output: Path, command: 
 def finished_run(out: Path, cli: list[str]) -> dict | None:
     """The run record in `out` when a run with these train.py arguments finished there (same recipe values, data,
     seed and processes: `run_identity`), else None."""
+    recover_folder(out)  # a final save that a kill interrupted is finished first
     record_file = out / "run_record.json"
     if not record_file.exists():
         return None
@@ -166,7 +175,8 @@ def finished_run(out: Path, cli: list[str]) -> dict | None:
         done = run_identity(recorded, Recipe(**record["recipe_values"]), record["processes"])
     except (KeyError, TypeError):  # a record from older code
         return None
-    if done != run_identity(args, recipe_from_args(args), record["processes"]):
+    same_stop = all(record["args"].get(name) == getattr(args, name) for name in ("max_steps", "target_accuracy"))
+    if not same_stop or done != run_identity(args, recipe_from_args(args), record["processes"]):
         return None
     print(f"{out}: reusing the finished run (delete the folder to train it again)")
     return record

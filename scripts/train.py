@@ -130,7 +130,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.channels_last = args.data_path == "fast"
     if args.fast_kernels is None:
         args.fast_kernels = args.data_path == "fast" and args.channels_last
-    problems = check_arguments(args, world=process_counts()[0])
+    world, rank = process_counts()
+    if rank == 0:
+        recover_folder(Path(args.output_dir))  # finish a final save that a kill interrupted, before looking at it
+    problems = check_arguments(args, world=world)
     if problems:  # refused before anything is read or written
         p.error("; ".join(problems))
     return args
@@ -140,8 +143,6 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     world, rank = process_counts()
     output_dir = Path(args.output_dir)
-    if rank == 0:
-        recover_folder(output_dir)  # finish a final save that a kill interrupted
     recipe = recipe_from_args(args)
     use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and args.data_path == "fast" and bf16_supported())
     set_seed(args.seed)
@@ -166,13 +167,14 @@ def main(argv=None) -> dict:
     if checkpoint is not None:
         done = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
         planned = args.max_steps if args.max_steps > 0 else math.ceil(args.epochs * trainer.steps_per_epoch())
+        if done > planned:
+            sys.exit(f"train.py: error: --resume: {checkpoint} is at step {done}, past this run's {planned} steps "
+                     "(--max-steps): resume without it, or use a new --output-dir")  # fmt: skip
         finished = output_dir / "run_record.json"
-        if done >= planned and finished.exists() and json.loads(finished.read_text())["global_step"] == done:
+        if done == planned and finished.exists() and json.loads(finished.read_text())["global_step"] == done:
             # finished and saved: nothing to train (Trainer would replay a fractional last epoch past its end)
             print(f"--resume: the run in {output_dir} finished at step {done} and is saved; nothing is left to train")
             return json.loads(finished.read_text())
-        if done >= planned:  # finished, killed before its final save: resume only to keep and save the model
-            trainer.args.max_steps = done
 
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

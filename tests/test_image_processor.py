@@ -254,8 +254,10 @@ def test_paper_noise_grey_shades_and_a_stray_speck_are_blank(processor):
     speck = np.full((400, 400), 255, np.uint8)
     speck[123, 77] = 0
     grey = np.full((28, 28), 80, np.uint8)
-    pages = [noise, shades, speck, grey]
-    assert processor.has_ink(pages) == [False] * 4
+    dust = np.full((400, 400), 250, np.uint8)
+    dust[10, 10] = dust[389, 389] = 0  # two specks far apart span the page, but are no stroke
+    pages = [noise, shades, speck, grey, dust]
+    assert processor.has_ink(pages) == [False] * 5
     out = processor(pages)["pixel_values"]
     assert torch.allclose(out, torch.full_like(out, BACKGROUND))
 

@@ -161,6 +161,11 @@ def test_resume_identity_is_read_before_anything_is_removed_and_ignores_spelling
     monkeypatch.chdir(tiny_dir.parent)
     args = train.parse_args([*common, "--resume", "--dataset", f"./{tiny_dir.name}/"])
     assert resume_mismatches(tmp_path, run_identity(args, recipe_from_args(args))) == (tmp_path / "checkpoint-8", [])
+    state_file = tmp_path / "checkpoint-8" / "minivision_state.pth"  # a record that kept the path as given
+    state = torch.load(state_file, weights_only=True)
+    state["run"]["dataset"] = tiny_dir.name
+    torch.save(state, state_file)
+    assert resume_mismatches(tmp_path, run_identity(args, recipe_from_args(args))) == (tmp_path / "checkpoint-8", [])
 
 
 def test_resuming_a_finished_fractional_run_trains_nothing_more(tiny_dir, tmp_path):
@@ -170,6 +175,11 @@ def test_resuming_a_finished_fractional_run_trains_nothing_more(tiny_dir, tmp_pa
     again = train.main([*common, "--resume"])
     assert first["global_step"] == again["global_step"] == 12
     assert again["final_eval"]["accuracy"] == first["final_eval"]["accuracy"]
+    for name in ("run_record.json", "model.safetensors"):  # as if killed after the last checkpoint, before the save
+        (tmp_path / name).unlink()
+    saved = train.main([*common, "--resume"])
+    assert saved["global_step"] == 12 and not (tmp_path / "checkpoint-13").exists()
+    assert saved["final_eval"]["accuracy"] == first["final_eval"]["accuracy"]
 
 
 def test_a_fractional_last_epoch_is_an_epoch_of_the_run(tiny_dir, tmp_path):
@@ -410,6 +420,10 @@ def test_compare_recipes_smoke(tiny_dir, tmp_path):
                                   "--work-dir", str(tmp_path / "w"), "--output", str(tmp_path / "2.json")])  # fmt: skip
     assert again["recipes"]["seed"]["accuracies"] == summary["recipes"]["seed"]["accuracies"][:1]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("model.safetensors")} == stamps
+    shorter = ["--smoke", "--seeds", "1", "--dataset", str(tiny_dir), "--work-dir", str(tmp_path / "w"), "--output",
+               str(tmp_path / "3.json"), "--variant", "seed-fast", "seed", "--max-steps 1"]  # fmt: skip
+    with pytest.raises(SystemExit, match="past this run's 1 steps"):
+        compare_recipes.main(shorter)  # a finished run is reused only for the same stopping point too
     with pytest.raises(SystemExit, match="belongs to a run with other values"):  # other values: a new --work-dir
         compare_recipes.main(["--smoke", "--recipes", "seed", "--seeds", "1", "--epochs", "1", "--dataset",
                               str(tiny_dir), "--work-dir", str(tmp_path / "w"), "--output", str(tmp_path / "r3.json")])
@@ -513,11 +527,14 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(point, at, resumes_
     # training time; the segments, the first ending at the checkpoint the second started from.
     assert all(e["wall_s"] > 0 and e["lr"] == 0.01 for e in resumed["epochs"])
     segments = resumed["segments"]
-    assert [(s["start_step"], s["end_step"]) for s in segments] == [(0, resumes_from), (resumes_from, 24)]
+    # The swap's kill came after the whole run was saved: the resume finds it finished and trains nothing more.
+    finished = point == "swap"
+    spans = [(0, 24)] if finished else [(0, resumes_from), (resumes_from, 24)]
+    assert [(s["start_step"], s["end_step"]) for s in segments] == spans
     assert resumed["train_wall_s"] == pytest.approx(sum(s["wall_s"] for s in segments), abs=0.01)
     train_s = sum(e["wall_s"] for e in resumed["epochs"])
     assert resumed["train_images_per_s"] == pytest.approx(3 * 512 / train_s, rel=1e-3)
-    assert resumed["resumed"] is True and resumed["global_step"] == 24
+    assert resumed["resumed"] is not finished and resumed["global_step"] == 24
     assert json.loads((out / "run_record.json").read_text())["epochs"] == resumed["epochs"]
     assert not list(tmp_path.glob(".run.*"))  # no staging or previous folder left beside it
 

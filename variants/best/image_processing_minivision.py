@@ -52,10 +52,11 @@ CHANNEL_COUNTS = (1, 2, 3, 4)  # L, LA, RGB, RGBA: what a channel axis may hold
 _EXIF_ORIENTATION = 0x0112
 # What counts as ink, in [0, 1] units after background removal: a difference from the paper of at least MIN_CONTRAST
 # (paper grain, JPEG noise and grey shades stay below it), spanning at least MIN_INK_EXTENT_PX pixels and MIN_INK_EXTENT
-# of the image's shorter side (a stray speck is not a digit; a 60-px digit in a 3000x4000 photo is). A layer whose
-# highest opacity is under MIN_ALPHA shows nothing. Its visible pixels hold paper as well as ink (a sheet) when more
-# than PAPER_AND_INK of them differ from their median by over 0.3, or when they fill at least SHEET_FILL of their
-# bounding box and any of them (more than STRAY) differ so.
+# of the image's shorter side, with at least one ink pixel per two of that span, as a stroke has (a stray speck, or two
+# far apart, is not a digit; a 60-px digit in a 3000x4000 photo is). A layer whose highest opacity is under MIN_ALPHA
+# shows nothing. Its visible pixels hold paper as well as ink (a sheet) when more than PAPER_AND_INK of them differ
+# from their median by over 0.3, or when they fill at least SHEET_FILL of their bounding box and any of them (more
+# than STRAY) differ so.
 MIN_CONTRAST = 0.1
 MIN_INK_EXTENT_PX = 2
 MIN_INK_EXTENT = 0.005
@@ -242,8 +243,9 @@ class MiniVisionImageProcessor(TorchvisionBackend):
             return torch.zeros(size), False
         gray = gray / peak
         mask = gray > ink_threshold
-        if _ink_extent(mask) < max(MIN_INK_EXTENT_PX, MIN_INK_EXTENT * min(mask.shape)):  # no ink, or a stray speck
-            return torch.zeros(size), False
+        extent = _ink_extent(mask)
+        if extent < max(MIN_INK_EXTENT_PX, MIN_INK_EXTENT * min(mask.shape)) or int(mask.sum()) < extent / 2:
+            return torch.zeros(size), False  # no ink, a stray speck, or a few specks far apart: not a stroke
 
         if crop_to_ink:
             rows = torch.nonzero(mask.any(1)).flatten()
