@@ -41,7 +41,10 @@ from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # offline: no telemetry; set before gradio is imported
 
-import gradio as gr  # noqa: E402
+try:
+    import gradio as gr  # noqa: E402
+except ModuleNotFoundError as err:  # the app is the `demo` extra (on a Space, gradio is the SDK's)
+    raise ModuleNotFoundError(f"{err}: the demo needs gradio: pip install 'minivision-hf[demo]'") from err
 import torch  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
@@ -99,6 +102,14 @@ def load_model(source: str, revision: str | None = None):
         trust_remote_code = False
     except ImportError:
         trust_remote_code = True
+    local = Path(source).expanduser()
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or local.exists()
+    if looks_local and not local.is_dir():
+        raise ValueError(f"model {source!r}: no such folder (give a save_pretrained folder or a Hub id, NAME/REPO)")
+    if looks_local and revision:  # from_pretrained ignores a revision for a folder: it would serve the folder as is
+        raise ValueError(f"revision {revision!r} was given for the local folder {source!r}, which has no revisions: "
+                         "unset MINIVISION_REVISION / MINIVISION_BEST_REVISION, or name a Hub repo (MINIVISION_MODEL, "
+                         "MINIVISION_BEST_MODEL), or a folder (e.g. MINIVISION_BEST_MODEL=variants/best)")  # fmt: skip
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     model = AutoModelForImageClassification.from_pretrained(source, **kwargs).eval()
     processor = AutoImageProcessor.from_pretrained(source, **kwargs)

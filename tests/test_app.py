@@ -346,3 +346,12 @@ def test_both_models_answer_and_say_which(app):
         app.predict_image(str(path), "nope")
     if "best" in app.MODELS:  # its config's temperature makes the scores calibrated, the answer unchanged
         assert app.MODELS["best"][0].config.calibration_temperature > 0
+
+
+def test_a_missing_folder_or_a_revision_of_a_folder_is_refused(app, tmp_path):
+    """A revision names a commit of a Hub repo; from_pretrained ignores it for a folder, so "best" would quietly be the
+    folder as it is (the seed model). Both mistakes are a clear ValueError, before anything loads."""
+    with pytest.raises(ValueError, match="no such folder"):
+        app.load_model(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="was given for the local folder"):
+        app.load_model(str(Path(app.__file__).resolve().parents[1]), "best")

@@ -205,7 +205,8 @@ def test_core_venv_runs_readme_usage_snippet(core_python):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "extra"),
-    [(["-m", "scripts.eval_model"], "train"), (["-m", "scripts.export_onnx"], "onnx"), (["scripts/train.py"], "train")],
+    [(["-m", "scripts.eval_model"], "train"), (["-m", "scripts.export_onnx"], "onnx"), (["scripts/train.py"], "train"),
+     (["spaces_app/app.py"], "demo")],  # fmt: skip
 )
 def test_core_venv_script_names_the_missing_extra(core_python, command, extra):
     proc = subprocess.run([core_python, *command, "--help"], cwd=REPO_ROOT, env=core_venv_env(),

@@ -15,7 +15,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,6 +204,31 @@ def test_kernel_builds_into_the_cache_folder(tmp_path):
     built = list((tmp_path / "cache" / "minivision_hf").glob("minivision_kernels-*.so"))
     assert len(built) == 1 and result.stdout.strip() == str(built[0])
     assert built[0].name.startswith(f"minivision_kernels-{BUILD.target.level}-")
+
+
+@needs_kernels
+def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path):
+    code = "from minivision_hf import fast\nbuild = fast.load_kernels(fast.detect_capabilities())\nprint(build.flags)\n"
+    first = _run(code, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (built,) = (tmp_path / "cache" / "minivision_hf").glob("minivision_kernels-*.so")
+    built.write_bytes(b"")  # truncated: a full disk, a killed copy
+    again = _run(code, tmp_path)
+    assert again.returncode == 0 and again.stdout == first.stdout  # the same target (with OpenMP), rebuilt
+    assert built.stat().st_size > 0
+
+
+def test_without_a_home_folder_the_kernel_cache_is_in_the_temp_folder(monkeypatch):
+    from minivision_hf.fast import build
+
+    for name in ("MINIVISION_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(build.Path, "home", staticmethod(no_home))
+    assert build.cache_dir().parent.parent == Path(tempfile.gettempdir())
 
 
 @needs_kernels

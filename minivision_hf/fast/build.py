@@ -125,8 +125,14 @@ STATUS = {1: "out of memory", 2: "unsupported shape", -1: "not built at this ISA
 
 
 def cache_dir() -> Path:
-    """Where built libraries are kept: $MINIVISION_CACHE, else $XDG_CACHE_HOME, else ~/.cache; then minivision_hf/."""
-    root = os.environ.get("MINIVISION_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    """Where built libraries are kept: $MINIVISION_CACHE, else $XDG_CACHE_HOME, else ~/.cache, else (no home folder:
+    a container's user without one) the temp folder; then minivision_hf/."""
+    root = os.environ.get("MINIVISION_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    if not root:
+        try:
+            root = Path.home() / ".cache"
+        except RuntimeError:  # "Could not determine home directory"
+            root = Path(tempfile.gettempdir()) / f"minivision-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
     return Path(root) / "minivision_hf"
 
 
@@ -273,7 +279,14 @@ def load_kernels(capabilities: Capabilities) -> BuildResult:
         try:
             if not path.exists():
                 _compile(compiler, target, path)
-            return BuildResult(_load_library(path, target), target, attempts=attempts)
+            try:
+                library = _load_library(path, target)
+            except OSError:  # a cached file that does not load (truncated, a disk error): build it again, once
+                path.unlink(missing_ok=True)
+                _load_library.cache_clear()
+                _compile(compiler, target, path)
+                library = _load_library(path, target)
+            return BuildResult(library, target, attempts=attempts)
         except (OSError, subprocess.CalledProcessError) as err:
             attempts.append(f"{' '.join(target.flags)}: {(getattr(err, 'stderr', '') or str(err)).strip()[:300]}")
     return BuildResult(None, error=f"building the fast kernels with {compiler} failed: " + " | ".join(attempts))
