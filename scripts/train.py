@@ -144,7 +144,10 @@ def main(argv=None) -> dict:
     world, rank = process_counts()
     output_dir = Path(args.output_dir)
     recipe = recipe_from_args(args)
-    use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and args.data_path == "fast" and bf16_supported())
+    try:  # the machine's capabilities, read once (a bad MINIVISION_ISA_LEVEL is a usage error)
+        use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and args.data_path == "fast" and bf16_supported())
+    except ValueError as err:
+        sys.exit(f"train.py: error: {err}")
     set_seed(args.seed)
     # Fast path: keep freed buffers in the heap, so steps stop re-faulting their activations (~25% of a step here).
     memory_kept = keep_freed_memory() if args.data_path == "fast" else False

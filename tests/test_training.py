@@ -198,6 +198,16 @@ def test_a_fractional_last_epoch_is_an_epoch_of_the_run(tiny_dir, tmp_path):
     assert again["target_accuracy"]["epoch"] == (1 if first >= half else 2)
 
 
+def test_a_bad_isa_level_variable_is_one_line(tiny_dir, tmp_path, monkeypatch):
+    from minivision_hf.fast import capabilities
+
+    monkeypatch.setenv("MINIVISION_ISA_LEVEL", "bogus")
+    capabilities.detect_capabilities.cache_clear()  # read again, with the variable (a raise caches nothing)
+    with pytest.raises(SystemExit, match="train.py: error: MINIVISION_ISA_LEVEL='bogus': not one of"):
+        train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "o"), "--smoke", "--no-progress"])
+    assert not (tmp_path / "o").exists()
+
+
 def test_conflicting_arguments_are_refused_before_anything_is_read(tiny_dir, tmp_path, capsys):
     train_file = tiny_dir / "train-00000-of-00001.parquet"
     for args, message in [
