@@ -77,7 +77,8 @@ def split_named_by(path: Path) -> str | None:
 
 
 def check_schema(ds: datasets.Dataset, name: str = "dataset") -> None:
-    """An `image` column of datasets.Image and a `label` column with 10 classes, or a clear ValueError."""
+    """An `image` column of datasets.Image, an integer or 10-class `label` column whose every row is a digit 0-9, and
+    at least one row; else a one-line ValueError."""
     features = ds.features
     if "image" not in features or not isinstance(features["image"], datasets.Image):
         found = {k: type(v).__name__ for k, v in features.items()}

@@ -345,14 +345,16 @@ def _dataset_identity(dataset) -> str:
 def resume_mismatches(output_dir: Path, identity: dict) -> tuple[Path | None, list[str]]:
     """(checkpoint, differences): how the run about to resume in `output_dir` differs from the one that wrote its
     newest checkpoint holding a run record, complete or not, for any number of processes (so that a mismatch is
-    refused before `last_complete_checkpoint` removes anything). (None, []) when no checkpoint holds a record (none,
-    or older code)."""
+    refused before `last_complete_checkpoint` removes anything). Checkpoints without a record (older code, or a
+    state file killed while written) are passed over; (None, []) when none holds one."""
     for checkpoint in reversed(checkpoints(Path(output_dir))):
         for path in sorted(checkpoint.glob("minivision_state*.pth")):
             try:
                 saved = torch.load(path, weights_only=True).get("run") or {}
             except (OSError, RuntimeError, EOFError, AttributeError):
                 continue  # unreadable: a checkpoint killed while written, dealt with by last_complete_checkpoint
+            if not saved:
+                continue
             if "dataset" in saved:  # a record written as given (a relative path) by older code
                 saved["dataset"] = _dataset_identity(saved["dataset"])
             differences = [f"{name} {saved[name]!r} there, {value!r} now" for name, value in identity.items()
@@ -602,7 +604,8 @@ def positive(kind: type):
 def check_arguments(args, world: int = 1) -> list[str]:
     """Every reason why resolved `scripts/train.py` arguments cannot train, one message per flag ([] if they can).
 
-    Called before anything is read or written, so a refused run leaves --output-dir as it was."""
+    Called after `recover_folder` has finished a folder swap that a kill interrupted, and before anything else is read
+    or written, so a refused run leaves --output-dir as it was."""
 
     def number(name: str, low: float | None = None, high: float | None = None, low_open=False, high_open=False):
         value = getattr(args, name.replace("-", "_"), None)

@@ -7,8 +7,8 @@
 
 Writes to --output (the file names Transformers.js and Optimum-style repos look for):
 - `model.onnx`: input `pixel_values` (batch, 1, 28, 28) float32, normalised as the image processor does, output
-  `logits` (batch, 10); dynamic batch axis; torch.export-based exporter (`dynamo=True`, opset 20). The graph is the
-  model with two exact rewrites (ReLU before MaxPool, last BatchNorm folded into the first Linear; see
+  `logits` (batch, 10); dynamic batch axis; torch.export-based exporter (`dynamo=True`, `--opset`, default 20). The
+  graph is the model with two exact rewrites (ReLU before MaxPool, last BatchNorm folded into the first Linear; see
   `minivision_hf.onnx_utils.OnnxExportGraph`), checked against the model itself.
 - `model_quantized.onnx`: static QDQ int8 (ONNX Runtime, per-channel weights, min/max calibration on
   --calibration-samples training images). Candidates: `onnx_utils.QUANT_SCHEMES`. The u8s8 scheme (8-bit weights)

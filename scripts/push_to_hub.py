@@ -23,8 +23,9 @@ with trust_remote_code=True in a fresh interpreter (offline, minivision_hf not i
 or when the accuracy/loss in the model card's model-index differ from records/eval_test.json.
 
 Token: HF_TOKEN or the saved login (`hf auth login`); never printed. HF_ENDPOINT is honoured (huggingface_hub
-reads it at import). `--dry-run OUT_DIR` writes OUT_DIR/model and OUT_DIR/space, runs the checks, lists the files
-and sends no request (no token needed). A failed upload says which repo was committed; rerunning is safe.
+reads it at import). `--dry-run OUT_DIR` stages into a new or empty OUT_DIR (model/, space/, variants/<name>/), runs
+the checks, lists the files and sends no request (no token needed); a refused dry run leaves OUT_DIR empty. A failed
+upload says which repo was committed; rerunning is safe.
 Exit status: 0 done, 1 upload failed, 2 refused before sending anything.
 """
 
@@ -203,7 +204,8 @@ def find_variants(release_dir: Path) -> dict[str, Path]:
 def write_model_source(
     space_dir: Path, model_id: str, revision: str | None, variants: dict[str, str | None] | None = None
 ) -> None:
-    """model_source.json: the root release's pin and, per variant, its branch's pin; the app serves `default`."""
+    """model_source.json: the root release's pin and, per variant, its branch's pin; the app serves `variants.best` by
+    default (`default` is informational)."""
     source = {"model": model_id, "revision": revision}
     if variants:
         source["variants"] = {name: {"model": model_id, "revision": rev} for name, rev in variants.items()}
@@ -482,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run",
         metavar="OUT_DIR",
         default=None,
-        help="stage into OUT_DIR/model and OUT_DIR/space, check, send nothing",
+        help="stage into a new or empty OUT_DIR (model/, space/, variants/<name>/), check, send nothing",
     )
     parser.add_argument("--no-variants", action="store_true",
                         help="publish the root release only, not the release's variants/<name>/ branches")  # fmt: skip

@@ -16,8 +16,10 @@ Where the seed model comes from, first match wins:
 And the best model: env MINIVISION_BEST_MODEL (+ MINIVISION_BEST_REVISION); else MINIVISION_BEST_REVISION alone (the
 seed model's repo at that commit, as push_to_hub sets the Space variables); else model_source.json's
 "variants": {"best": {"model", "revision"}}; else, with no MINIVISION_MODEL set, the folder variants/best beside the
-release. Without any, only the seed model is served. A model whose config has `calibration_temperature` (fitted on
-validation rows) reports softmax(logits / T): its scores are calibrated, its answers unchanged.
+release. Without any, only the seed model is served. A revision applies to a Hub repo only: given with a local folder
+(MINIVISION_REVISION or MINIVISION_BEST_REVISION while the model is a folder), the app refuses to start, since
+from_pretrained would ignore it and serve the folder as it is. A model whose config has `calibration_temperature`
+(fitted on validation rows) reports softmax(logits / T): its scores are calibrated, its answers unchanged.
 
 All preprocessing (alpha, inversion, crop, fit to 20x20, centre of mass, normalisation) is the model's image
 processor; this file only unpacks the Sketchpad value and calls processor + model.

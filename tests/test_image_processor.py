@@ -67,6 +67,8 @@ def test_mnist_images_pass_through_exactly(processor, tiny_test):
     out = processor(images, return_tensors="pt")["pixel_values"]
     raw = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.uint8)) for im in images])[:, None]
     assert torch.equal(out, mv.to_pixel_values(raw))
+    opaque = [im.convert(mode) for im in images[:8] for mode in ("RGBA", "LA")]  # a fully opaque alpha changes nothing
+    assert torch.equal(processor(opaque)["pixel_values"], mv.to_pixel_values(raw[:8].repeat_interleave(2, 0)))
 
 
 @pytest.mark.parametrize(

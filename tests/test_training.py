@@ -161,6 +161,13 @@ def test_resume_identity_is_read_before_anything_is_removed_and_ignores_spelling
     monkeypatch.chdir(tiny_dir.parent)
     args = train.parse_args([*common, "--resume", "--dataset", f"./{tiny_dir.name}/"])
     assert resume_mismatches(tmp_path, run_identity(args, recipe_from_args(args))) == (tmp_path / "checkpoint-8", [])
+    shutil.copytree(tmp_path / "checkpoint-8", tmp_path / "checkpoint-9")  # a newer checkpoint without a record
+    torch.save({**torch.load(tmp_path / "checkpoint-9" / "minivision_state.pth", weights_only=True), "run": None},
+               tmp_path / "checkpoint-9" / "minivision_state.pth")  # fmt: skip
+    other_seed = train.parse_args([*common, "--resume", "--seed", "7"])
+    _, differences = resume_mismatches(tmp_path, run_identity(other_seed, recipe_from_args(other_seed)))
+    assert differences == ["seed 42 there, 7 now"]
+    shutil.rmtree(tmp_path / "checkpoint-9")
     state_file = tmp_path / "checkpoint-8" / "minivision_state.pth"  # a record that kept the path as given
     state = torch.load(state_file, weights_only=True)
     state["run"]["dataset"] = tiny_dir.name

@@ -222,7 +222,9 @@ class MiniVisionImageProcessor(TorchvisionBackend):
     def _to_mnist(self, image, size, *, mnist_passthrough, flatten_alpha, invert, crop_to_ink, fit_size,
                   center_of_mass, ink_threshold, max_pixels) -> tuple[torch.Tensor, bool]:  # fmt: skip
         gray, alpha = _gray_and_alpha(image, max_pixels)
-        if alpha is not None and flatten_alpha and float(alpha.min()) < 1.0:
+        if alpha is not None and float(alpha.min()) >= 1.0:
+            alpha = None  # fully opaque: the same image as without the channel (an RGBA copy of an MNIST digit)
+        if alpha is not None and flatten_alpha:
             if float(alpha.max()) < MIN_ALPHA:
                 return torch.zeros(size), False  # a fully (or all but invisibly) transparent layer
             gray = gray * alpha + _alpha_background(gray, alpha) * (1.0 - alpha)
