@@ -768,6 +768,9 @@ def build_model(args, use_bf16: bool | None = None) -> tuple[torch.nn.Module, di
     report = apply_fast_kernels(model, winograd=args.winograd, device=device, bf16=use_bf16)
     if not report["kernels_built"]:
         print(f"--fast-kernels: {report['build_error']}; the blocks use PyTorch's conv, max_pool2d and ReLU")
+    elif report["build_attempts_failed"]:  # built, but not for the first target (e.g. without OpenMP: one thread)
+        failed = " | ".join(report["build_attempts_failed"])
+        print(f"--fast-kernels: built with {report['build_flags']!r} after these failed: {failed}")
     return model, report
 
 

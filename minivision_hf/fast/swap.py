@@ -124,7 +124,7 @@ def apply_fast_kernels(model: nn.Module, winograd: bool = True, *, device: str |
     Returns the report a run record stores: the plan (device, precision, the library's ISA level and flags, the
     capabilities it followed from), each block's path, and what changed."""
     if device is None:
-        device = next(model.parameters()).device.type
+        device = next(model.parameters(), torch.empty(0)).device.type  # a model without parameters: the CPU
     plan = plan_fast_path(capabilities, device, bf16, winograd)
     if plan.device == "cpu" and plan.build.library is None:
         warnings.warn(f"the fast path runs PyTorch's ops: {plan.build.error}", stacklevel=2)
@@ -142,5 +142,6 @@ def apply_fast_kernels(model: nn.Module, winograd: bool = True, *, device: str |
         "kernel_isa_level": plan.build.target.level if plan.build.target else None,
         "build_flags": plan.build.flags,
         "build_error": plan.build.error,
+        "build_attempts_failed": list(plan.build.attempts),  # targets tried before the one built (e.g. no OpenMP)
         "capabilities": plan.capabilities.as_record(),
     }
