@@ -250,9 +250,8 @@ class MiniVisionImageProcessor(TorchvisionBackend):
             return torch.zeros(size), False  # no ink, a stray speck, or a few specks far apart: not a stroke
 
         if crop_to_ink:
-            rows = torch.nonzero(mask.any(1)).flatten()
-            cols = torch.nonzero(mask.any(0)).flatten()
-            gray = gray[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+            top, bottom, left, right = _bounding_box(mask)
+            gray = gray[top : bottom + 1, left : right + 1]
         if fit_size:
             h, w = gray.shape
             scale = fit_size / max(h, w)
@@ -279,19 +278,32 @@ def _alpha_background(gray: torch.Tensor, alpha: torch.Tensor) -> float:
     visible = gray[shown]
     level = float(visible.median())
     contrasting = float(((visible - level).abs() > 0.3).float().mean())
-    rows, cols = torch.nonzero(shown.any(1)).flatten(), torch.nonzero(shown.any(0)).flatten()
-    fill = len(visible) / ((int(rows[-1] - rows[0]) + 1) * (int(cols[-1] - cols[0]) + 1))
+    top, bottom, left, right = _bounding_box(shown)  # not empty: the most opaque pixel is shown
+    fill = len(visible) / ((bottom - top + 1) * (right - left + 1))
     if contrasting > PAPER_AND_INK or (fill >= SHEET_FILL and contrasting > STRAY):
         return level  # paper and ink (a sheet, however little is written on it): the margin continues the paper
     return 1.0 if level < 0.5 else 0.0  # ink alone: the background is its opposite
 
 
-def _ink_extent(mask: torch.Tensor) -> int:
-    """The longer side of the ink's bounding box, in pixels (0 without ink)."""
+def _bounding_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right), inclusive, of the True pixels of a 2-D mask; None when there are none."""
     rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
     if len(rows) == 0:
-        return 0
-    return max(int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1)
+        return None
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def _ink_extent(mask: torch.Tensor) -> int:
+    """The longer side of the ink's bounding box, in pixels (0 without ink)."""
+    box = _bounding_box(mask)
+    return 0 if box is None else max(box[1] - box[0], box[3] - box[2]) + 1
+
+
+def _centre_of_mass(image: torch.Tensor) -> tuple[float, float]:
+    """(row, column) of a 2-D image's centre of mass, in pixel-index coordinates."""
+    h, w = image.shape
+    total = image.sum()
+    return float((image.sum(1) * torch.arange(h)).sum() / total), float((image.sum(0) * torch.arange(w)).sum() / total)
 
 
 def _is_mnist_normalised(gray: torch.Tensor, ink_threshold: float, fit_size: int) -> bool:
@@ -305,9 +317,7 @@ def _is_mnist_normalised(gray: torch.Tensor, ink_threshold: float, fit_size: int
     longer = _ink_extent(gray > ink_threshold)
     if longer == 0 or (fit_size and abs(longer - fit_size * max(h, w) / 28) > 3):
         return False
-    total = gray.sum()
-    cy = float((gray.sum(1) * torch.arange(h)).sum() / total)
-    cx = float((gray.sum(0) * torch.arange(w)).sum() / total)
+    cy, cx = _centre_of_mass(gray)
     return abs(cy - MNIST_CENTER * h / 28) <= 1.0 and abs(cx - MNIST_CENTER * w / 28) <= 1.0
 
 
@@ -503,9 +513,7 @@ def _paste_centered(digit: torch.Tensor, size: tuple[int, int], center_of_mass: 
     out_h, out_w = size
     h, w = digit.shape
     if center_of_mass:
-        total = digit.sum()
-        cy = float((digit.sum(1) * torch.arange(h)).sum() / total)
-        cx = float((digit.sum(0) * torch.arange(w)).sum() / total)
+        cy, cx = _centre_of_mass(digit)
     else:
         cy, cx = (h - 1) / 2, (w - 1) / 2
     top = round(MNIST_CENTER * out_h / 28 - cy)
