@@ -655,8 +655,7 @@ def check_arguments(args, world: int = 1) -> list[str]:
     if val_size > 0 and max_train and val_size >= max_train:
         problems.append(f"--val-size {val_size} leaves no training rows of --max-train-samples {max_train}")
     if getattr(args, "data_path", "fast") == "plain":
-        extra = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name, plain in PLAIN_AUGMENTATION.items()
-                 if hasattr(args, name) and getattr(args, name) != plain]  # fmt: skip
+        extra = beyond_plain_augmentation(args)
         if extra:
             problems.append(f"--data-path plain implements the seed's augmentation only (shift and rotation, "
                             f"nearest); this recipe also sets {', '.join(extra)}: use --data-path fast")  # fmt: skip
@@ -665,10 +664,11 @@ def check_arguments(args, world: int = 1) -> list[str]:
         problems.append(f"--dataset {dataset} is one file, one split: evaluating on it would test on training rows; "
                         "pass the folder holding both splits, or hold rows out with --val-size")  # fmt: skip
     output_dir = getattr(args, "output_dir", None)
+    earlier = checkpoints(Path(output_dir)) if output_dir is not None and Path(output_dir).is_dir() else []
     if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
         problems.append(f"--output-dir {output_dir} is a file, not a folder")
-    elif output_dir is not None and not getattr(args, "resume", False) and checkpoints(Path(output_dir)):
-        found = ", ".join(c.name for c in checkpoints(Path(output_dir))[-3:])
+    elif earlier and not getattr(args, "resume", False):
+        found = ", ".join(c.name for c in earlier[-3:])
         problems.append(f"--output-dir {output_dir} holds an earlier run's checkpoints ({found}): pass --resume to "
                         "continue that run, or give a new or empty --output-dir (nothing was deleted)")  # fmt: skip
     return problems
@@ -677,6 +677,13 @@ def check_arguments(args, world: int = 1) -> list[str]:
 # The plain path's per-sample transforms: the seed's shift and rotation only; other recipe values need the fast path.
 PLAIN_AUGMENTATION = {"scale_min": 1.0, "scale_max": 1.0, "shear": 0.0, "elastic_alpha": 0.0,
                       "interpolation": "nearest"}  # fmt: skip
+
+
+def beyond_plain_augmentation(values) -> list[str]:
+    """The augmentation settings of `values` (parsed arguments or a Recipe) that the plain path cannot apply, as
+    flags ("--shear 10.0"); [] when it can."""
+    return [f"--{name.replace('_', '-')} {getattr(values, name)}" for name, plain in PLAIN_AUGMENTATION.items()
+            if hasattr(values, name) and getattr(values, name) != plain]  # fmt: skip
 
 
 def recipe_from_args(args) -> Recipe:
@@ -725,7 +732,7 @@ def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
     else:
         eval_ds = load_mnist(args.dataset, args.eval_split, args.max_eval_samples)
     if args.data_path == "plain":
-        if any(getattr(recipe, name) != plain for name, plain in PLAIN_AUGMENTATION.items()):
+        if beyond_plain_augmentation(recipe):
             raise ValueError("--data-path plain implements the seed's augmentation only (no zoom, shear, elastic or "
                              "interpolation)")  # fmt: skip
         train = train_ds.with_transform(plain_transform(True, recipe.max_shift, recipe.max_degrees))

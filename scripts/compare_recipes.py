@@ -45,7 +45,6 @@ from minivision_hf.training import (
     Recipe,
     checkpoints,
     recipe_from_args,
-    recover_folder,
     run_identity,
     write_json,
 )
@@ -164,12 +163,12 @@ def evaluate_test(record_paths: list[str], dataset: str, output: Path, command: 
 def finished_run(out: Path, cli: list[str]) -> dict | None:
     """The run record in `out` when a run with these train.py arguments finished there (same recipe values, data,
     seed and processes: `run_identity`), else None."""
-    recover_folder(out)  # a final save that a kill interrupted is finished first
+    # --resume: the folder holds that run's checkpoints; parsing also finishes a final save a kill interrupted
+    args = train.parse_args([*cli, "--resume"])
     record_file = out / "run_record.json"
     if not record_file.exists():
         return None
     record = json.loads(record_file.read_text())
-    args = train.parse_args([*cli, "--resume"])  # --resume: the folder holds that run's checkpoints
     try:
         recorded = argparse.Namespace(**record["args"])
         done = run_identity(recorded, Recipe(**record["recipe_values"]), record["processes"])

@@ -174,10 +174,11 @@ def main(argv=None) -> dict:
             sys.exit(f"train.py: error: --resume: {checkpoint} is at step {done}, past this run's {planned} steps "
                      "(--max-steps): resume without it, or use a new --output-dir")  # fmt: skip
         finished = output_dir / "run_record.json"
-        if done == planned and finished.exists() and json.loads(finished.read_text())["global_step"] == done:
+        saved = json.loads(finished.read_text()) if done == planned and finished.exists() else None
+        if saved is not None and saved["global_step"] == done:
             # finished and saved: nothing to train (Trainer would replay a fractional last epoch past its end)
             print(f"--resume: the run in {output_dir} finished at step {done} and is saved; nothing is left to train")
-            return json.loads(finished.read_text())
+            return saved
 
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
