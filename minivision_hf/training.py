@@ -51,6 +51,7 @@ class Recipe:
     elastic_alpha: float = 0.0  # elastic distortion strength in pixels (Simard et al. 2003; 0 = none)
     elastic_sigma: float = 4.0  # its smoothing (Gaussian sigma, pixels)
     ema_decay: float = 0.0  # weight EMA per optimizer step (0 = none); the EMA weights are the ones kept
+    sam_rho: float = 0.0  # sharpness-aware minimisation radius (Foret et al. 2021; 0 = none): two passes per step
     val_size: int = 0  # rows held out of the training split as the evaluation (validation) set; 0 = evaluate on test
     notes: str = field(default="", compare=False)
 
@@ -207,6 +208,8 @@ class MiniVisionTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         augment_state = inputs.pop(AUGMENT_STATE_KEY, None)
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.recipe.sam_rho:
+            self.sharpness_aware_step(model, inputs, num_items_in_batch)
         # Trainer already syncs on the loss every step (its NaN filter), so this check costs nothing more. Its filter
         # would hide a NaN in the logged mean and train on; here the run stops, naming the optimizer step.
         if not torch.isfinite(loss).all():
@@ -218,6 +221,25 @@ class MiniVisionTrainer(Trainer):
         if augment_state is not None:
             self.augment_state = augment_state  # the generator state after this batch: where a resume restarts
         return loss
+
+    def sharpness_aware_step(self, model, inputs, num_items_in_batch=None) -> None:
+        """SAM (Foret et al. 2021): replaces the gradient at w, already in .grad, by the gradient at the worst nearby
+        weights w + rho * g / ||g|| on the same batch; the optimizer then steps from w. BatchNorm's running statistics
+        are restored after the second pass (it sees the batch twice); dropout draws a new mask."""
+        params = [p for p in model.parameters() if p.grad is not None]
+        buffers = [b for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for b in m.buffers()]  # fmt: skip
+        saved = [b.clone() for b in buffers]
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+            steps = [p.grad * (self.recipe.sam_rho / (norm + 1e-12)) for p in params]
+            torch._foreach_add_(params, steps)
+        model.zero_grad(set_to_none=False)
+        super().training_step(model, inputs, num_items_in_batch)
+        with torch.no_grad():
+            torch._foreach_sub_(params, steps)
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
 
     def _run_epoch(self, *args, **kwargs):
         # Resumed at the run's last step inside an epoch (a fractional --epochs, killed before its final save):
@@ -639,6 +661,7 @@ def check_arguments(args, world: int = 1) -> list[str]:
     number("save-total-limit", 1)
     number("target-accuracy", 0, 1, low_open=True)
     number("ema-decay", 0, 1, high_open=True)
+    number("sam-rho", 0)
     number("val-size", 0)
     number("shear", 0, 90, high_open=True)
     number("elastic-alpha", 0)
@@ -651,6 +674,8 @@ def check_arguments(args, world: int = 1) -> list[str]:
     batch, accum = getattr(args, "batch_size", 1), getattr(args, "grad_accum", 1)
     if batch >= 1 and accum >= 1 and batch % (world * accum):
         problems.append(f"--batch-size {batch} must be divisible by processes x --grad-accum = {world * accum}")
+    if (getattr(args, "sam_rho", 0) or 0) > 0 and accum > 1:
+        problems.append(f"--sam-rho {args.sam_rho} needs a whole batch's gradient per step: drop --grad-accum {accum}")
     val_size, max_train = getattr(args, "val_size", 0) or 0, getattr(args, "max_train_samples", None)
     if val_size > 0 and max_train and val_size >= max_train:
         problems.append(f"--val-size {val_size} leaves no training rows of --max-train-samples {max_train}")

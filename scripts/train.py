@@ -94,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="augmentation resampling (fast path)")  # fmt: skip
     p.add_argument("--ema-decay", type=float, default=recipe.ema_decay,
                    help="weight EMA per step (0 = none); the EMA weights are evaluated and kept")  # fmt: skip
+    p.add_argument("--sam-rho", type=float, default=recipe.sam_rho,
+                   help="sharpness-aware minimisation radius (0 = none; two forward/backward passes per step)")
     p.add_argument("--val-size", type=int, default=recipe.val_size,
                    help="hold out this many training rows as the evaluation set (0 = evaluate on --eval-split)")
     p.add_argument("--val-seed", type=int, default=0, help="seed of the held-out rows (data.validation_split)")

@@ -105,6 +105,42 @@ def test_adamw_optimizer_trains_and_is_recorded(tiny_dir, tmp_path):
         train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "x"), "--optimizer", "lamb"])
 
 
+def test_sharpness_aware_step_takes_the_gradient_at_the_worst_nearby_weights(tmp_path):
+    """--sam-rho: after a training step .grad holds the gradient at w + rho * g / ||g|| (g: the gradient at w), the
+    weights are w again and BatchNorm's running statistics are those of one pass over the batch."""
+    from transformers import TrainingArguments
+
+    from minivision_hf import MiniVisionConfig, MiniVisionForImageClassification
+    from minivision_hf.training import MiniVisionTrainer, Recipe
+
+    torch.manual_seed(0)
+    model = MiniVisionForImageClassification(MiniVisionConfig(dropout=0.0))  # no dropout: both passes deterministic
+    batch = {"pixel_values": torch.randn(16, 1, 28, 28), "labels": torch.randint(0, 10, (16,))}
+    reference = MiniVisionForImageClassification(model.config).train()
+    reference.load_state_dict(model.state_dict())
+    loss = reference(**batch).loss
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    one_pass = {k: v.clone() for k, v in reference.state_dict().items() if "running" in k or "batches" in k}
+    with torch.no_grad():
+        weights = [p.clone() for p in reference.parameters()]
+        for p, g in zip(reference.parameters(), grads):
+            p.add_(g * 0.05 / norm)
+    expected = torch.autograd.grad(reference(**batch).loss, list(reference.parameters()))
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_grad_norm=0.0)
+    trainer = MiniVisionTrainer(model=model, args=args, recipe=Recipe(sam_rho=0.05))
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop for each step
+    trainer.training_step(model, dict(batch))
+    for param, grad, weight in zip(model.parameters(), expected, weights):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(param.detach(), weight, rtol=0, atol=1e-7)
+    state = model.state_dict()
+    for name, value in one_pass.items():
+        torch.testing.assert_close(state[name], value)
+
+
 def test_resume_continues_step_and_schedule(tiny_dir, tmp_path):
     common = ["--dataset", str(tiny_dir), "--output-dir", str(tmp_path), "--epochs", "4", "--batch-size", "64",
               *TINY_ARGS]  # fmt: skip
@@ -585,6 +621,8 @@ def test_resume_inside_an_epoch_is_exact(uninterrupted, tiny_dir, tmp_path):
         (["--momentum", "1.5"], "--momentum 1.5"),
         (["--max-steps", "0"], "--max-steps 0"),
         (["--target-accuracy", "1.2"], "--target-accuracy 1.2"),
+        (["--sam-rho", "-0.1"], "--sam-rho -0.1"),
+        (["--sam-rho", "0.05", "--grad-accum", "2"], "--sam-rho 0.05 needs a whole batch"),
     ],
 )
 def test_arguments_that_cannot_train_are_refused_before_anything_is_written(flags, message, smoke_run, tiny_dir,
