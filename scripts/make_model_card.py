@@ -351,7 +351,7 @@ The pipeline is this repository's own (`pipeline_minivision.py`, named in config
 transformers' image-classification pipeline, except that PIL images, paths, bytes and URLs reach the image processor
 with their transparency (a drawing in black ink on a transparent layer is read as drawn), a 4-D array gives one
 result per image, and an image without ink answers `[{{'label': 'blank', 'score': 1.0}}]` instead of a digit. Its
-output format and `top_k` are the stock pipeline's.
+output format is the stock pipeline's; `top_k` must be a positive integer.
 
 With the `minivision_hf` package installed, `import minivision_hf` registers the classes and no remote code runs; the
 same pipeline, with the same answers, is then `pipeline("image-classification", model="{repo_id}",

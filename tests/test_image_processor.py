@@ -423,3 +423,78 @@ def test_exif_orientation_is_honoured_for_pil_images_and_files(processor, tmp_pa
     from_pil = processor(Image.open(path))["pixel_values"]
     assert torch.allclose(from_file, from_pil)
     assert (from_file - reference).abs().mean() < 0.05, "the JPEG comes back upright"
+
+
+def test_premultiplied_alpha_and_lab_images(processor):
+    """Pillow's premultiplied modes name their alpha band "a" (getchannel("A") failed), and LAB converts to no other
+    mode (convert("L") failed): both read like the RGBA / RGB image they come from."""
+    rgba = draw_seven(200, (0, 0, 0, 255), (0, 0, 0, 0), "RGBA")
+    reference = processor(rgba)["pixel_values"]
+    for image in (rgba.convert("RGBa"), rgba.convert("LA").convert("La")):
+        assert torch.allclose(processor(image)["pixel_values"], reference, atol=1e-3), image.mode
+    paper = draw_seven(200, (0, 0, 0), (255, 255, 255))
+    assert torch.allclose(processor(paper.convert("LAB"))["pixel_values"], processor(paper)["pixel_values"], atol=0.05)
+
+
+def test_normalised_and_minus_one_to_one_data_reads_as_the_digit(processor, tiny_test):
+    """Data that went through a Normalize (MNIST's (x - 0.1307) / 0.3081: -0.42..2.82) or is in -1..1 is no 8-bit
+    image (it read as 0..255, so nearly black: "blank"): its lowest value is black, its highest white."""
+    digit = np.asarray(tiny_test[0]["image"])
+    reference = processor(digit)["pixel_values"]
+    normalised = (digit / 255.0 - MNIST_MEAN) / MNIST_STD
+    for image in (normalised, torch.from_numpy(normalised).float()[None], digit / 127.5 - 1):
+        assert processor.has_ink([image]) == [True]
+        assert torch.allclose(processor(image)["pixel_values"], reference, atol=1e-5)
+    paper = np.asarray(draw_seven(300, 0, 255, "L")) / 255.0  # black on white, normalised
+    assert_mnist_like(processor((paper - MNIST_MEAN) / MNIST_STD)["pixel_values"])
+    blank = np.full((28, 28), -MNIST_MEAN / MNIST_STD)  # a normalised black image
+    assert processor.has_ink([blank]) == [False]
+    wiggle = np.asarray(draw_seven(112, 255, 0, "L"), dtype=np.float32) / 255  # a resampling undershoot: unchanged
+    before = processor(wiggle)["pixel_values"]
+    wiggle[0, 0] = -0.02
+    assert torch.equal(processor(wiggle)["pixel_values"], before)
+
+
+def test_read_only_arrays_are_not_handed_to_torch(processor, tiny_test, monkeypatch):
+    """`np.asarray(pil_image)` is read-only: torch.from_numpy over it warns (an error under `-W error`), once per
+    process, so the check is on what reaches torch.from_numpy."""
+    from_numpy = torch.from_numpy
+
+    def checked(array):
+        assert array.flags.writeable, "a read-only array reached torch.from_numpy"
+        return from_numpy(array)
+
+    monkeypatch.setattr(torch, "from_numpy", checked)
+    digit = np.asarray(tiny_test[0]["image"])
+    assert not digit.flags.writeable
+    out = processor([digit, np.broadcast_to(digit, (28, 28))])["pixel_values"]
+    assert torch.equal(out, mv.to_pixel_values(from_numpy(digit.copy())[None, None].repeat(2, 1, 1, 1)))
+
+
+def test_unusual_containers_are_read_or_refused_clearly(processor, tmp_path):
+    """A sparse tensor is read (it crashed in torch's clamp); a meta tensor, a URL given to the processor (it said
+    "No such file or directory") and a file object are refused saying what to do."""
+    image = np.asarray(draw_seven(100, 255, 0, "L"))
+    reference = processor(image)["pixel_values"]
+    assert torch.equal(processor(torch.from_numpy(image.copy()).to_sparse())["pixel_values"], reference)
+    with pytest.raises(ValueError, match="meta tensor"):
+        processor(torch.empty(28, 28, device="meta"))
+    with pytest.raises(ValueError, match="does not download URLs.*pipeline"):
+        processor("https://example.com/seven.png")
+    path = tmp_path / "seven.png"
+    Image.fromarray(image).save(path)
+    with open(path, "rb") as file, pytest.raises(TypeError, match="file paths or encoded bytes"):
+        processor(file)
+
+
+@pytest.mark.slow
+def test_all_of_mnist_passes_through_exactly(processor, mnist_dir):
+    """All 70,000 MNIST images (the real copy; skipped without it) come out of the processor exactly as they went in."""
+    from minivision_hf.data import decode_to_uint8, load_mnist
+
+    for split in ("train", "test"):
+        images, _ = decode_to_uint8(load_mnist(str(mnist_dir), split))
+        for start in range(0, len(images), 5000):
+            chunk = images[start : start + 5000]
+            out = processor(chunk, return_tensors="pt")["pixel_values"]
+            assert torch.equal(out, mv.to_pixel_values(chunk)), f"{split} images {start}..{start + len(chunk)}"

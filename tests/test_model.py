@@ -136,6 +136,26 @@ def test_tiny_config_and_wrong_input_shape():
         model(torch.randn(2, 3, 16, 16))
 
 
+def test_forward_refuses_raw_pixels_and_non_tensors_and_casts_other_float_dtypes():
+    """uint8 pixels or a bool mask are not normalised inputs (casting them would answer silently wrong), a numpy array
+    is not a tensor: clear errors, not a dtype clash deep in conv2d; float64 / float16 inputs (or float32 ones for a
+    bf16 model) are cast to the weights' dtype, as transformers' vision models do."""
+    torch.manual_seed(0)
+    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).eval()
+    x = torch.randn(2, 1, 28, 28)
+    for raw in ((x > 0).to(torch.uint8) * 255, x > 0, x.long()):
+        with pytest.raises(ValueError, match=f"floating point.*{raw.dtype}.*MiniVisionImageProcessor"):
+            model(raw)
+    for other in (x.numpy(), x.tolist(), None):
+        with pytest.raises(TypeError, match="pixel_values must be a torch.Tensor"):
+            model(other)
+    with torch.no_grad():
+        reference = model(x).logits
+        assert torch.allclose(model(x.double()).logits, reference, atol=1e-5)
+        assert torch.allclose(model(x.half()).logits, reference, atol=0.05)
+        assert torch.allclose(model.to(torch.bfloat16)(x).logits.float(), reference, atol=0.1)
+
+
 def test_save_load_round_trip_gives_identical_logits(tmp_path):
     torch.manual_seed(0)
     model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig()).eval()

@@ -185,6 +185,17 @@ def test_stock_output_format_and_top_k(clf):
     assert clf(images=drawing) == default
 
 
+@pytest.mark.parametrize("top_k", [0, -1, -5, 2.5, "3", True])
+def test_top_k_must_be_a_positive_integer(clf, top_k):
+    """The stock pipeline slices with top_k: 0 gave [], -1 nine labels (and [] for a blank image), 2.5 or "3" a
+    TypeError deep inside."""
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        clf(seven("RGB"), top_k=top_k)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        clf(Image.new("L", (28, 28)), top_k=top_k)
+    assert len(clf(seven("RGB"), top_k=np.int64(3))) == 3
+
+
 # ---- every way to give an image -----------------------------------------------------------------------------------
 
 
@@ -213,6 +224,39 @@ def test_urls_are_fetched_with_their_alpha(clf, tmp_path, monkeypatch):
             assert clf(url, timeout=10) == clf(seven("RGBA"))
         finally:
             server.shutdown()
+
+
+def test_unreachable_urls_fail_clearly_and_never_hang(clf, monkeypatch):
+    """Offline, refused or silent servers: a ValueError naming the URL (it was httpx's ConnectError), and without a
+    `timeout` the default one applies (there was none: a server that accepts and never answers hung the call)."""
+    import socket
+
+    from minivision_hf import pipeline_minivision
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(pipeline_minivision, "URL_TIMEOUT", 1.0)
+    with socket.socket() as silent, socket.socket() as closed:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts connections, never answers
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        outcome = {}
+
+        def call(url):
+            try:
+                clf(url)
+            except Exception as err:  # the test checks what came out
+                outcome[url] = err
+
+        for port in (closed.getsockname()[1], silent.getsockname()[1]):
+            url = f"http://127.0.0.1:{port}/seven.png"
+            thread = threading.Thread(target=call, args=(url,), daemon=True)
+            thread.start()
+            thread.join(timeout=20)
+            assert not thread.is_alive(), f"{url}: still waiting after 20 s"
+            assert isinstance(outcome[url], ValueError) and f"could not fetch the image at {url!r}" in str(outcome[url])
+    with pytest.raises(ValueError, match="could not fetch"):
+        clf("http://")
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -65,6 +65,9 @@ PAPER_AND_INK = 0.02
 SHEET_FILL = 0.5
 STRAY = 0.001
 RANGE_OVERSHOOT = 1.5  # float pixels up to 1.5 read as 0..1 (an 8-bit image that dark shows nothing anyway)
+# Values below -RANGE_UNDERSHOOT x the peak are no resampling undershoot but shifted data (normalised with a mean, as
+# MNIST's (x - 0.1307) / 0.3081, or in -1..1): their lowest value is black and their highest white.
+RANGE_UNDERSHOOT = 0.1
 
 
 def to_pixel_values(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
@@ -158,6 +161,11 @@ class MiniVisionImageProcessor(TorchvisionBackend):
         """Opens file paths and encoded bytes with Pillow, refusing them from the header when over `max_pixels`."""
         if isinstance(images, (list, tuple)):
             return [self.fetch_images(x) for x in images]
+        if isinstance(images, str) and images.startswith(("http://", "https://")) and not os.path.isfile(images):
+            raise ValueError(
+                f"{images[:80]!r}: the image processor does not download URLs; use the pipeline (it fetches them, "
+                "with a timeout) or download the file and pass its path or bytes"
+            )
         if isinstance(images, (str, os.PathLike, bytes, bytearray)):
             return _open_image(images, self.max_pixels)
         return images
@@ -185,7 +193,10 @@ class MiniVisionImageProcessor(TorchvisionBackend):
             return [images]
         if isinstance(images, (np.ndarray, torch.Tensor)):
             return split_image_array(images, input_data_format)
-        raise TypeError(f"unsupported image type {type(images).__name__}: give PIL images, numpy arrays or tensors")
+        raise TypeError(
+            f"unsupported image type {type(images).__name__}: give PIL images, numpy arrays, tensors, file paths or "
+            "encoded bytes"
+        )
 
     def _prepare_image_like_inputs(self, images, *args, expected_ndims: int = 3, input_data_format=None, **kwargs):
         """The base class's, with `input_data_format` resolving each array's shape once, for the whole batch."""
@@ -227,11 +238,12 @@ class MiniVisionImageProcessor(TorchvisionBackend):
         if alpha is not None and flatten_alpha:
             if float(alpha.max()) < MIN_ALPHA:
                 return torch.zeros(size), False  # a fully (or all but invisibly) transparent layer
-            gray = gray * alpha + _alpha_background(gray, alpha) * (1.0 - alpha)
+            background = _alpha_background(gray, alpha)
+            gray = gray.mul_(alpha).add_((1.0 - alpha).mul_(background))
             alpha = None
         light_background = _border_level(gray) > 0.5
         if invert == "always" or (invert == "auto" and light_background):
-            gray = 1.0 - gray
+            gray = gray.neg_().add_(1.0)  # 1 - gray, in place (gray is always this call's own copy)
 
         if mnist_passthrough and tuple(gray.shape) == tuple(size) and alpha is None and not light_background \
                 and _is_mnist_normalised(gray, ink_threshold, fit_size):  # fmt: skip
@@ -239,14 +251,14 @@ class MiniVisionImageProcessor(TorchvisionBackend):
 
         # Background removal and contrast stretch: a grey paper or a faint pen still gives white-on-black.
         background_level = _border_level(gray)  # after any inversion: the paper's level, now dark
-        gray = (gray - background_level).clamp_(min=0.0)
+        gray = gray.sub_(background_level).clamp_(min=0.0)
         peak = float(gray.max())
         if peak < MIN_CONTRAST:  # paper grain, JPEG noise or a shade of grey: nothing drawn
             return torch.zeros(size), False
-        gray = gray / peak
+        gray = gray.div_(peak)
         mask = gray > ink_threshold
-        extent = _ink_extent(mask)
-        if extent < max(MIN_INK_EXTENT_PX, MIN_INK_EXTENT * min(mask.shape)) or int(mask.sum()) < extent / 2:
+        extent, count = _ink_extent(mask), int(torch.count_nonzero(mask))  # not mask.sum(): an int64 copy of it
+        if extent < max(MIN_INK_EXTENT_PX, MIN_INK_EXTENT * min(mask.shape)) or count < extent / 2:
             return torch.zeros(size), False  # no ink, a stray speck, or a few specks far apart: not a stroke
 
         if crop_to_ink:
@@ -387,7 +399,11 @@ def _gray_and_alpha(image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor 
         image = _upright(image)
         if image.mode == "P":  # transparency in the info (GIF, PNG tRNS) or in an RGBA palette (`quantize()`)
             image = image.convert("RGBA" if image.has_transparency_data else "RGB")
-        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        elif image.mode in ("RGBa", "La"):  # premultiplied alpha: its band is "a", not "A"
+            image = image.convert(image.mode.upper())
+        elif image.mode == "LAB":  # Pillow converts LAB to nothing else; its L band is the lightness
+            image = image.getchannel("L")
+        if image.mode in ("RGBA", "LA", "PA"):
             alpha = torch.from_numpy(np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0)
             gray = np.asarray(image.convert("RGBA").convert("L") if image.mode != "LA" else image.getchannel("L"))
             return torch.from_numpy(gray.astype(np.float32) / 255.0), alpha
@@ -395,7 +411,8 @@ def _gray_and_alpha(image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor 
             return _float_gray(torch.from_numpy(np.asarray(image).astype(np.float32))).clamp(0.0, 1.0), None
         if image.mode != "L":
             image = image.convert("L")
-        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0), None
+        gray = np.array(image, dtype=np.float32)  # our own copy: divided in place (a photo's float copies add up)
+        return torch.from_numpy(np.divide(gray, 255.0, out=gray)), None
 
     if not isinstance(image, torch.Tensor) or image.ndim != 3:
         raise TypeError(f"expected a PIL image or a (C, H, W) tensor, got {type(image).__name__}")
@@ -404,23 +421,27 @@ def _gray_and_alpha(image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor 
     channels = tensor.shape[0]
     alpha = tensor[-1] if channels in (2, 4) else None
     tensor = tensor[:-1] if alpha is not None else tensor
-    if tensor.dtype == torch.uint8:
-        tensor = tensor.float() / 255.0
-        alpha = alpha.float() / 255.0 if alpha is not None else None
-    elif tensor.dtype == torch.bool:
-        tensor = tensor.float()
-        alpha = alpha.float() if alpha is not None else None
+    # 8-bit and boolean channels are converted to float one at a time, as the luma uses them: a float copy of all of
+    # them at once is 4x an 8-bit photo. Every channel(i) is this call's own tensor (never the caller's): in place.
+    if tensor.dtype in (torch.uint8, torch.bool):
+        scale = 255.0 if tensor.dtype == torch.uint8 else 1.0
+        alpha = alpha.float() / scale if alpha is not None else None
     elif tensor.dtype in (torch.uint16, torch.int16, torch.int32, torch.int64) or tensor.is_floating_point():
         # colour and alpha each on their own range: one overshooting colour value must not rescale the alpha
-        tensor = _float_gray(tensor.float())
+        tensor, scale = _float_gray(tensor.float()), None
         alpha = _float_gray(alpha.float()).clamp(0.0, 1.0) if alpha is not None else None
     else:
         raise ValueError(f"unsupported image dtype {tensor.dtype}")
+
+    def channel(i: int) -> torch.Tensor:
+        return tensor[i] if scale is None else tensor[i].float().div_(scale)
+
+    gray = channel(0)
     if channels >= 3:
-        gray = sum(weight * tensor[i] for i, weight in enumerate(_LUMA))
-    else:
-        gray = tensor[0]
-    return gray.clamp(0.0, 1.0), alpha
+        gray.mul_(_LUMA[0])
+        for i in (1, 2):
+            gray += _LUMA[i] * channel(i)
+    return gray.clamp_(0.0, 1.0), alpha
 
 
 def split_image_array(array: np.ndarray | torch.Tensor, input_data_format: str | None = None) -> list[torch.Tensor]:
@@ -433,8 +454,13 @@ def split_image_array(array: np.ndarray | torch.Tensor, input_data_format: str |
     if isinstance(array, np.ndarray):
         if array.dtype.kind not in "biuf":  # bool, int, uint, float
             raise TypeError(f"unsupported image array dtype {array.dtype}")
-        array = torch.from_numpy(np.ascontiguousarray(array))
+        # a read-only array (np.asarray of a PIL image) is copied: torch warns about tensors over read-only memory
+        array = torch.from_numpy(np.ascontiguousarray(array) if array.flags.writeable else array.copy())
+    if array.is_meta:
+        raise ValueError("a meta tensor holds no pixels: give a tensor on a real device (cpu, cuda, ...)")
     array = array.detach().cpu()
+    if array.layout != torch.strided:  # sparse
+        array = array.to_dense()
     shape = tuple(array.shape)
     if array.ndim == 2:
         return [array[None]]
@@ -498,10 +524,14 @@ def _float_gray(values: torch.Tensor) -> torch.Tensor:
     """Float or wide-integer pixels -> [0, 1] units, guessing the range from the data: 0..1 or 0..255, with up to
     RANGE_OVERSHOOT above either still read as it (resampling overshoots: 1.02 is not an 8-bit value), else the
     smallest power of two above the peak (10-, 12- and 16-bit data: 0..1023, 0..4095, 0..65535); values past the
-    range are left for the caller's clamp."""
+    range are left for the caller's clamp. Data well below zero (see RANGE_UNDERSHOOT) is read from its lowest to its
+    highest value."""
     if not bool(torch.isfinite(values).all()):
         raise ValueError("image contains NaN or infinite values")
     peak = float(values.max()) if values.numel() else 0.0
+    low = float(values.min()) if values.numel() else 0.0
+    if low < 0 and low < -RANGE_UNDERSHOOT * peak:
+        return (values - low) / (peak - low) if peak > low else torch.zeros_like(values)
     for limit in (1.0, 255.0):
         if peak <= limit * RANGE_OVERSHOOT:
             return values / limit

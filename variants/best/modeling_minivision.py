@@ -133,6 +133,17 @@ class MiniVisionModel(MiniVisionPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__} - run images through "
+                "MiniVisionImageProcessor first (return_tensors='pt')"
+            )
+        if not pixel_values.is_floating_point():
+            # uint8 pixels (0..255) or a bool mask are not normalised inputs: casting them would answer silently wrong
+            raise ValueError(
+                f"pixel_values must be floating point (normalised images), got dtype {pixel_values.dtype} - run images "
+                "through MiniVisionImageProcessor first"
+            )
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
                 f"pixel_values must have shape (batch, {', '.join(map(str, expected))}), "
@@ -140,6 +151,9 @@ class MiniVisionModel(MiniVisionPreTrainedModel):
                 " - run images through MiniVisionImageProcessor first"
             )
 
+        weight = self.blocks[0].conv.weight
+        if pixel_values.dtype != weight.dtype and not torch.is_autocast_enabled(pixel_values.device.type):
+            pixel_values = pixel_values.to(weight.dtype)  # float64 inputs to a float32 model, float32 to a bf16 one
         hidden_states = pixel_values
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for block in self.blocks:

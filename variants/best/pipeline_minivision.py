@@ -20,13 +20,15 @@ What differs from the stock `ImageClassificationPipeline`, and why (everything e
   first); `input_data_format` resolves shapes that read two ways, as in the image processor.
 - An image without ink gives `[{"label": BLANK_LABEL, "score": 1.0}]` ("blank") instead of a confident-looking digit;
   the other images of the same call are read as usual.
-- An empty batch is a `ValueError`.
+- An empty batch is a `ValueError`; so is a `top_k` that is not a positive integer (the stock pipeline slices with
+  it: 0 gives [], -1 all labels but one), and a URL that cannot be fetched (within `timeout`, default URL_TIMEOUT).
 Outputs keep the stock format: a list of `{"label", "score"}`, best first, `top_k` (default 5, at most the number of
 labels) and `function_to_apply` as in the stock pipeline; a list of such lists for a batch.
 """
 
 import base64
 import binascii
+import numbers
 import os
 
 import numpy as np
@@ -36,6 +38,7 @@ from transformers import ImageClassificationPipeline
 from .image_processing_minivision import split_image_array
 
 BLANK_LABEL = "blank"  # the answer for an image without ink; not one of the model's labels
+URL_TIMEOUT = 10.0  # seconds, for URLs fetched without a `timeout` (none at all would wait forever on a dead server)
 
 
 class MiniVisionImageClassificationPipeline(ImageClassificationPipeline):
@@ -55,6 +58,10 @@ class MiniVisionImageClassificationPipeline(ImageClassificationPipeline):
     blank_label = BLANK_LABEL
 
     def _sanitize_parameters(self, top_k=None, function_to_apply=None, timeout=None, input_data_format=None):
+        positive = isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) and top_k >= 1
+        if top_k is not None and not positive:
+            # the stock pipeline slices with it: 0 gives [], -1 all labels but the last, 2.5 a TypeError deep inside
+            raise ValueError(f"top_k must be a positive integer (how many labels to return), got {top_k!r}")
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(
             top_k=top_k, function_to_apply=function_to_apply, timeout=timeout
         )
@@ -110,8 +117,11 @@ def _fetch(image, timeout: float | None):
         # code demand the httpx package, which the core install (transformers + huggingface_hub) does not have
         from huggingface_hub.utils import httpx
 
-        response = httpx.get(image, timeout=timeout, follow_redirects=True)
-        response.raise_for_status()
+        try:
+            response = httpx.get(image, timeout=URL_TIMEOUT if timeout is None else timeout, follow_redirects=True)
+            response.raise_for_status()
+        except (httpx.HTTPError, httpx.InvalidURL) as err:  # offline, refused, timed out, 404, malformed URL
+            raise ValueError(f"could not fetch the image at {image[:200]!r}: {err}") from err
         return response.content
     if os.path.isfile(image):
         return image
