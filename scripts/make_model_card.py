@@ -218,9 +218,10 @@ def _pct(value: float | None, std: float | None = None) -> str:
 
 def variants_table(searches: list[dict], comparisons: list[dict] = ()) -> str:
     """Markdown table of every variant tried: the validation-split search runs (kept = EMA or last-epoch weights on
-    the held-out rows; live = the raw weights' last epoch) and the recipes' seed runs on the test split. The search
-    variant with the highest mean validation accuracy of its kept weights, over the seeds all variants share, is
-    marked: that is the choice rule. Search rows never show test figures (the search does not look at them)."""
+    the held-out rows; live = the raw weights' last epoch) and the recipes' seed runs on the test split. Among the
+    search variants run on the most seeds, the one with the highest mean validation accuracy of its kept weights over
+    the seeds they share (a tie: the shortest schedule) is marked: that is the choice rule. Search rows never show
+    test figures (the search does not look at them)."""
     rows = [
         "| Variant | Recipe + flags | Epochs | Seeds | Val. acc., kept weights | Val. acc., live weights | "
         "Test acc., mean ± std | Record |",
@@ -231,17 +232,21 @@ def variants_table(searches: list[dict], comparisons: list[dict] = ()) -> str:
     for search, path in searches:
         for run in search["runs"]:
             runs_by_variant.setdefault(run.get("variant") or run["recipe"], []).append((run, path))
-    # The choice rule: highest mean validation accuracy of the kept weights over the seeds every variant has run.
-    common = set.intersection(*({r["seed"] for r, _ in runs} for runs in runs_by_variant.values())) \
-        if runs_by_variant else set()  # fmt: skip
+    # The choice rule: among the variants run on the most seeds (one stopped after a seed had fallen behind), the
+    # highest mean validation accuracy of the kept weights over the seeds they share; a tie goes to the shortest.
+    seed_sets = {name: {r["seed"] for r, _ in runs} for name, runs in runs_by_variant.items()}
+    most = max(map(len, seed_sets.values()), default=0)
+    finalists = [name for name, seeds in seed_sets.items() if len(seeds) == most]
+    common = set.intersection(*(seed_sets[name] for name in finalists)) if finalists else set()
 
     def val_mean(runs: list[tuple[dict, str]], seeds: set | None = None) -> float | None:
         values = [r["val_accuracy"] for r, _ in runs if r.get("val_accuracy") is not None
                   and (not seeds or r["seed"] in seeds)]  # fmt: skip
         return sum(values) / len(values) if values else None
 
-    scored = {name: val_mean(runs, common) for name, runs in runs_by_variant.items()}
-    chosen = max((n for n in scored if scored[n] is not None), key=lambda n: scored[n], default=None)
+    scored = {name: val_mean(runs_by_variant[name], common) for name in finalists}
+    chosen = max((n for n in scored if scored[n] is not None), default=None,
+                 key=lambda n: (round(scored[n], 9), -runs_by_variant[n][0][0]["epochs"]))  # fmt: skip
     for name, runs in runs_by_variant.items():
         first = runs[0][0]
         mark = " (**best on validation**)" if name == chosen else ""

@@ -30,6 +30,22 @@ RECIPES_BEST = REPO_ROOT / "records" / "recipes_best.json"
 # -- pieces ------------------------------------------------------------------------------------------------------
 
 
+def test_the_choice_rule_ranks_variants_run_on_every_seed_and_ties_go_to_the_shortest():
+    """A variant stopped after one good seed is not chosen over ones run on three; equal means: fewer epochs."""
+    from scripts.make_model_card import variants_table
+
+    def run(variant: str, seed: int, val: float, epochs: int = 30) -> dict:
+        return {"variant": variant, "recipe": "plus", "flags": "", "epochs": epochs, "seed": seed, "val_accuracy": val}
+
+    search = {"runs": [run("long", 1, 0.996, 50), run("long", 2, 0.995, 50), run("long", 3, 0.995, 50),
+                       run("short", 1, 0.995, 30), run("short", 2, 0.996, 30), run("short", 3, 0.995, 30),
+                       run("worse", 1, 0.994), run("worse", 2, 0.995), run("worse", 3, 0.995),
+                       run("one-seed", 1, 0.999)]}  # fmt: skip
+    table = variants_table([(search, "records/x.json")])
+    marked = [line for line in table.splitlines() if "best on validation" in line]
+    assert len(marked) == 1 and marked[0].startswith("| short ")
+
+
 def test_validation_split_is_seeded_disjoint_and_complete():
     train_rows, val_rows = validation_split(1000, 100, seed=0)
     again_train, again_val = validation_split(1000, 100, seed=0)
