@@ -602,8 +602,25 @@ def hardware() -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: into a temporary file beside it, then renamed over it, so that a run killed
+    while writing leaves the old complete file (or none), never a truncated one. Creates missing parent folders."""
+    write_file(path, lambda tmp: tmp.write_text(text))
+
+
+def write_file(path: Path, write) -> None:
+    """Make `path` the file that `write(tmp_path)` writes, atomically (temporary file beside it, then os.replace)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- arguments --------------------------------------------------------------------------------------------------
@@ -621,6 +638,40 @@ def positive(kind: type):
 
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def model_source(text: str) -> str:
+    """argparse type of the scripts' --model: `check_model_source`'s refusal (no such folder, a file) as a usage error
+    (one line, exit 2) rather than a traceback."""
+    try:
+        return check_model_source(text)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def existing_file(text: str) -> str:
+    """argparse type of the scripts' input files: one that does not exist (or is a folder) is a usage error."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
+def output_file(text: str) -> str:
+    """argparse type of the scripts' output files: a path that is a folder, or lies under a file, is a usage error at
+    once, rather than a traceback when the run, maybe an hour later, writes its result (missing folders are made)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    return output_folder(str(path.parent)) and text
+
+
+def output_folder(text: str) -> str:
+    """argparse type of the scripts' output folders: refused when it, or the nearest part of it that exists, is a file
+    (a missing folder is made)."""
+    existing = next((q for q in (Path(text), *Path(text).parents) if q.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder")
+    return text
 
 
 def check_arguments(args, world: int = 1) -> list[str]:
@@ -1109,6 +1160,7 @@ __all__ = [
     "checkpoints",
     "discard_folder",
     "evaluate_kept_model",
+    "existing_file",
     "git_commit",
     "hardware",
     "is_complete_checkpoint",
@@ -1117,6 +1169,9 @@ __all__ = [
     "last_complete_checkpoint",
     "move_folder_into_place",
     "lr_factor",
+    "model_source",
+    "output_file",
+    "output_folder",
     "process_counts",
     "recipe_from_args",
     "recover_folder",
@@ -1126,5 +1181,7 @@ __all__ = [
     "save_final_model",
     "training_arguments",
     "versions",
+    "write_file",
     "write_json",
+    "write_text",
 ]

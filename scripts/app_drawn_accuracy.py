@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/
 import numpy as np
 
 from minivision_hf.data import load_mnist
-from minivision_hf.training import git_commit, write_json
+from minivision_hf.training import git_commit, output_file, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ylecun/mnist", help="Hub id or local copy of MNIST")
-    p.add_argument("--output", default="records/app_drawn_accuracy.json")
+    p.add_argument("--output", type=output_file, default="records/app_drawn_accuracy.json")
     return p.parse_args(argv)
 
 
@@ -44,8 +44,11 @@ def main(argv=None) -> dict:
     from tests.conftest import load_app
     from tests.test_app import N_DRAWN, draw_like_a_person, sketch, top_label
 
+    try:
+        test = load_mnist(args.dataset, "test")
+    except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST
+        sys.exit(f"app_drawn_accuracy.py: error: {err}")
     app = load_app()
-    test = load_mnist(args.dataset, "test")
     rng = np.random.default_rng(0)  # the app test's drawings, in its order: one rng for the indices and the drawing
     indices = rng.choice(len(test), size=N_DRAWN, replace=False)
     drawings = []

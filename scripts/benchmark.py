@@ -44,7 +44,16 @@ import onnx
 from minivision_hf import benchmarking as bench
 from minivision_hf import onnx_utils
 from minivision_hf.data import decode_to_uint8, load_mnist
-from minivision_hf.training import check_model_source, git_commit, hardware, positive, versions, write_json
+from minivision_hf.training import (
+    git_commit,
+    hardware,
+    model_source,
+    output_file,
+    positive,
+    versions,
+    write_json,
+    write_text,
+)
 from scripts import export_onnx
 
 TINY_DATASET = bench.REPO_ROOT / "tests" / "fixtures" / "mnist_tiny"
@@ -53,9 +62,11 @@ TINY_DATASET = bench.REPO_ROOT / "tests" / "fixtures" / "mnist_tiny"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="about a minute: fewer steps, images, calls, seconds")
-    p.add_argument("--output", default="records/benchmark.json", help="JSON record (it holds the markdown too)")
-    p.add_argument("--markdown", default="records/benchmark.md", help="markdown table")
-    p.add_argument("--model", default=".", help="model folder or Hub id (default: the release at the repo root)")
+    p.add_argument("--output", type=output_file, default="records/benchmark.json",
+                   help="JSON record (it holds the markdown too)")  # fmt: skip
+    p.add_argument("--markdown", type=output_file, default="records/benchmark.md", help="markdown table")
+    p.add_argument("--model", type=model_source, default=".",
+                   help="model folder or Hub id (default: the release at the repo root)")  # fmt: skip
     p.add_argument("--dataset", default="../shared/data/mnist",
                    help="MNIST folder or Hub id; --quick uses tests/fixtures/mnist_tiny if absent")  # fmt: skip
     p.add_argument("--onnx-dir", default="onnx", help="model.onnx / model_quantized.onnx to reuse if they match")
@@ -127,7 +138,6 @@ def main(argv=None) -> dict:
     print(f"CPU ISA: {cpu['isa']} (bf16 {cpu['bf16']}, int8 {cpu['int8_arithmetic']})", *plan["notes"], sep="\n  ")
 
     # ---- model, test data, FLOPs, matmul peaks ----
-    check_model_source(args.model)  # a mistyped local path: "no such folder: ..."
     model = AutoModelForImageClassification.from_pretrained(args.model).eval()
     test_ds = load_mnist(dataset, "test", args.eval_samples)
     test_x, test_y = decode_to_uint8(test_ds)
@@ -197,8 +207,7 @@ def main(argv=None) -> dict:
     }
     result["markdown"] = bench.format_markdown(result)
     write_json(Path(args.output), result)
-    Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.markdown).write_text(result["markdown"])
+    write_text(Path(args.markdown), result["markdown"])
     print(result["markdown"])
     print(f"wrote {args.output} and {args.markdown} in {result['wall_s']} s")
     return result

@@ -333,7 +333,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="split for --dataset")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate on the first N rows only")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)  # checked here, not with minivision_hf.training's types: this script needs only the core
+    if not args.checkpoint.is_file():
+        p.error(f"no such file: {args.checkpoint}")
+    for flag, value in (("--max-samples", args.max_samples), ("--batch-size", args.batch_size)):
+        if value is not None and value <= 0:
+            p.error(f"argument {flag}: must be a positive int, got {value}")
+    return args
 
 
 def main(argv=None) -> Path:

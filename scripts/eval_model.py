@@ -26,12 +26,13 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 import minivision_hf  # noqa: F401  (registers the Auto classes, so local folders need no remote code)
 from minivision_hf.data import DEFAULT_DATASET, load_mnist
 from minivision_hf.metrics import load_accuracy
-from minivision_hf.training import check_model_source, git_commit, positive, versions, write_json
+from minivision_hf.training import git_commit, model_source, output_file, positive, versions, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=".", help="folder or Hub id (default: the release at the repo root)")
+    p.add_argument("--model", type=model_source, default=".",
+                   help="folder or Hub id (default: the release at the repo root)")  # fmt: skip
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha) to pin")
     p.add_argument(
         "--trust-remote-code", action="store_true", help="needed for Hub ids unless the package is installed"
@@ -40,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="test")
     p.add_argument("--max-samples", type=positive(int), default=None, help="evaluate the first N images (default: all)")
     p.add_argument("--batch-size", type=positive(int), default=1000, help="images per forward pass")
-    p.add_argument("--output", default=None, help="JSON file to write")
+    p.add_argument("--output", type=output_file, default=None, help="JSON file to write")
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation (shifted copies, averaged)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -153,7 +154,6 @@ def format_table(result: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     kwargs = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
-    check_model_source(args.model)  # a mistyped local path: "no such folder: ..."
     model = AutoModelForImageClassification.from_pretrained(args.model, **kwargs)
     processor = AutoImageProcessor.from_pretrained(args.model, **kwargs)
     try:

@@ -43,7 +43,15 @@ import minivision_hf as mv
 import onnx
 from minivision_hf import onnx_utils
 from minivision_hf.data import DEFAULT_DATASET
-from minivision_hf.training import check_model_source, git_commit, hardware, positive, versions, write_json
+from minivision_hf.training import (
+    git_commit,
+    hardware,
+    model_source,
+    positive,
+    replace_folder,
+    versions,
+    write_json,
+)
 
 
 def opset(text: str) -> int:
@@ -56,7 +64,8 @@ def opset(text: str) -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=".", help="model folder or Hub id (default: the release at the repo root)")
+    p.add_argument("--model", type=model_source, default=".",
+                   help="model folder or Hub id (default: the release at the repo root)")  # fmt: skip
     output_help = "folder for model.onnx, model_quantized.onnx, export_report.json (created if missing)"
     p.add_argument("--output", default="onnx", help=output_help)
     opset_help = f"ONNX opset, {onnx_utils.MIN_OPSET} to {onnx_utils.max_opset()} (default %(default)s)"
@@ -89,13 +98,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output, report = Path(args.output), {}
+    # Written into a staging folder beside --output, then moved into place whole (files of the old folder that the
+    # export does not write are kept): a killed export leaves the old files, never a half-written model.onnx or a new
+    # model.onnx beside the old int8 model and report.
+    replace_folder(output, lambda staging: report.update(export(args, staging)), keep=("*",))
+    (output / "model_int8.onnx").unlink(missing_ok=True)  # the old name: Hub tools look for model_quantized.onnx
+    checks = report["checks"]
+    failed = [f"{name} = {c['value']:.6g} (limit {c['limit']})" for name, c in checks.items() if not c["passed"]]
+    if failed:
+        raise RuntimeError(f"ONNX export check failed: {'; '.join(failed)} (see {output / onnx_utils.REPORT_FILE})")
+    print(f"kept int8 {report['int8']['method']} ({report['int8']['why']}); wrote {output / onnx_utils.FP32_FILE}, "
+          f"{output / onnx_utils.QUANTIZED_FILE}, {output / onnx_utils.REPORT_FILE}")  # fmt: skip
+    return report
+
+
+def export(args: argparse.Namespace, output: Path) -> dict:
+    """The export into the folder `output` (empty): the ONNX files and the report, which it returns."""
     fp32_path, int8_path = output / onnx_utils.FP32_FILE, output / onnx_utils.QUANTIZED_FILE
     threads = onnx_utils.cpu_cores()
 
     # ---- model and data ----
-    check_model_source(args.model)  # a mistyped local path: "no such folder: ..."
     model = AutoModelForImageClassification.from_pretrained(args.model).eval()
     if not isinstance(model, mv.MiniVisionForImageClassification):
         raise TypeError(f"{args.model} holds a {type(model).__name__}, not a MiniVisionForImageClassification")
@@ -123,7 +146,6 @@ def main(argv=None) -> dict:
                   + (f"; ORT under qemu -cpu {args.qemu_cpu}: {c['qemu']['accuracy']:.4f}" if "qemu" in c else ""))
         chosen, why, qualified = onnx_utils.choose_int8(candidates, fp32["accuracy"], args.max_accuracy_drop)
         shutil.copyfile(Path(tmp) / f"{chosen}.onnx", int8_path)
-    (output / "model_int8.onnx").unlink(missing_ok=True)  # the old name: Hub tools look for model_quantized.onnx
 
     # ---- labels and provenance in the ONNX metadata ----
     metadata = onnx_utils.onnx_metadata(model, args.model, data)
@@ -158,10 +180,6 @@ def main(argv=None) -> dict:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(output / onnx_utils.REPORT_FILE, report)
-    failed = [f"{name} = {c['value']:.6g} (limit {c['limit']})" for name, c in checks.items() if not c["passed"]]
-    if failed:
-        raise RuntimeError(f"ONNX export check failed: {'; '.join(failed)} (see {output / onnx_utils.REPORT_FILE})")
-    print(f"kept int8 {chosen} ({why}); wrote {fp32_path}, {int8_path}, {output / onnx_utils.REPORT_FILE}")
     return report
 
 

@@ -27,7 +27,7 @@ import torch
 
 from minivision_hf import benchmarking as bench
 from minivision_hf.data import DEFAULT_DATASET
-from minivision_hf.training import write_json
+from minivision_hf.training import output_file, positive, write_json, write_text
 
 ANCHOR = {"seconds_to_99.0": 0.76, "what": "train_mnist_fast, one epoch, GTX 1660 Ti"}
 # name, data path, target, train.py arguments. The 99% configurations are the CPU benchmark's fast one, a larger batch
@@ -48,11 +48,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=DEFAULT_DATASET)
     p.add_argument("--only", nargs="+", default=None, choices=[c[0] for c in CONFIGS], help="these configurations")
-    p.add_argument("--output", default="records/gpu_time_to_accuracy.json")
-    p.add_argument("--markdown", default=None, help="default: --output with .md")
+    p.add_argument("--output", type=output_file, default="records/gpu_time_to_accuracy.json")
+    p.add_argument("--markdown", type=output_file, default=None, help="default: --output with .md")
     p.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to check the script, not to time)")
     p.add_argument("--smoke", action="store_true", help="tiny runs (train.py --smoke): the script's logic, for CI")
-    p.add_argument("--timeout", type=float, default=150.0, help="seconds at most per configuration (then: its error)")
+    p.add_argument("--timeout", type=positive(float), default=150.0,
+                   help="seconds at most per configuration (then: its error)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -141,7 +142,7 @@ def main(argv=None) -> dict:
     for config in configs:  # the record is rewritten after each run: a machine taken back keeps what was done
         result["runs"].append(run_config(*config, args.dataset, args.smoke, args.timeout))
         write_json(Path(args.output), result)
-        markdown_path.write_text(markdown(result))
+        write_text(markdown_path, markdown(result))
     print(markdown(result))
     return result
 

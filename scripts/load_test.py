@@ -47,6 +47,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the launched app")
     parser.add_argument("--seed", type=int, default=0, help="seed for the order of images each client sends")
     args = parser.parse_args(argv)
+    for flag, value in (("--clients", args.clients), ("--requests", args.requests),
+                        ("--startup-timeout", args.startup_timeout)):  # fmt: skip
+        if not value > 0:
+            parser.error(f"argument {flag}: must be positive, got {value}")
+    output = Path(args.output)
+    existing = next(q for q in (output, *output.parents) if q.exists())  # refused now, not after the whole run
+    if (existing == output) == existing.is_dir():
+        parser.error(f"--output {args.output}: {existing} is a {'folder' if existing.is_dir() else 'file'}")
     if args.quick:
         args.clients, args.requests = 2, 5
     return args
@@ -189,7 +197,9 @@ def main(argv=None) -> dict:
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2) + "\n")
+    tmp = output.with_name(f".{output.name}.tmp")  # then renamed over it: a killed run leaves the old record whole
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, output)
     lat = summary["latency_ms"]
     print(f"{summary['requests']} requests, {summary['errors']} errors, {summary['wrong_predictions']} wrong; "
           f"latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, max {lat['max']} ms; "

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import minivision_hf as mv
-from minivision_hf.training import kept_epoch
+from minivision_hf.training import kept_epoch, output_file, write_text
 from scripts.update_readme import made_by, threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", default=None,
                    help="folder of run_record.json and eval_test.json (default: records or the variant's)")  # fmt: skip
-    p.add_argument("--output", default=None, help="card to write (default: model_card.md beside the records folder)")
+    p.add_argument("--output", type=output_file, default=None,
+                   help="card to write (default: model_card.md beside the records folder)")  # fmt: skip
     p.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="Hub id used in the usage snippets")
     p.add_argument("--variant", default=None,
                    help="write a variant's card instead of the root release's: its name (the Hub branch; records "
@@ -550,7 +551,7 @@ def main(argv=None) -> Path:
     if record is None or result is None:
         raise SystemExit(f"need {records}/run_record.json and {records}/eval_test.json (run train, then evaluate)")
     if args.variant:
-        Path(args.output).write_text(render_variant(args.variant, records, args.repo_id))
+        write_text(Path(args.output), render_variant(args.variant, records, args.repo_id))
         print(f"wrote {args.output}")
         return Path(args.output)
     variants = {  # variants/<name>/ beside the release's records/ folder: each one's test evaluation
@@ -559,7 +560,7 @@ def main(argv=None) -> Path:
     }
     content = render(record, result, args.repo_id, _load(records / "recipes.json"), _load(records / "benchmark.json"),
                      variants)  # fmt: skip
-    Path(args.output).write_text(content)
+    write_text(Path(args.output), content)
     print(f"wrote {args.output}")
     return Path(args.output)
 

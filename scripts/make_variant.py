@@ -53,7 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--refresh-records", action="store_true",
                    help="only copy --comparison/--search into an existing variant and regenerate its card (later "
                         "seeds and variants: no weights change, nothing is evaluated again)")  # fmt: skip
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not (Path(args.run) / "run_record.json").is_file():
+        p.error(f"--run {args.run}: not a finished training run (no run_record.json)")
+    return args
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -18,12 +18,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from minivision_hf.training import existing_file, output_folder, write_file  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--record", default="records/run_record.json", help="run_record.json written by scripts/train.py")
+    p.add_argument("--record", type=existing_file, default="records/run_record.json",
+                   help="run_record.json written by scripts/train.py")  # fmt: skip
     p.add_argument("--eval", default="records/eval_test.json", help="JSON written by scripts/eval_model.py")
-    p.add_argument("--out", default="assets", help="folder for the PNGs")
+    p.add_argument("--out", type=output_folder, default="assets", help="folder for the PNGs")
     return p.parse_args(argv)
 
 
@@ -43,7 +46,7 @@ def _curve(epochs: list[dict], key: str, title: str, ylabel: str, path: Path, be
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    write_file(path, lambda tmp: fig.savefig(tmp, format="png"))  # atomic: never half a PNG
     plt.close(fig)
 
 
@@ -67,7 +70,7 @@ def plot_confusion(result: dict, path: Path) -> None:
     ax.set_title(f"Confusion matrix, {result['num_samples']:,} test images: accuracy {result['accuracy']:.2%}\n"
                  "(errors shaded; diagonal in blue)")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path)
+    write_file(path, lambda tmp: fig.savefig(tmp, format="png"))  # atomic: never half a PNG
     plt.close(fig)
 
 

@@ -21,14 +21,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from minivision_hf.training import existing_file, output_file, write_file  # noqa: E402
+
 TARGET = 0.997
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--search", nargs="*", help="validation-search records (default: records/recipe_search*.json)")
-    p.add_argument("--tested", nargs="*", help="test-evaluated records (default: records/recipes_best*.json)")
-    p.add_argument("--out", default="assets/recipe_search.png")
+    p.add_argument("--search", nargs="*", type=existing_file,
+                   help="validation-search records (default: records/recipe_search*.json)")  # fmt: skip
+    p.add_argument("--tested", nargs="*", type=existing_file,
+                   help="test-evaluated records (default: records/recipes_best*.json)")  # fmt: skip
+    p.add_argument("--out", type=output_file, default="assets/recipe_search.png")
     return p.parse_args(argv)
 
 
@@ -81,8 +85,7 @@ def main(argv=None) -> Path:
     right.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    write_file(out, lambda tmp: fig.savefig(tmp, format="png"))  # atomic: never half a PNG
     print(f"wrote {out}")
     return out
 

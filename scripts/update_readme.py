@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python scripts/x.py` imports as `-m scripts.x`
 
-from minivision_hf.training import kept_epoch
+from minivision_hf.training import kept_epoch, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
             return 1
         print("README.md is up to date")
         return 0
-    readme.write_text(new)
+    write_text(readme, new)  # atomic: a killed run leaves the old README whole
     print("updated README.md")
     return 0
 

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import minivision_hf  # noqa: F401  (registers the Auto classes)
-from minivision_hf.training import write_json
+from minivision_hf.training import output_file, write_json
 from scripts.eval_model import collect_logits
 from scripts.make_variant import validation_rows
 
@@ -28,8 +28,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="finished run folders (save_pretrained + run_record.json)")
     p.add_argument("--dataset", default="ylecun/mnist")
-    p.add_argument("--output", default=None, help="JSON file to write")
-    return p.parse_args(argv)
+    p.add_argument("--output", type=output_file, default=None, help="JSON file to write")
+    args = p.parse_args(argv)
+    missing = [run for run in args.runs if not (Path(run) / "run_record.json").is_file()]
+    if missing:
+        p.error(f"not a finished run (no run_record.json): {', '.join(missing)}")
+    return args
 
 
 def held_out_rows(record: dict) -> tuple[int, int]:

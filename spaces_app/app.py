@@ -106,6 +106,7 @@ def load_model(source: str, revision: str | None = None):
         trust_remote_code = True
     local = Path(source).expanduser()
     looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or local.exists()
+    looks_local |= "/" in source and Path(source.split("/")[0]).is_dir()  # "outputs/typo" with outputs/ here
     if looks_local and not local.is_dir():
         raise ValueError(f"model {source!r}: no such folder (give a save_pretrained folder or a Hub id, NAME/REPO)")
     if looks_local and revision:  # from_pretrained ignores a revision for a folder: it would serve the folder as is
@@ -120,7 +121,7 @@ def load_model(source: str, revision: str | None = None):
 
 def describe_source(source: str, revision: str | None) -> str:
     """Markdown naming the model served: a link for a Hub repo, the folder (relative to the repo) for a local one."""
-    path = Path(source).resolve()
+    path = Path(source).expanduser().resolve()  # as load_model reads it: "~/models/mv" is a folder
     if path.is_dir():
         if path == HERE.parent:
             return "the release in this repository"
@@ -144,7 +145,8 @@ Image.MAX_IMAGE_PIXELS = processor.max_pixels
 def _user_error(message: str) -> gr.Error:
     # gr.Error renders HTML: escape the reason (Pillow's messages contain "<_io.BytesIO ...>"). No server traceback:
     # a bad upload is the user's input, not a fault of the app.
-    return gr.Error(html.escape(message), title="Unreadable image", print_exception=False)
+    # quote=False: the message is element text, where quotes need no escaping (API clients get it verbatim)
+    return gr.Error(html.escape(message, quote=False), title="Unreadable image", print_exception=False)
 
 
 def _model(name: str | None):
@@ -184,14 +186,25 @@ def predict(sketch: dict | None, model_name: str | None = None) -> dict[str, flo
     if not isinstance(sketch, dict):  # a bare image, as a convenience for Python callers
         return classify(sketch, model_name)
     image = sketch.get("composite")  # background + layers as the user sees them
-    if image is None:
-        image = sketch.get("background")
+    if image is None:  # an API caller may send only the background and/or the layers: stack them as the editor does
+        parts = [part for part in (sketch.get("background"), *(sketch.get("layers") or [])) if part is not None]
+        image = parts[0] if parts else None
+        if len(parts) > 1 and all(isinstance(part, Image.Image) for part in parts):
+            image = Image.new("RGBA", parts[0].size)
+            for part in parts:
+                image.alpha_composite(part.convert("RGBA").crop((0, 0, *image.size)))
     return classify(image, model_name)
 
 
 def predict_image(image, model_name: str | None = None) -> dict[str, float]:
     """A plain image (PIL, numpy, path or bytes) -> {label: probability} (see the module docstring)."""
     return classify(image, model_name)
+
+
+def predict_shown(sketch: dict | None, image, shown: str, model_name: str | None = None) -> dict[str, float]:
+    """The prediction for whichever input the label answers (`shown`: "draw" or "upload", the last one changed), by
+    `model_name`: what a switch of models re-answers."""
+    return predict_image(image, model_name) if shown == "upload" else predict(sketch, model_name)
 
 
 def answered_by(model_name: str | None) -> str:
@@ -337,6 +350,7 @@ def build_demo() -> gr.Blocks:
                 )
                 label = gr.Label(num_top_classes=3, label="Prediction", elem_id="prediction")
                 source = gr.Markdown(answered_by(DEFAULT_MODEL), elem_id="answered_by")
+                shown = gr.State("draw")  # the input the label answers for: the last one changed
 
         _guard_uploads(sketch)
         _guard_uploads(upload)
@@ -345,9 +359,11 @@ def build_demo() -> gr.Blocks:
         sketch.change(predict, [sketch, choice], label, api_name="predict", trigger_mode="always_last",
                       show_progress="hidden")  # fmt: skip
         upload.change(predict_image, [upload, choice], label, api_name="predict_image", show_progress="hidden")
-        # Switching models says which one answers now, and answers again for what is on the canvas.
+        sketch.change(lambda: "draw", None, shown, api_visibility="private", queue=False)
+        upload.change(lambda: "upload", None, shown, api_visibility="private", queue=False)
+        # Switching models says which one answers now, and answers again for the drawing or upload the label shows.
         choice.change(answered_by, choice, source, show_progress="hidden")
-        choice.change(predict, [sketch, choice], label, show_progress="hidden")
+        choice.change(predict_shown, [sketch, upload, shown, choice], label, show_progress="hidden")
         # Clear through the editor's own "Clear canvas" button: setting the Sketchpad's value to None from Python leaves
         # the editor stuck loading (gradio 6.31). Its change event then reports the blank canvas.
         clear.click(None, js=CLEAR_CANVAS_JS)

@@ -355,3 +355,64 @@ def test_a_missing_folder_or_a_revision_of_a_folder_is_refused(app, tmp_path):
         app.load_model(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="was given for the local folder"):
         app.load_model(str(Path(app.__file__).resolve().parents[1]), "best")
+
+
+def test_a_sketch_without_a_composite_is_read_from_its_background_and_layers(app):
+    """An API caller may send the layers (and a background) without the composite: the strokes are still read, by
+    either model, instead of being reported as a blank canvas."""
+    path, label = next((p, lab) for p, lab in example_files() if "transparent" in p.name)
+    strokes = Image.open(path).convert("RGBA")  # ink on a transparent layer
+    white = Image.new("RGBA", strokes.size, "white")
+    for name in app.MODELS:
+        assert top_label(app.predict({"background": None, "layers": [strokes], "composite": None}, name)) == label
+        assert top_label(app.predict({"background": white, "layers": [strokes], "composite": None}, name)) == label
+    assert app.predict({"background": white, "layers": [], "composite": None}) == {app.BLANK_LABEL: 1.0}
+
+
+def fire(app, values: dict, elem_id: str, event: str) -> None:
+    """Run what the browser runs when `event` fires on the component `elem_id` (or the State block of that id),
+    reading and writing component values in `values` ({block: value}; a block missing there has its initial value)."""
+    block = component(app, elem_id)
+    for fn in app.demo.fns.values():
+        if (block._id, event) in fn.targets and fn.fn is not None:
+            result = fn.fn(*[values.get(b, getattr(b, "value", None)) for b in fn.inputs])
+            results = result if len(fn.outputs) > 1 else [result]
+            values.update(zip(fn.outputs, results, strict=True))
+
+
+def test_switching_models_answers_again_for_the_upload_the_label_shows(app):
+    """With an uploaded image on show, choosing the other model re-answers that image (not the empty canvas of the
+    other tab), and the note says which model answered."""
+    if len(app.MODELS) < 2:
+        pytest.skip("the app serves one model")
+    path, label = example_files()[0]
+    upload, sketchpad, choice = component(app, "upload"), component(app, "sketchpad"), component(app, "model_choice")
+    prediction, note = component(app, "prediction"), component(app, "answered_by")
+    values = {upload: str(path), sketchpad: None}
+    fire(app, values, "upload", "change")
+    for name in (*app.MODELS, app.DEFAULT_MODEL):  # each model, and back
+        values[choice] = name
+        fire(app, values, "model_choice", "change")
+        assert values[prediction] == app.predict_image(str(path), name) and top_label(values[prediction]) == label
+        assert f"**{name}**" in values[note]
+    values[sketchpad] = sketch(Image.new("RGBA", (400, 400)))  # the user turns to the canvas and it changes
+    fire(app, values, "sketchpad", "change")
+    values[choice] = next(name for name in app.MODELS if name != values[choice])
+    fire(app, values, "model_choice", "change")
+    assert values[prediction] == {app.BLANK_LABEL: 1.0}
+
+
+def test_model_folders_are_named_as_loaded(app, tmp_path, monkeypatch):
+    """"~/..." is the folder load_model reads (not a Hub repo to link to); "outputs/typo" next to an outputs/ folder is
+    a missing folder (not a Hub repo to download); an unreadable file's reason keeps its quotes readable."""
+    import gradio as gr
+
+    (tmp_path / "models" / "mv").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert app.describe_source("~/models/mv", None) == f"`{tmp_path / 'models' / 'mv'}`"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="no such folder"):
+        app.load_model("models/typo")
+    with pytest.raises(gr.Error) as err:
+        app.predict_image(str(tmp_path / "missing.png"))
+    assert f"'{tmp_path / 'missing.png'}'" in err.value.message  # not &#x27;...&#x27;

@@ -317,3 +317,24 @@ def test_readme_int8_table_matches_the_export_report():
         c = report["int8"]["candidates"][name]
         assert values == pytest.approx([c["accuracy"], c["avx2_emulated"]["accuracy"], c["qemu"]["accuracy"]]), name
     assert f"**{report['int8']['method']} (shipped)**" in readme
+
+
+def test_a_killed_export_leaves_the_previous_files_in_place(tmp_path, tiny_dir, monkeypatch):
+    """The export writes into a staging folder and moves it into place whole: stopped while writing model.onnx (a
+    kill, Ctrl-C), the previous export is still there, byte for byte, files the export does not write included."""
+    out = tmp_path / "onnx"
+    out.mkdir()
+    previous = {"model.onnx": b"old fp32", "model_quantized.onnx": b"old int8", "export_report.json": b"{}",
+                "README.md": b"kept"}  # fmt: skip
+    for name, data in previous.items():
+        (out / name).write_bytes(data)
+
+    def killed_while_writing(model, path, opset):
+        Path(path).write_bytes(b"half an ONNX fi")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_utils, "export_onnx", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx.main(["--model", str(REPO_ROOT), "--output", str(out), "--calibration-dataset", str(tiny_dir),
+                          *FAST_EXPORT])  # fmt: skip
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == previous

@@ -112,10 +112,12 @@ def test_make_release_writes_a_complete_release_and_a_killed_one_changes_nothing
     replace, moved = make_release.os.replace, []
 
     def replace_then_die(src, dst):
-        if str(dst).startswith(str(root)) and not str(dst).endswith(".tmp") and len(moved) == 2:
+        staged = str(dst).startswith(str(root / make_release.STAGING))  # a file written atomically while staging
+        if str(dst).startswith(str(root)) and not staged and not str(dst).endswith(".tmp") and len(moved) == 2:
             raise KeyboardInterrupt("killed while moving")
         replace(src, dst)
-        moved.append(dst)
+        if not str(dst).startswith(str(root / make_release.STAGING)):
+            moved.append(dst)
 
     with monkeypatch.context() as patch:
         patch.setattr(make_release.os, "replace", replace_then_die)
@@ -129,11 +131,12 @@ def test_make_release_writes_a_complete_release_and_a_killed_one_changes_nothing
     assert after["model.safetensors"] == before["model.safetensors"]  # same run released again
 
 
-def test_missing_local_paths_say_no_such_folder(tmp_path, tiny_dir):
+def test_missing_local_paths_say_no_such_folder(tmp_path, tiny_dir, capsys):
     from scripts import make_release
 
     missing = tmp_path / "no" / "model"
-    with pytest.raises(FileNotFoundError, match=f"no such folder: {missing}"):
+    with pytest.raises(SystemExit) as exit_info:  # a usage error: one line, exit 2
         eval_model.main(["--model", str(missing), "--dataset", str(tiny_dir), "--no-progress"])
+    assert exit_info.value.code == 2 and f"no such folder: {missing}" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=f"no such folder: {missing}"):
         make_release.main(["--run", str(missing), "--root", str(tmp_path)])

@@ -250,3 +250,69 @@ def test_eval_dataset_problems_are_one_line(tmp_path):
                                     (tiny, "validation", "has no split 'validation'")]:  # fmt: skip
         with pytest.raises(SystemExit, match=f"eval_model.py: error: .*{message}"):
             eval_model.main(["--model", str(REPO_ROOT), "--dataset", str(dataset), "--split", split, "--no-progress"])
+
+
+# ---- usage mistakes of every script: one line, exit 2, before any work -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "reason"),
+    [
+        ("eval_model", ["--model", "/nonexistent/model"], "no such folder"),
+        ("eval_model", ["--model", "README.md"], "not a folder"),
+        ("eval_model", ["--output", "README.md/eval.json"], "is a file, not a folder"),
+        ("eval_model", ["--output", "scripts"], "is a folder, not a file"),
+        ("export_onnx", ["--model", "/nonexistent/model"], "no such folder"),
+        ("benchmark", ["--model", "/nonexistent/model"], "no such folder"),
+        ("benchmark", ["--markdown", "README.md/bench.md"], "is a file, not a folder"),
+        ("app_drawn_accuracy", ["--output", "README.md/x.json"], "is a file, not a folder"),
+        ("validation_ensemble", ["/nonexistent/run"], "no run_record.json"),
+        ("make_variant", ["--run", "/nonexistent/run"], "no run_record.json"),
+        ("make_model_card", ["--output", "README.md/card.md"], "is a file, not a folder"),
+        ("plot_curves", ["--record", "/nonexistent/run_record.json"], "no such file"),
+        ("plot_curves", ["--out", "README.md"], "is a file, not a folder"),
+        ("plot_recipe_search", ["--search", "/nonexistent/search.json"], "no such file"),
+        ("plot_recipe_search", ["--out", "README.md/search.png"], "is a file, not a folder"),
+        ("gpu_time_to_accuracy", ["--timeout", "-1"], "must be a positive float"),
+        ("gpu_time_to_accuracy", ["--markdown", "README.md/g.md"], "is a file, not a folder"),
+        ("load_test", ["--clients", "0"], "must be positive"),
+        ("load_test", ["--output", "README.md/load.json"], "is a file"),
+        ("convert_seed_checkpoint", ["/nonexistent/seed.pth", "--output", "x"], "no such file"),
+        ("convert_seed_checkpoint", ["README.md", "--output", "x", "--batch-size", "0"], "must be a positive int"),
+    ],
+)
+def test_a_missing_input_or_an_unwritable_output_is_a_usage_error(script, argv, reason, capsys, monkeypatch):
+    """Refused while parsing the arguments (exit 2, argparse's one line), not as a traceback when the script reads
+    the missing path or, after the whole run, writes its result."""
+    import importlib
+
+    monkeypatch.chdir(REPO_ROOT)
+    module = importlib.import_module(f"scripts.{script}")
+    assert reason in _usage_error(module.parse_args, argv, capsys)
+
+
+def test_write_json_and_write_text_leave_the_old_file_when_killed_while_writing(tmp_path, monkeypatch):
+    """A run killed (or out of disk) while writing its record leaves the previous file whole, not a truncated one."""
+    from pathlib import Path
+
+    from minivision_hf.training import write_json, write_text
+
+    record, readme = tmp_path / "record.json", tmp_path / "README.md"
+    record.write_text('{"old": true}\n')
+    readme.write_text("old readme\n")
+    real_write_text = Path.write_text
+
+    def killed_half_way(path, text, *args, **kwargs):
+        real_write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(record, {"new": "x" * 100})
+    with pytest.raises(KeyboardInterrupt):
+        write_text(readme, "new readme " * 20)
+    monkeypatch.undo()
+    assert record.read_text() == '{"old": true}\n' and readme.read_text() == "old readme\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "record.json"]  # no temporary file left
+    write_json(record, {"new": 1})
+    assert json.loads(record.read_text()) == {"new": 1}
