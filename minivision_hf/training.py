@@ -52,6 +52,8 @@ class Recipe:
     elastic_sigma: float = 4.0  # its smoothing (Gaussian sigma, pixels)
     ema_decay: float = 0.0  # weight EMA per optimizer step (0 = none); the EMA weights are the ones kept
     sam_rho: float = 0.0  # sharpness-aware minimisation radius (Foret et al. 2021; 0 = none): two passes per step
+    distill_weight: float = 0.0  # weight of the distillation term (Hinton et al. 2015; teachers: --distill-from)
+    distill_temperature: float = 4.0  # its softmax temperature (the term is scaled by T^2)
     val_size: int = 0  # rows held out of the training split as the evaluation (validation) set; 0 = evaluate on test
     notes: str = field(default="", compare=False)
 
@@ -152,7 +154,8 @@ class MiniVisionTrainer(Trainer):
     """
 
     def __init__(self, *args, recipe: Recipe, recorder: "EpochRecorder | None" = None,
-                 save_total_limit: int | None = None, run_identity: dict | None = None, **kwargs):  # fmt: skip
+                 save_total_limit: int | None = None, run_identity: dict | None = None,
+                 teachers: list[torch.nn.Module] = (), **kwargs):  # fmt: skip
         if kwargs.get("args") is not None and kwargs["args"].save_total_limit:
             raise ValueError("pass save_total_limit to MiniVisionTrainer, not TrainingArguments: it rotates itself")
         self.commit = _CheckpointCommit(self)
@@ -163,6 +166,9 @@ class MiniVisionTrainer(Trainer):
             self.model.config.__dict__.pop("use_cache", None)
         self.recipe = recipe
         self.recorder = recorder
+        self.teachers = list(teachers)  # frozen models in eval mode whose averaged softmax the student is fitted to
+        if recipe.distill_weight and not self.teachers:
+            raise ValueError("a recipe with distill_weight > 0 needs teachers (--distill-from)")
         self.run_identity = run_identity  # saved in every checkpoint: a resume must match it (resume_mismatches)
         self.save_total_limit = save_total_limit
         collator = self.data_collator
@@ -221,6 +227,23 @@ class MiniVisionTrainer(Trainer):
         if augment_state is not None:
             self.augment_state = augment_state  # the generator state after this batch: where a resume restarts
         return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Trainer's loss (cross-entropy on the labels); with teachers, while training, (1 - w) x that + w x the
+        distillation term (Hinton et al. 2015): T^2 x KL(teachers' mean softmax at T || the student's softmax at T),
+        on the same augmented batch."""
+        if not self.teachers or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        weight, temperature = self.recipe.distill_weight, self.recipe.distill_temperature
+        with torch.no_grad():
+            pixels = inputs["pixel_values"]
+            target = torch.stack([torch.softmax(t(pixel_values=pixels).logits.float() / temperature, dim=-1)
+                                  for t in self.teachers]).mean(0)  # fmt: skip
+        student = torch.log_softmax(outputs.logits.float() / temperature, dim=-1)
+        distill = torch.nn.functional.kl_div(student, target, reduction="batchmean") * temperature**2
+        loss = (1.0 - weight) * loss + weight * distill
+        return (loss, outputs) if return_outputs else loss
 
     def sharpness_aware_step(self, model, inputs, num_items_in_batch=None) -> None:
         """SAM (Foret et al. 2021): replaces the gradient at w, already in .grad, by the gradient at the worst nearby
@@ -348,7 +371,7 @@ def last_complete_checkpoint(output_dir: Path, processes: int = 1, remove_incomp
 # What a resumed run must share with the run that wrote its checkpoint, besides the recipe's values (schedule, batch,
 # augmentation, held-out rows): the data, the seed and the data path. Speed settings (bf16, kernels) may change.
 RESUME_FIELDS = ("dataset", "train_split", "eval_split", "max_train_samples", "max_eval_samples", "val_seed", "seed",
-                 "data_path", "grad_accum")  # fmt: skip
+                 "data_path", "grad_accum", "distill_from")  # fmt: skip
 
 
 def run_identity(args, recipe: Recipe, world: int = 1) -> dict:
@@ -713,6 +736,16 @@ def check_arguments(args, world: int = 1) -> list[str]:
     number("target-accuracy", 0, 1, low_open=True)
     number("ema-decay", 0, 1, high_open=True)
     number("sam-rho", 0)
+    number("distill-weight", 0, 1)
+    number("distill-temperature", 0, low_open=True)
+    teachers = getattr(args, "distill_from", None) or []
+    if (getattr(args, "distill_weight", 0) or 0) > 0 and not teachers:
+        problems.append(f"--distill-weight {args.distill_weight} needs teacher models: --distill-from FOLDER ...")
+    for teacher in teachers:
+        try:
+            check_model_source(teacher)
+        except OSError as err:
+            problems.append(f"--distill-from {err}")
     number("val-size", 0)
     number("shear", 0, 90, high_open=True)
     number("elastic-alpha", 0)
@@ -857,6 +890,27 @@ def build_model(args, use_bf16: bool | None = None) -> tuple[torch.nn.Module, di
     return model, report
 
 
+def load_teachers(args, recipe: Recipe, use_bf16: bool | None = None) -> list[torch.nn.Module]:
+    """The --distill-from models, frozen in eval mode on the training device, channels_last and with the fused
+    kernels as the student has them ([] without distillation)."""
+    if not recipe.distill_weight:
+        return []
+    from transformers import AutoModelForImageClassification
+
+    from .fast import apply_fast_kernels
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teachers = []
+    for source in args.distill_from:
+        teacher = AutoModelForImageClassification.from_pretrained(source).to(device).eval().requires_grad_(False)
+        if args.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        if args.fast_kernels:
+            apply_fast_kernels(teacher, winograd=args.winograd, device=device, bf16=use_bf16)
+        teachers.append(teacher.eval())
+    return teachers
+
+
 def training_arguments(args, recipe: Recipe, world: int, use_bf16: bool) -> TrainingArguments:
     """Trainer's settings for a run: epoch-wise evaluation, checkpoints and logs; the recipe's batch and smoothing."""
     return TrainingArguments(
@@ -920,6 +974,7 @@ def build_trainer(args, recipe: Recipe, model, processor, data: TrainingData, wo
         recorder=recorder,
         save_total_limit=args.save_total_limit,
         run_identity=run_identity(args, recipe, world),
+        teachers=load_teachers(args, recipe, use_bf16),
     )
     if recipe.ema_decay:
         # EMATrainer evaluates the live and the averaged weights every epoch and keeps the average.

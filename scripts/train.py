@@ -96,6 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="weight EMA per step (0 = none); the EMA weights are evaluated and kept")  # fmt: skip
     p.add_argument("--sam-rho", type=float, default=recipe.sam_rho,
                    help="sharpness-aware minimisation radius (0 = none; two forward/backward passes per step)")
+    p.add_argument("--distill-from", nargs="+", default=None, metavar="MODEL",
+                   help="teacher model folders (or Hub ids): their averaged softmax is a second target")  # fmt: skip
+    p.add_argument("--distill-weight", type=float, default=recipe.distill_weight,
+                   help="weight of the distillation term against the labels' cross-entropy (0 = none)")  # fmt: skip
+    p.add_argument("--distill-temperature", type=float, default=recipe.distill_temperature,
+                   help="softmax temperature of the distillation term")  # fmt: skip
     p.add_argument("--val-size", type=int, default=recipe.val_size,
                    help="hold out this many training rows as the evaluation set (0 = evaluate on --eval-split)")
     p.add_argument("--val-seed", type=int, default=0, help="seed of the held-out rows (data.validation_split)")

@@ -147,6 +147,55 @@ def test_best_recipe_smoke_run_keeps_the_ema_and_evaluates_on_held_out_rows(tiny
     assert model.num_parameters() == 824_650
 
 
+def test_distillation_loss_mixes_the_labels_and_the_teachers_mean_softmax(tmp_path):
+    """--distill-from/--distill-weight: while training, loss = (1 - w) CE(labels) + w T^2 KL(teachers' mean softmax at
+    T || student's at T) on the same batch; evaluation keeps the plain cross-entropy."""
+    from transformers import TrainingArguments
+
+    from minivision_hf.training import MiniVisionTrainer, Recipe
+
+    torch.manual_seed(0)
+    config = mv.MiniVisionConfig(dropout=0.0)
+    student = mv.MiniVisionForImageClassification(config).train()
+    teachers = [mv.MiniVisionForImageClassification(config).eval() for _ in range(2)]
+    batch = {"pixel_values": torch.randn(8, 1, 28, 28), "labels": torch.randint(0, 10, (8,))}
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    recipe = Recipe(distill_weight=0.3, distill_temperature=2.0)
+    trainer = MiniVisionTrainer(model=student, args=args, recipe=recipe, teachers=teachers)
+    loss = trainer.compute_loss(student, dict(batch))
+
+    logits = student(pixel_values=batch["pixel_values"]).logits
+    with torch.no_grad():
+        target = torch.stack([torch.softmax(t(pixel_values=batch["pixel_values"]).logits / 2.0, -1)
+                              for t in teachers]).mean(0)  # fmt: skip
+    kl = (target * (target.log() - torch.log_softmax(logits / 2.0, -1))).sum(-1).mean() * 4.0
+    expected = 0.7 * torch.nn.functional.cross_entropy(logits, batch["labels"]) + 0.3 * kl
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    student.eval()
+    plain = torch.nn.functional.cross_entropy(student(pixel_values=batch["pixel_values"]).logits, batch["labels"])
+    torch.testing.assert_close(trainer.compute_loss(student, dict(batch)), plain)
+    with pytest.raises(ValueError, match="needs teachers"):
+        MiniVisionTrainer(model=student, args=args, recipe=recipe)
+
+
+def test_distillation_run_records_its_teachers_and_refuses_missing_ones(tiny_dir, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    train.main(["--recipe", "best", "--smoke", "--dataset", str(tiny_dir), "--output-dir", str(teacher),
+                "--no-progress"])  # fmt: skip
+    record = train.main(["--recipe", "best", "--smoke", "--dataset", str(tiny_dir), "--output-dir",
+                         str(tmp_path / "student"), "--no-progress", "--distill-from", str(teacher),
+                         "--distill-weight", "0.5"])  # fmt: skip
+    assert record["recipe_values"]["distill_weight"] == 0.5 and record["args"]["distill_from"] == [str(teacher)]
+    assert record["final_eval"]["accuracy"] > 0.1
+    for flags, message in [(["--distill-weight", "0.5"], "needs teacher models"),
+                           (["--distill-from", str(tmp_path / "missing"), "--distill-weight", "0.5"], "no such folder"),
+                           (["--distill-from", str(teacher), "--distill-weight", "1.5"], "--distill-weight 1.5")]:
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["--recipe", "best", "--smoke", "--dataset", str(tiny_dir), "--output-dir",
+                        str(tmp_path / "refused"), *flags])  # fmt: skip
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_validation_ensemble_and_search_plot(tiny_dir, tmp_path):
     runs = []
     for seed in (1, 2):
