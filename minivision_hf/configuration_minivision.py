@@ -96,6 +96,12 @@ class MiniVisionConfig(PretrainedConfig):
         """Width of the flattened feature vector fed to the classifier (3136 with the defaults)."""
         return self.conv_channels[-1] * self.feature_map_size**2
 
+    def validate(self) -> None:
+        """transformers' checks, then ours: `save_pretrained` runs this, so a value changed after construction
+        (`config.dropout = 1.5`) is refused before it is written, not only when the saved folder is loaded."""
+        super().validate()
+        self._validate()
+
     def _validate(self) -> None:
         """Raise `ValueError` naming the field when a value would fail (or silently misbehave) inside torch: every
         number must be a number of the right kind, not a string or a bool that happens to convert."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from .configuration_minivision import MiniVisionConfig
@@ -105,9 +106,18 @@ class MiniVisionPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # PyTorch's own defaults, as the seed used (kaiming-uniform convs/linears, BatchNorm at identity).
-        if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
-            module.reset_parameters()
+        # PyTorch's own defaults, as the seed used (kaiming-uniform convs/linears, BatchNorm at identity). Only through
+        # init functions, which transformers guards so that a tensor loaded from the checkpoint is never re-initialised:
+        # BatchNorm's reset_parameters() zeroes its running statistics with plain tensor ops, which would wipe loaded
+        # ones whenever one buffer of the module is missing (a checkpoint without num_batches_tracked) or offloaded.
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.reset_parameters()  # torch.nn.init calls only: guarded
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
 
 
 class MiniVisionModel(MiniVisionPreTrainedModel):
@@ -202,12 +212,31 @@ class MiniVisionForImageClassification(MiniVisionPreTrainedModel):
 
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), _class_indices(labels, logits).to(logits.device))
+            loss = _loss(labels, logits, self.config.problem_type)
 
         if not return_dict:
             output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + output) if loss is not None else output
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+def _loss(labels: torch.Tensor, logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """Cross-entropy over class indices, unless `config.problem_type` asks, as for transformers' image classifiers,
+    for "multi_label_classification" (binary cross-entropy with logits over multi-hot labels) or "regression" (mean
+    squared error): labels of the logits' shape, (batch, num_labels). Float labels are never guessed to be multi-hot
+    (the stock classifiers do so when problem_type is unset): they are refused, as a likely mistake."""
+    if problem_type in ("multi_label_classification", "regression"):
+        targets = torch.as_tensor(labels)
+        if targets.is_complex() or targets.shape != logits.shape:
+            raise ValueError(
+                f"with problem_type={problem_type!r}, labels must be real numbers of shape {tuple(logits.shape)} "
+                f"(batch, num_labels), got dtype {targets.dtype}, shape {tuple(targets.shape)}"
+            )
+        targets = targets.to(logits.device, torch.float32)
+        if problem_type == "regression":
+            return nn.functional.mse_loss(logits.float(), targets)
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
+    return nn.functional.cross_entropy(logits.float(), _class_indices(labels, logits).to(logits.device))
 
 
 def _class_indices(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -218,7 +247,8 @@ def _class_indices(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise ValueError(
             f"labels must be integer class indices (0..{logits.shape[-1] - 1}), got dtype {labels.dtype}: "
-            "pass a torch.long tensor (soft or float labels are not supported)"
+            "pass a torch.long tensor (for multi-hot or real-valued labels, set config.problem_type to "
+            "'multi_label_classification' or 'regression')"
         )
     if labels.shape != logits.shape[:-1]:
         raise ValueError(

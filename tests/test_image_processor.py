@@ -498,3 +498,16 @@ def test_all_of_mnist_passes_through_exactly(processor, mnist_dir):
             chunk = images[start : start + 5000]
             out = processor(chunk, return_tensors="pt")["pixel_values"]
             assert torch.equal(out, mv.to_pixel_values(chunk)), f"{split} images {start}..{start + len(chunk)}"
+
+
+def test_device_and_return_tensors_are_honoured(processor, tiny_test):
+    """As transformers' processors: `device` puts the output there (the model's device, e.g. "cuda"; "meta" here,
+    which needs no accelerator), `return_tensors` "pt" / None give tensors and "np" float32 arrays, same values."""
+    digit = np.asarray(tiny_test[0]["image"])
+    reference = processor(digit, return_tensors="pt")["pixel_values"]
+    moved = processor(digit, return_tensors="pt", device="meta")["pixel_values"]
+    assert moved.is_meta and moved.shape == reference.shape and moved.dtype == reference.dtype
+    assert torch.equal(processor(digit, device="cpu")["pixel_values"], reference)
+    assert torch.equal(processor(digit)["pixel_values"], reference)
+    array = processor(digit, return_tensors="np")["pixel_values"]
+    assert isinstance(array, np.ndarray) and array.dtype == np.float32 and np.array_equal(array, reference.numpy())

@@ -203,3 +203,91 @@ def test_save_pretrained_declares_and_copies_the_pipeline(tmp_path):
 
     assert json.loads((REPO_ROOT / "config.json").read_text())["custom_pipelines"] == custom
     assert (REPO_ROOT / f"{module}.py").resolve() == (REPO_ROOT / "minivision_hf" / f"{module}.py").resolve()
+
+
+def _with_batchnorm_statistics(config: "mv.MiniVisionConfig") -> "mv.MiniVisionForImageClassification":
+    """A model whose BatchNorm running statistics are not the fresh ones (as after training)."""
+    torch.manual_seed(0)
+    model = mv.MiniVisionForImageClassification(config).eval()
+    for block in model.minivision.blocks:
+        block.norm.running_mean.uniform_(-1, 1)
+        block.norm.running_var.uniform_(0.5, 2)
+        block.norm.num_batches_tracked.fill_(100)
+    return model
+
+
+def test_loading_keeps_batchnorm_statistics_when_a_buffer_is_missing(tmp_path):
+    """A checkpoint without `num_batches_tracked` (written by other tools, or converted) loads every tensor it has:
+    `_init_weights` must initialise only what is missing, never reset the running mean/var that were loaded (the
+    model would answer very differently, with no error)."""
+    from safetensors.torch import load_file, save_file
+
+    model = _with_batchnorm_statistics(mv.MiniVisionConfig(conv_channels=[4, 8], hidden_size=16))
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "num_batches_tracked" not in k}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    state = loaded.state_dict()
+    for key, value in model.state_dict().items():
+        if "num_batches_tracked" in key:
+            assert state[key] == 0  # missing: initialised, as PyTorch does
+        else:
+            assert torch.equal(state[key], value), key
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_device_map_with_disk_offload_gives_the_same_logits(tmp_path):
+    """`device_map="auto"` with too little memory offloads the weights to disk; the BatchNorm statistics, kept in
+    memory, must still be the loaded ones."""
+    pytest.importorskip("accelerate")
+    model = _with_batchnorm_statistics(mv.MiniVisionConfig())
+    model.save_pretrained(tmp_path / "model")
+    offloaded = AutoModelForImageClassification.from_pretrained(
+        tmp_path / "model", device_map="auto", max_memory={"cpu": "400KB"}, offload_folder=tmp_path / "offload"
+    )
+    assert "disk" in set(offloaded.hf_device_map.values())
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(offloaded(x).logits, model(x).logits, atol=1e-6)
+
+
+def test_problem_type_multi_label_and_regression_losses():
+    """As transformers' image classifiers: `config.problem_type` selects BCE-with-logits over multi-hot labels or MSE
+    over real-valued ones, (batch, num_labels); unset, float labels stay refused (never guessed to be multi-hot)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 28, 28)
+    multi_hot = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]])
+    config = mv.MiniVisionConfig(num_labels=3, problem_type="multi_label_classification")
+    model = mv.MiniVisionForImageClassification(config).eval()
+    logits = model(x).logits
+    for labels in (multi_hot, multi_hot.float(), multi_hot.bool()):
+        loss = model(x, labels=labels).loss
+        assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, multi_hot.float()))
+    assert model(x, labels=multi_hot, return_dict=False)[0] == loss
+    with pytest.raises(ValueError, match=r"problem_type='multi_label_classification'.*shape \(4, 3\)"):
+        model(x, labels=torch.tensor([0, 1, 2, 0]))
+    regression = mv.MiniVisionForImageClassification(mv.MiniVisionConfig(num_labels=3, problem_type="regression"))
+    regression.eval()
+    targets = torch.randn(4, 3)
+    loss = regression(x, labels=targets).loss
+    assert torch.allclose(loss, torch.nn.functional.mse_loss(regression(x).logits, targets))
+    plain = mv.MiniVisionForImageClassification(mv.MiniVisionConfig(num_labels=3))
+    with pytest.raises(ValueError, match="labels must be integer class indices.*multi_label_classification"):
+        plain(x, labels=multi_hot.float())
+
+
+def test_config_changed_after_construction_is_validated_on_save(tmp_path):
+    """transformers validates configs in `save_pretrained`: an invalid value set as an attribute is refused there,
+    naming the field, instead of being written into a folder that then fails to load."""
+    config = mv.MiniVisionConfig()
+    config.dropout = 1.5
+    with pytest.raises(ValueError, match="dropout"):
+        config.save_pretrained(tmp_path / "config")
+    assert not (tmp_path / "config" / "config.json").exists()
+    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig(conv_channels=[4], hidden_size=8))
+    model.config.hidden_size = "8"
+    with pytest.raises(ValueError, match="hidden_size"):
+        model.save_pretrained(tmp_path / "model")
+    assert not (tmp_path / "model" / "config.json").exists()

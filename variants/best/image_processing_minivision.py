@@ -274,10 +274,14 @@ class MiniVisionImageProcessor(TorchvisionBackend):
 
     # ---- batch -----------------------------------------------------------------------------------------------
 
-    def _preprocess(self, images, do_normalize, image_mean, image_std, return_tensors=None, **kwargs) -> BatchFeature:
+    def _preprocess(
+        self, images, do_normalize, image_mean, image_std, return_tensors=None, device=None, **kwargs
+    ) -> BatchFeature:
         pixel_values = torch.stack(images)
         if do_normalize:
             pixel_values = to_pixel_values(pixel_values, _scalar(image_mean), _scalar(image_std))
+        if device is not None:  # the protocol runs on the CPU; `device` says where the output goes, as in transformers
+            pixel_values = pixel_values.to(device)
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
 
 
