@@ -25,7 +25,11 @@ with explain_missing_extra():  # `datasets` (and its pyarrow) come with the `tra
     import pyarrow.compute as pc
 
 DEFAULT_DATASET = "ylecun/mnist"  # the `mnist` entry of datasets; a local copy with the same layout works too
+# Hub ids that name DEFAULT_DATASET (the Hub redirects them). Offline, datasets would otherwise take a one-word id from
+# its cache under that name, which is also where it caches any local folder so named (the latest one wins).
+HUB_ALIASES = {"mnist": DEFAULT_DATASET}
 IMAGE_SIZE = 28
+DIGITS = [str(d) for d in range(10)]
 
 
 def load_mnist(source: str = DEFAULT_DATASET, split: str = "train", max_samples: int | None = None) -> datasets.Dataset:
@@ -45,19 +49,21 @@ def load_mnist(source: str = DEFAULT_DATASET, split: str = "train", max_samples:
         if path.is_file():
             splits = datasets.load_dataset("parquet", data_files={split: str(path)})
         else:
-            splits = datasets.load_dataset(str(path) if path.exists() else source)
+            splits = datasets.load_dataset(str(path) if path.exists() else HUB_ALIASES.get(source, source))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"could not load dataset {source!r}: {err}") from err
     except (ConnectionError, OSError) as err:
+        if path.exists():  # a local copy: nothing was fetched (unreadable files, a full disk)
+            raise ValueError(f"could not read dataset {source!r}: {err}") from err
         raise ConnectionError(
             f"could not fetch dataset {source!r} from the Hub ({err}); offline, pass a local copy, "
-            "e.g. --dataset ../shared/data/mnist"
+            "e.g. --dataset ../shared/data/mnist (HF_HUB_OFFLINE=1 fails at once, without retries)"
         ) from err
     except Exception as err:  # pyarrow / datasets errors for files that are not a dataset
         raise ValueError(f"could not read {source!r} as an MNIST dataset: {err}") from err
     if split not in splits:
         raise ValueError(f"dataset {source!r} has no split {split!r}; it has {sorted(splits)}")
-    ds = splits[split]
+    ds = digit_labels(splits[split], source)
     check_schema(ds, source)
     if max_samples is not None:
         if max_samples < 1:
@@ -76,13 +82,28 @@ def split_named_by(path: Path) -> str | None:
     return words.pop() if len(words) == 1 else None
 
 
+def digit_labels(ds: datasets.Dataset, name: str = "dataset") -> datasets.Dataset:
+    """`ds` with its labels as the digits' values: a 10-class ClassLabel whose names are the digits in another order
+    (index i means names[i]) re-indexed by name, a column of digit strings cast to a ClassLabel; else unchanged."""
+    label = ds.features.get("label")
+    if isinstance(label, datasets.ClassLabel) and label.names != DIGITS and sorted(label.names) == DIGITS:
+        return ds.align_labels_with_mapping({d: i for i, d in enumerate(DIGITS)}, "label")
+    if isinstance(label, datasets.Value) and label.dtype in ("string", "large_string"):
+        try:
+            return ds.cast_column("label", datasets.ClassLabel(names=DIGITS))
+        except ValueError as err:
+            raise ValueError(f"{name}: 'label' strings must be the digits '0'..'9' ({err})") from None
+    return ds
+
+
 def check_schema(ds: datasets.Dataset, name: str = "dataset") -> None:
     """An `image` column of datasets.Image, an integer or 10-class `label` column whose every row is a digit 0-9, and
     at least one row; else a one-line ValueError."""
     features = ds.features
     if "image" not in features or not isinstance(features["image"], datasets.Image):
-        found = {k: type(v).__name__ for k, v in features.items()}
-        raise ValueError(f"{name}: expected an 'image' column of type datasets.Image, found columns {found}")
+        found = {k: type(v).__name__ for k, v in list(features.items())[:8]}
+        more = f" and {len(features) - 8} more" if len(features) > 8 else ""  # a CSV of pixels has 785
+        raise ValueError(f"{name}: expected an 'image' column of type datasets.Image, found columns {found}{more}")
     if "label" not in features:
         raise ValueError(f"{name}: expected a 'label' column (digits 0-9), found columns {list(features)}")
     label = features["label"]
@@ -284,6 +305,7 @@ __all__ = [
     "affine_grid",
     "check_schema",
     "decode_to_uint8",
+    "digit_labels",
     "elastic_displacement",
     "load_mnist",
     "plain_transform",

@@ -20,7 +20,15 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .data import BatchCollator, IndexDataset, decode_to_uint8, load_mnist, plain_transform, validation_split
+from .data import (
+    SPLIT_NAMES,
+    BatchCollator,
+    IndexDataset,
+    decode_to_uint8,
+    load_mnist,
+    plain_transform,
+    validation_split,
+)
 
 # ---- recipes ----------------------------------------------------------------------------------------------------
 
@@ -768,19 +776,45 @@ def check_arguments(args, world: int = 1) -> list[str]:
         if extra:
             problems.append(f"--data-path plain implements the seed's augmentation only (shift and rotation, "
                             f"nearest); this recipe also sets {', '.join(extra)}: use --data-path fast")  # fmt: skip
-    dataset = Path(str(getattr(args, "dataset", "")))
+    dataset = Path(str(getattr(args, "dataset", ""))).expanduser()
     if dataset.is_file() and not val_size:
         problems.append(f"--dataset {dataset} is one file, one split: evaluating on it would test on training rows; "
                         "pass the folder holding both splits, or hold rows out with --val-size")  # fmt: skip
+    train_split, eval_split = getattr(args, "train_split", "train"), getattr(args, "eval_split", "test")
+    if not val_size and SPLIT_NAMES.get(train_split, train_split) == SPLIT_NAMES.get(eval_split, eval_split):
+        problems.append(f"--train-split {train_split} and --eval-split {eval_split} are one split: evaluating "
+                        "on it would test on training rows; use another, or hold rows out with --val-size")  # fmt: skip
+    problems += unwritable_caches()
     output_dir = getattr(args, "output_dir", None)
     earlier = checkpoints(Path(output_dir)) if output_dir is not None and Path(output_dir).is_dir() else []
     if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
         problems.append(f"--output-dir {output_dir} is a file, not a folder")
+    elif output_dir is not None and not (writable(Path(output_dir)) and writable(Path(output_dir).absolute().parent)):
+        problems.append(f"--output-dir {output_dir}: it or its parent folder is not writable (the kept model is "
+                        "written beside it, then swapped in)")  # fmt: skip
     elif earlier and not getattr(args, "resume", False):
         found = ", ".join(c.name for c in earlier[-3:])
         problems.append(f"--output-dir {output_dir} holds an earlier run's checkpoints ({found}): pass --resume to "
                         "continue that run, or give a new or empty --output-dir (nothing was deleted)")  # fmt: skip
     return problems
+
+
+def writable(path: Path) -> bool:
+    """Whether `path` can be written: it, or where missing, the nearest folder above it that exists (it is made)."""
+    existing = next((q for q in (path, *path.absolute().parents) if q.exists()), None)
+    return existing is not None and existing.is_dir() and os.access(existing, os.W_OK)
+
+
+def unwritable_caches() -> list[str]:
+    """The caches a run writes into (`datasets`' Arrow files and locks, even for a local folder; `evaluate`'s copy of
+    the accuracy module), where not writable: one message each ([] if all are)."""
+    import datasets.config
+    from evaluate import config as evaluate_config
+
+    caches = (("HF_DATASETS_CACHE", datasets.config.HF_DATASETS_CACHE),
+              ("HF_MODULES_CACHE", evaluate_config.HF_MODULES_CACHE))  # fmt: skip
+    return [f"{folder} is not writable: datasets and evaluate cache there; point HF_HOME (or {name}) at a writable "
+            "folder" for name, folder in caches if not writable(Path(folder))]  # fmt: skip
 
 
 # The plain path's per-sample transforms: the seed's shift and rotation only; other recipe values need the fast path.
@@ -831,6 +865,10 @@ def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
     """Load the splits and make the fast path's uint8 tensors + batched augmentation, or the plain path's per-sample
     PIL transforms. With recipe.val_size, the evaluation set is rows held out of the training split."""
     train_ds = load_mnist(args.dataset, args.train_split, args.max_train_samples)
+    digits = sorted(set(np.unique(np.asarray(train_ds["label"])).tolist()))
+    if len(digits) < 10 and rank == 0:  # a run can still be meant so (a handful of rows): said, not refused
+        print(f"warning: the training rows of {args.dataset} hold only the digits {digits}: the model will not learn "
+              "the others")  # fmt: skip
     eval_name = args.eval_split
     if recipe.val_size:
         # Model choices are made on rows held out of the training split; the test split is left for the end.

@@ -129,6 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny run: 2 epochs on at most 512/256 samples")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
+    # A quoted or `--output-dir=~/x` tilde: Trainer expands it for the checkpoints, the final save would not.
+    args.output_dir = str(Path(args.output_dir).expanduser())
     if args.smoke:
         args.epochs = min(args.epochs, 2)
         args.max_train_samples = min(args.max_train_samples or 512, 512)

@@ -689,3 +689,102 @@ def test_kept_model_evaluation_is_not_written_over_an_epoch_row(tiny_dir, tmp_pa
     assert record["final_eval"]["accuracy"] == pytest.approx(best["test_accuracy"])
     for a, b in zip(rows, rows[1:]):  # the model changed between epochs: no two rows carry the same evaluation
         assert (a["test_loss"], a["test_accuracy"]) != (b["test_loss"], b["test_accuracy"])
+
+
+# ---- datasets and folders users bring --------------------------------------------------------------------------
+
+
+def test_digit_labels_are_read_by_name_whatever_their_order_or_type(tiny_dir, tmp_path):
+    """A ClassLabel naming the digits in another order (index i is digit names[i]) and a column of digit strings give
+    the digits' values, not their indices: the model's id2label is 0..9 in order."""
+    reference = load_mnist(str(tiny_dir), "test")
+    names = [str(9 - i) for i in range(10)]
+    permuted = reference.map(lambda row: {"label": 9 - row["label"]})
+    permuted = permuted.cast_column("label", datasets.ClassLabel(names=names))
+    as_strings = reference.cast_column("label", datasets.Value("string"))
+    for name, ds in [("permuted", permuted), ("strings", as_strings)]:
+        (tmp_path / name).mkdir()
+        ds.to_parquet(str(tmp_path / name / "test-00000-of-00001.parquet"))
+        assert load_mnist(str(tmp_path / name), "test")["label"] == reference["label"], name
+    datasets.Dataset.from_dict({"image": reference["image"][:2], "label": ["1", "one"]}).to_parquet(
+        str(tmp_path / "words-test.parquet"))  # fmt: skip
+    with pytest.raises(ValueError, match="'label' strings must be the digits"):
+        load_mnist(str(tmp_path / "words-test.parquet"), "test")
+
+
+def test_the_legacy_mnist_id_loads_the_hub_dataset_not_a_cached_folder_of_that_name(monkeypatch):
+    """Offline, datasets answers a one-word id from its cache under that name, where it also caches every local folder
+    called `mnist` (the latest wins): "mnist" must mean ylecun/mnist."""
+    asked = []
+
+    def load_dataset(path, *args, **kwargs):
+        asked.append(path)
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.chdir(REPO_ROOT)  # no folder named mnist here
+    with pytest.raises(ConnectionError, match="--dataset ../shared/data/mnist"):
+        load_mnist("mnist")
+    assert asked == ["ylecun/mnist"]
+
+
+def test_one_split_for_training_and_evaluation_is_refused(tiny_dir, tmp_path, capsys):
+    """--train-split test (the default --eval-split) or --eval-split train would report training rows as a test."""
+    for flags in (["--train-split", "test"], ["--eval-split", "train"], ["--train-split", "val", "--eval-split",
+                                                                         "validation"]):  # fmt: skip
+        with pytest.raises(SystemExit) as refused:
+            train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "o"), "--smoke", *flags])
+        assert refused.value.code == 2 and "are one split" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_parent_and_caches_are_refused_before_training(tiny_dir, tmp_path, capsys, monkeypatch):
+    """The kept model is staged beside --output-dir: a run whose parent folder is read-only (a mount point, another
+    user's folder) trained to the end and then failed with a traceback. An HF_HOME that cannot be written failed as
+    'could not fetch from the Hub' for a local folder, or with evaluate's traceback."""
+    import os
+
+    import datasets.config
+
+    import minivision_hf.training as training
+
+    locked = tmp_path / "locked"
+    (locked / "run").mkdir(parents=True)  # writable itself, in a read-only parent
+    real_access = os.access
+    monkeypatch.setattr(training.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    with pytest.raises(SystemExit) as refused:
+        train.main(["--dataset", str(tiny_dir), "--output-dir", str(locked / "run"), "--smoke"])
+    assert refused.value.code == 2 and "or its parent folder is not writable" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "a_file" / "datasets"))
+    with pytest.raises(SystemExit) as refused:
+        train.main(["--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "o"), "--smoke"])
+    assert refused.value.code == 2 and "a_file/datasets is not writable" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "locked"] and not any((locked / "run").iterdir())
+
+
+def test_a_tilde_output_dir_is_one_folder_in_the_home(tiny_dir, tmp_path, monkeypatch):
+    """A quoted `~/run` (or `--output-dir=~/run`): Trainer expanded it for the checkpoints, the final save wrote a
+    literal ./~/run; a --resume there found no checkpoint."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    args = train.parse_args(["--dataset", str(tiny_dir), "--output-dir", "~/run", "--smoke"])
+    assert args.output_dir == str(tmp_path / "home" / "run")
+
+
+def test_training_rows_without_every_digit_are_named(tiny_dir, tmp_path, capsys):
+    """A split of one class trained to 100% 'test accuracy' (on that class) without a word."""
+    from types import SimpleNamespace
+
+    from minivision_hf.training import build_data
+
+    for split in ("train", "test"):
+        threes = load_mnist(str(tiny_dir), split).filter(lambda row: row["label"] == 3)
+        threes.to_parquet(str(tmp_path / f"{split}-00000-of-00001.parquet"))
+    args = SimpleNamespace(dataset=str(tmp_path), train_split="train", eval_split="test", max_train_samples=None,
+                           max_eval_samples=None, data_path="fast", channels_last=False, seed=0, val_seed=0)
+    build_data(args, RECIPES["seed"])
+    assert "hold only the digits [3]: the model will not learn the others" in capsys.readouterr().out
+    args.dataset = str(tiny_dir)
+    build_data(args, RECIPES["seed"])
+    assert "hold only" not in capsys.readouterr().out
