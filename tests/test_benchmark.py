@@ -111,11 +111,11 @@ def test_ratios_follow_from_the_numbers(bench):
         assert len(rounds) == 2 and speed == pytest.approx(sum(rounds) / 2)
     assert training["round_speedups"] == pytest.approx(
         [f / p for p, f in zip(training["plain"]["rounds_images_per_s"], training["fast"]["rounds_images_per_s"])],
-        rel=1e-3,
+        abs=5.1e-4,  # rounded to 3 decimals: relative 1e-3 fails below 0.5x (0.112 against 0.11232)
     )
     base = variants["eager_fp32"]["batch_1024"]["images_per_s"]
     for v in variants.values():
-        assert v["speedup_b1024"] == pytest.approx(v["batch_1024"]["images_per_s"] / base, rel=1e-3)
+        assert v["speedup_b1024"] == pytest.approx(v["batch_1024"]["images_per_s"] / base, abs=5.1e-4)
     # The winner: the fastest at batch 1024 among variants at most 0.1 points below eager fp32's accuracy.
     floor = variants["eager_fp32"]["accuracy"] - benchmarking.MAX_ACCURACY_DROP - 1e-9
     eligible = {n: v for n, v in variants.items() if v["accuracy"] >= floor}
