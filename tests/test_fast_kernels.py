@@ -11,6 +11,7 @@ process with MINIVISION_ISA_LEVEL=x86-64-v3 to build and run the kernels as an A
 
 import copy
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -105,6 +106,17 @@ def test_this_machine_is_detected_once():
     assert CAPS.cuda == torch.cuda.is_available()
     if os.path.exists("/proc/cpuinfo") and not os.environ.get("MINIVISION_ISA_LEVEL"):
         assert CAPS.cpu_source == "/proc/cpuinfo"
+
+
+def test_an_unreadable_cpuinfo_falls_back_to_pytorchs_reading(monkeypatch):
+    """A /proc/cpuinfo that exists but cannot be read (a sandbox's policy) is treated as none, not a crash."""
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(fast.capabilities.Path, "read_text", refuse)
+    caps = fast.detect_capabilities.__wrapped__()
+    assert caps.cpu_source.startswith("torch.backends.cpu"), caps
 
 
 def test_isa_level_simulation_only_removes_features():
@@ -229,6 +241,59 @@ def test_without_a_home_folder_the_kernel_cache_is_in_the_temp_folder(monkeypatc
 
     monkeypatch.setattr(build.Path, "home", staticmethod(no_home))
     assert build.cache_dir().parent.parent == Path(tempfile.gettempdir())
+
+
+def test_a_failed_builds_reason_is_its_error_lines_not_its_warnings():
+    warnings = "\n".join(f"csrc/winograd.c:{i}: note: the ABI for passing changed (-Wpsabi)" for i in range(40))
+    output = f"{warnings}\n/usr/bin/ld: final link failed: No space left on device\ncollect2: error: ld returned 1"
+    assert fast_build.compiler_error(output) == ("/usr/bin/ld: final link failed: No space left on device / "
+                                                 "collect2: error: ld returned 1")  # fmt: skip
+    assert fast_build.compiler_error("x" * 1000 + "the end").endswith("the end")  # no error line: the end
+    assert len(fast_build.compiler_error("error " * 100)) == 300
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_a_temp_cache_folder_planted_by_another_user_is_passed_over(tmp_path, monkeypatch):
+    """The shared temp folder is writable by all: its per-user cache is made 0700 and used only when this user owns
+    it and no one else can write to it; a folder planted there (another owner, world-writable, a link) is not used."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    fast_build._private_temp_dir.cache_clear()
+    mine = tmp_path / f"minivision-cache-{os.getuid()}"
+    assert fast_build.temp_cache_dir() == mine / "minivision_hf" and mine.stat().st_mode & 0o777 == 0o700
+    mine.chmod(0o777)  # anyone could have put a library in it
+    assert not fast_build.temp_cache_dir().is_relative_to(mine)
+    mine.rmdir()
+    mine.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    private = fast_build.temp_cache_dir()
+    assert not private.is_relative_to(mine) and private.parent.stat().st_mode & 0o777 == 0o700
+    if os.getuid() == 0:  # only root can hand a folder to another owner
+        mine.unlink()
+        mine.mkdir(mode=0o700)
+        os.chown(mine, 12345, 12345)
+        assert not fast_build.temp_cache_dir().is_relative_to(mine)
+    fast_build._private_temp_dir.cache_clear()
+
+
+@needs_kernels
+def test_a_cache_folder_that_cannot_be_written_builds_in_the_temp_folder(tmp_path, monkeypatch):
+    """A read-only cache folder (a read-only home on a cluster node, a container's read-only image) or one that
+    cannot be created: the library is built in this user's temp-folder cache, not skipped for PyTorch's ops."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MINIVISION_CACHE", str(tmp_path / "file" / "cache"))  # under a file: never a folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    built = []
+
+    def compile_by_copy(compiler, target, path):  # this machine's library stands in for a build (no compiler run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(LIB.path, path)
+        built.append(path)
+
+    monkeypatch.setattr(fast_build, "_compile", compile_by_copy)
+    result = fast_build.load_kernels.__wrapped__(CAPS)
+    assert result.library is not None, result.error
+    assert built and result.library.path == built[0] and built[0].parent == fast_build.temp_cache_dir()
+    assert fast_build.temp_cache_dir().is_relative_to(tmp_path / "tmp")
 
 
 @needs_kernels
@@ -837,3 +902,87 @@ def test_apply_fast_kernels_keeps_the_state_dict_and_saved_files(tmp_path):
     model.save_pretrained(tmp_path)  # reloads as the plain model, with the same weights
     reloaded = mv.MiniVisionForImageClassification.from_pretrained(tmp_path)
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in before.items())
+
+
+def test_kernel_sizes_are_passed_as_integers_under_jit_trace():
+    """torch.jit.trace hands `x.shape` out as 0-dim tensors: the C sizes must be their values, never their data
+    pointers (which ran the kernels over wild sizes: out of memory, or a segfault in the max-pool + ReLU). A traced
+    fp32 model then computes what the plain one does."""
+    calls = []
+
+    class _Recorder:
+        def __getattr__(self, name):
+            return lambda *values: calls.append(values) or 0
+
+    library = fast_build.KernelLibrary.__new__(fast_build.KernelLibrary)
+    library._cdll = _Recorder()
+    x = _channels_last(2, 16, 4, 6)
+    library.call("mv_pool_relu_forward_f32", x=x, y=x, code=x, images=torch.tensor(2), height=torch.tensor(4),
+                 width=torch.tensor(6), channels=torch.tensor(16), threads=torch.tensor(1))  # fmt: skip
+    assert calls[0][3:] == (2, 4, 6, 16, 1) and calls[0][0] == x.data_ptr()
+    if LIB is None:
+        return
+    plain = _model(dropout=0.0).eval()
+    fused = copy.deepcopy(plain)
+    report = fast.apply_fast_kernels(fused, bf16=False, capabilities=CAPS)
+    assert _paths(report) == ["c-one-pass", "c+bmm"]
+    x = _digits(8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values in the kernels' checks
+        traced = torch.jit.trace(fused, example_kwarg_inputs={"pixel_values": x}, strict=False)
+        torch.testing.assert_close(traced(pixel_values=x)["logits"], plain(pixel_values=x).logits)
+
+
+@needs_kernels
+def test_apply_fast_kernels_twice_follows_the_second_plan():
+    """A model swapped before (a notebook cell run again, a second preparation with other flags): every block is
+    chosen again under the new plan (here fp32 after bf16), the report lists them, and the model computes what the
+    plain model does."""
+    plain = _model(dropout=0.0).eval()
+    fused = copy.deepcopy(plain)
+    first = fast.apply_fast_kernels(fused, bf16=True, capabilities=CAPS)
+    second = fast.apply_fast_kernels(fused, bf16=False, capabilities=CAPS)
+    assert first["fused_blocks"] == second["fused_blocks"] == 2 and second["fast_dropouts"] == 1
+    assert second["precision"] == "fp32" and _paths(second) == ["c-one-pass", "c+bmm"]
+    assert all(block["precision"] == "fp32" for block in second["blocks"].values())
+    assert "precision=bf16" not in repr(fused)
+    assert not any(m.training for m in fused.modules()) and list(fused.state_dict()) == list(plain.state_dict())
+    x = _digits(8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(pixel_values=x).logits, plain(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_a_float64_model_under_bf16_autocast_computes_in_float64():
+    """Autocast leaves float64 tensors alone: a swapped model moved to float64 (an exact reference) computes in
+    float64 inside bf16 autocast too, as the plain model does, instead of running the bf16 kernels."""
+    plain = _model(dropout=0.0).eval().double()
+    fused = copy.deepcopy(plain)
+    fast.apply_fast_kernels(fused, bf16=True, capabilities=CAPS)
+    x = _digits(8).double()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = fused(pixel_values=x).logits, plain(pixel_values=x).logits
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want)
+
+
+@needs_kernels
+def test_an_unpickled_model_holds_kernels_this_cpu_can_run(tmp_path, monkeypatch):
+    """A pickled model (torch.save of the whole model) unpickled on a CPU without the features its library was built
+    for (an AVX-512 library found in a shared NFS cache, on an AVX2-only machine: SIGILL), or where the file is gone,
+    gets this CPU's own library; a one-pass Winograd block then runs as c+bmm, the same function."""
+    model = _model(dropout=0.0).eval()
+    fast.swap.swap_blocks(model, _plan(AVX512_BF16))
+    data = pickle.dumps(model)
+    assert pickle.loads(data).minivision.blocks[1].kernels is LIB  # this CPU: the same library
+    assert fast_build._unpickle_library(tmp_path / "gone.so", BUILD.target) is LIB  # file gone: this CPU's own
+
+    other = _OnlyBmm(LIB)  # the library "an AVX2-only CPU" builds, standing in for one (the real kernels)
+    monkeypatch.setattr(fast_build, "detect_capabilities", lambda: fast.Capabilities("x86_64", frozenset()))
+    monkeypatch.setattr(fast_build, "load_kernels", lambda caps: fast.BuildResult(other, BUILD.target))
+    unpickled = pickle.loads(data)
+    assert all(block.kernels is other for block in unpickled.minivision.blocks)
+    x = _digits(8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = unpickled(pixel_values=x).logits.float(), model(pixel_values=x).logits.float()
+    assert (got - want).abs().max() <= 3e-2 * want.abs().max()

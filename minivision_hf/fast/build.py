@@ -5,8 +5,9 @@ No library built for one CPU is ever loaded on another: a build targets the ISA 
 (`Capabilities.isa_level`, e.g. `-march=x86-64-v4 -mavx512bf16`, never `-march=native`), and the cache file's name
 holds a key over the sources, the compiler, the flags and the features that level needs. A CPU looks only for its
 own level's key, so a cache folder shared between machines (an NFS home, a container image) holds one library per
-level side by side. Where the compiler refuses the level's flags, the fallback build uses the compiler's default
-target and is keyed by the CPU's full feature set instead.
+level side by side (one that cannot be written, read-only or another user's, is read, and what is missing there is
+built in this user's folder in the temp folder instead). Where the compiler refuses the level's flags, the fallback
+build uses the compiler's default target and is keyed by the CPU's full feature set instead.
 
 Flag sets are tried in order: the level's flags with OpenMP (the kernels run on torch's own OpenMP threads), without
 OpenMP (single-threaded, e.g. Apple clang), then the compiler's default target, with and without OpenMP. Without a
@@ -19,6 +20,7 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .capabilities import ISA_LEVELS, Capabilities
+from .capabilities import ISA_LEVELS, Capabilities, detect_capabilities
 
 CSRC = Path(__file__).with_name("csrc")
 HEADER = CSRC / "minivision_kernels.h"
@@ -132,8 +134,46 @@ def cache_dir() -> Path:
         try:
             root = Path.home() / ".cache"
         except RuntimeError:  # "Could not determine home directory"
-            root = Path(tempfile.gettempdir()) / f"minivision-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
+            return temp_cache_dir()
     return Path(root) / "minivision_hf"
+
+
+def temp_cache_dir() -> Path:
+    """The temp folder's cache for this user: where there is no home folder, or cache_dir() cannot be written.
+
+    The shared temp folder is writable by everyone, so its per-user folder is made private (0700) and used only when
+    it is a real folder of this user's that no one else can write to; else (planted by another user, a link) a fresh
+    private folder of this process's is used, so no library that another user put there is ever loaded."""
+    user = os.getuid() if hasattr(os, "getuid") else None
+    top = Path(tempfile.gettempdir()) / f"minivision-cache-{user if user is not None else 0}"
+    try:
+        top.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = top.lstat()
+        private = stat.S_ISDIR(info.st_mode) and (user is None or (info.st_uid == user and not info.st_mode & 0o022))
+    except OSError:
+        private = False
+    return (top if private else _private_temp_dir()) / "minivision_hf"
+
+
+@functools.cache
+def _private_temp_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="minivision-cache-"))  # 0700, new: this process's own
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def compiler_error(output: str, limit: int = 300) -> str:
+    """The part of a failed build's output that says why, at most `limit` characters: its error lines (a linker's
+    "No space left on device" comes after pages of warnings), else its end."""
+    errors = [line.strip() for line in output.splitlines()
+              if any(word in line.lower() for word in ("error", "fatal", "failed", "cannot", "no space"))]  # fmt: skip
+    return " / ".join(errors)[:limit] if errors else output.strip()[-limit:]
 
 
 def sources() -> list[Path]:
@@ -198,7 +238,8 @@ def library_path(target: BuildTarget, compiler_id: str, machine: str) -> Path:
 class KernelLibrary:
     """The loaded C kernels, called by name with named arguments that must match SIGNATURES (tensors are passed as
     their data pointers, None as NULL, `threads` defaults to torch's thread count). Copies and pickles of a module
-    holding one share the same loaded library."""
+    holding one share the same loaded library; a pickle unpickled on a CPU without the features the library was built
+    for, or where its file is gone, gets this CPU's own library (`_unpickle_library`)."""
 
     def __init__(self, path: Path, target: BuildTarget):
         self.path, self.target = path, target
@@ -216,7 +257,7 @@ class KernelLibrary:
         names = [param for param, _ in params]
         if sorted(arguments) != sorted(names):
             raise TypeError(f"{name} takes ({', '.join(names)}), got ({', '.join(arguments)})")
-        values = [_c_value(arguments[param]) for param in names]
+        values = [_c_value(arguments[param], ctype) for param, ctype in params]
         status = getattr(self._cdll, name)(*values)
         if status:
             raise RuntimeError(f"{name} failed: {STATUS.get(status, f'status {status}')}")
@@ -228,18 +269,32 @@ class KernelLibrary:
         return self  # read-only once loaded: a deep-copied model keeps calling the same library
 
     def __reduce__(self):
-        return _load_library, (self.path, self.target)
+        return _unpickle_library, (self.path, self.target)
 
 
-def _c_value(value):
+def _c_value(value, ctype: str):
+    if ctype in CTYPES:  # a size: under torch.jit.trace `x.shape` gives 0-dim tensors, never their data pointers
+        return int(value)
     if isinstance(value, torch.Tensor):
         return value.data_ptr()
-    return value  # ints, and None for NULL
+    return value  # None for NULL
 
 
 @functools.cache
 def _load_library(path: Path, target: BuildTarget) -> KernelLibrary:
     return KernelLibrary(path, target)
+
+
+def _unpickle_library(path: Path, target: BuildTarget) -> KernelLibrary:
+    """A pickled library, in the process that unpickles it: the same file where this CPU has every feature it was
+    built for; else (another CPU: a model pickled on an AVX-512 machine, its file found in a shared cache folder,
+    would stop at its first AVX-512 instruction here; or the file is gone) the library built for this CPU."""
+    if target.features <= detect_capabilities().cpu_features and path.exists():
+        return _load_library(path, target)
+    build = load_kernels(detect_capabilities())
+    if build.library is None:
+        raise RuntimeError(f"unpickling a model with the fast kernels of {path.name}: {build.error}")
+    return build.library
 
 
 @dataclass(frozen=True)
@@ -276,6 +331,8 @@ def load_kernels(capabilities: Capabilities) -> BuildResult:
     attempts = []
     for target in build_targets(capabilities):
         path = library_path(target, identity, capabilities.machine)
+        if not path.exists() and not _writable(path.parent):  # a read-only cache folder, or another user's
+            path = temp_cache_dir() / path.name
         try:
             if not path.exists():
                 _compile(compiler, target, path)
@@ -288,5 +345,5 @@ def load_kernels(capabilities: Capabilities) -> BuildResult:
                 library = _load_library(path, target)
             return BuildResult(library, target, attempts=attempts)
         except (OSError, subprocess.CalledProcessError) as err:
-            attempts.append(f"{' '.join(target.flags)}: {(getattr(err, 'stderr', '') or str(err)).strip()[:300]}")
+            attempts.append(f"{' '.join(target.flags)}: {compiler_error(getattr(err, 'stderr', '') or str(err))}")
     return BuildResult(None, error=f"building the fast kernels with {compiler} failed: " + " | ".join(attempts))

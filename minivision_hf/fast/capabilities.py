@@ -156,9 +156,11 @@ def limit_to_level(features: frozenset[str], level: str) -> frozenset[str]:
 @functools.cache
 def detect_capabilities() -> Capabilities:
     """This machine's capabilities (read once per process). Honours MINIVISION_ISA_LEVEL (see the module docstring)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    features, source = cpu_features_from(cpuinfo.read_text() if cpuinfo.exists() else None,
-                                         torch.backends.cpu.get_cpu_capability(), platform.machine(),
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # none (macOS, Windows), or not readable (a sandbox): PyTorch's reading
+        cpuinfo = None
+    features, source = cpu_features_from(cpuinfo, torch.backends.cpu.get_cpu_capability(), platform.machine(),
                                          os.environ.get("ATEN_CPU_CAPABILITY"))  # fmt: skip
     level = os.environ.get("MINIVISION_ISA_LEVEL")
     if level:

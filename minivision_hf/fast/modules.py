@@ -74,8 +74,9 @@ def conv_kernel_applies(x: torch.Tensor, precision: str) -> bool:
     it on; "fp32" kernels need an fp32 input and no CPU autocast (inside one, PyTorch's ops run at its precision)."""
     if not (x.device.type == "cpu" and x.dim() == 4 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0):
         return False
-    if precision == "bf16":
-        return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if precision == "bf16":  # autocast casts no float64 tensor: a float64 model computes in float64 inside it
+        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return bf16 and x.dtype != torch.float64
     return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
@@ -139,7 +140,8 @@ class FusedConvPoolReLUBlock(nn.Module):
         if self.direct and not x.requires_grad and applies:  # no input gradient from this kernel
             pooled = Conv1PoolReLU.apply(x, conv.weight, conv.bias, self.kernels, bf16)
         elif self.winograd and applies:
-            one_pass = self.path is KernelPath.C_ONE_PASS
+            # (a model unpickled on a CPU without AVX-512 BF16 holds that CPU's library: the same block as c+bmm)
+            one_pass = self.path is KernelPath.C_ONE_PASS and self.kernels.one_pass_winograd
             pooled = WinogradConvPoolReLU.apply(x, conv.weight, conv.bias, self.kernels, one_pass, self.chunk, bf16)
         else:
             pooled = self.act(self.pool(conv(x)))

@@ -80,13 +80,14 @@ def swap_blocks(model: nn.Module, plan: FastPathPlan) -> dict[str, FusedConvPool
     """Give every block with a 2x2 stride-2 max-pool followed by ReLU its fused module: conv blocks (conv, pool, act,
     norm) become `FusedConvPoolReLUBlock` on their chosen path; other such blocks get `FusedMaxPoolReLU` as their pool
     (their act becomes Identity). No parameter changes: the state dict and saved files stay the same; each new module
-    takes the training / eval mode of the module it replaces. Returns the fused modules by the swapped block's
-    qualified name."""
+    takes the training / eval mode of the module it replaces. Blocks swapped before (a second call) are swapped again,
+    on the paths this plan chooses. Returns the fused modules by the swapped block's qualified name."""
     swapped = {}
     for parent_name, parent in list(model.named_modules()):
         for name, block in parent.named_children():
             pool, act = getattr(block, "pool", None), getattr(block, "act", None)
-            if not (isinstance(pool, nn.MaxPool2d) and isinstance(act, nn.ReLU) and _is_2x2(pool)):
+            again = isinstance(pool, FusedMaxPoolReLU) and isinstance(act, nn.Identity)
+            if not (again or isinstance(pool, nn.MaxPool2d) and isinstance(act, nn.ReLU) and _is_2x2(pool)):
                 continue
             qualified = f"{parent_name}.{name}" if parent_name else name
             if isinstance(getattr(block, "conv", None), nn.Conv2d) and hasattr(block, "norm"):
@@ -103,8 +104,8 @@ def swap_blocks(model: nn.Module, plan: FastPathPlan) -> dict[str, FusedConvPool
 
 def swap_dropouts(model: nn.Module) -> int:
     """Replace every nn.Dropout with `FastDropout` (same p, same training / eval mode: a dropout swapped into an
-    evaluating model stays off); returns how many."""
-    count = 0
+    evaluating model stays off); returns how many the model then has (those of an earlier call counted too)."""
+    count = sum(isinstance(m, FastDropout) for m in model.modules())
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:
