@@ -6,6 +6,7 @@ torch.export-based ONNX exporter).
 """
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -165,11 +166,39 @@ def written_opset(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+# The default-domain operators the exported graphs hold: model.onnx, and the QDQ ops model_quantized.onnx adds.
+EXPORT_OPS = ("BatchNormalization", "Conv", "Flatten", "Gemm", "MaxPool", "Relu", "Reshape", "QuantizeLinear",
+              "DequantizeLinear")  # fmt: skip
+
+
+@functools.cache
 def max_opset() -> int:
-    """The newest opset the installed onnx package knows (the exporter's version converter cannot go past it)."""
+    """The newest opset the export can write and ONNX Runtime can run: the installed onnx package's newest (the
+    exporter's version converter cannot go past it), lowered to the newest at which ORT's CPU provider has a kernel
+    for each of `EXPORT_OPS` (onnx 1.23 knows opset 28; ORT 1.32 has no QuantizeLinear-28 kernel, so an opset-28
+    int8 model would not load)."""
     import onnx
 
-    return onnx.defs.onnx_opset_version()
+    newest = onnx.defs.onnx_opset_version()
+    try:
+        from onnxruntime.capi import _pybind_state
+
+        kernels: dict[str, list[tuple[int, int]]] = {}
+        for kernel in _pybind_state.get_all_opkernel_def():
+            if kernel.provider == "CPUExecutionProvider" and kernel.domain in ("", "ai.onnx"):
+                kernels.setdefault(kernel.op_name, []).append(tuple(kernel.version_range))
+    except (ImportError, AttributeError):  # a private ORT API: without it, onnx's bound alone
+        return newest
+
+    def runs(op: str, v: int) -> bool:
+        # ORT takes a kernel for a node whose schema is since `v` when the kernel starts at `v`, or spans it with a
+        # closed range (kernel_registry.cc): an open-ended kernel since 25 does not run a QuantizeLinear-28 node
+        return any(lo == v or lo < v <= hi < 2**31 - 1 for lo, hi in kernels.get(op, ()))
+
+    for opset in range(newest, MIN_OPSET - 1, -1):
+        if all(runs(op, onnx.defs.get_schema(op, opset).since_version) for op in EXPORT_OPS):
+            return opset
+    return MIN_OPSET
 
 
 def set_metadata(path: Path, props: dict) -> None:
@@ -522,6 +551,7 @@ __all__ = [
     "export_onnx",
     "get_metadata",
     "max_opset",
+    "EXPORT_OPS",
     "ort_logits",
     "ort_session",
     "preprocess_for_quantization",

@@ -99,10 +99,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     output, report = Path(args.output), {}
+    model = AutoModelForImageClassification.from_pretrained(args.model).eval()
+    if not isinstance(model, mv.MiniVisionForImageClassification):
+        raise TypeError(f"{args.model} holds a {type(model).__name__}, not a MiniVisionForImageClassification")
+    processor = AutoImageProcessor.from_pretrained(args.model)
+    try:  # before anything is written: a missing or unreadable dataset is one line, not a traceback
+        data = onnx_utils.load_export_data(model, processor, args.calibration_dataset, args.calibration_samples,
+                                           args.eval_samples)  # fmt: skip
+    except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST, no such split
+        sys.exit(f"export_onnx.py: error: --calibration-dataset: {err}")
+
+    def write(staging: Path) -> None:
+        try:
+            report.update(export(args, model, data, staging))
+        except BaseException:  # a failed export leaves no staging folder behind (--output's old files stay)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
     # Written into a staging folder beside --output, then moved into place whole (files of the old folder that the
     # export does not write are kept): a killed export leaves the old files, never a half-written model.onnx or a new
     # model.onnx beside the old int8 model and report.
-    replace_folder(output, lambda staging: report.update(export(args, staging)), keep=("*",))
+    replace_folder(output, write, keep=("*",))
     (output / "model_int8.onnx").unlink(missing_ok=True)  # the old name: Hub tools look for model_quantized.onnx
     checks = report["checks"]
     failed = [f"{name} = {c['value']:.6g} (limit {c['limit']})" for name, c in checks.items() if not c["passed"]]
@@ -113,18 +130,11 @@ def main(argv=None) -> dict:
     return report
 
 
-def export(args: argparse.Namespace, output: Path) -> dict:
-    """The export into the folder `output` (empty): the ONNX files and the report, which it returns."""
+def export(args: argparse.Namespace, model, data: onnx_utils.ExportData, output: Path) -> dict:
+    """The export of `model` (eval mode), checked on `data`, into the folder `output` (empty): the ONNX files and the
+    report, which it returns."""
     fp32_path, int8_path = output / onnx_utils.FP32_FILE, output / onnx_utils.QUANTIZED_FILE
     threads = onnx_utils.cpu_cores()
-
-    # ---- model and data ----
-    model = AutoModelForImageClassification.from_pretrained(args.model).eval()
-    if not isinstance(model, mv.MiniVisionForImageClassification):
-        raise TypeError(f"{args.model} holds a {type(model).__name__}, not a MiniVisionForImageClassification")
-    processor = AutoImageProcessor.from_pretrained(args.model)
-    data = onnx_utils.load_export_data(model, processor, args.calibration_dataset, args.calibration_samples,
-                                       args.eval_samples)  # fmt: skip
 
     # ---- fp32 export and parity check ----
     onnx_utils.export_onnx(model, fp32_path, args.opset)
@@ -154,7 +164,9 @@ def export(args: argparse.Namespace, output: Path) -> dict:
                                         "quantization_scheme": onnx_utils.QUANT_SCHEMES[chosen]})  # fmt: skip
 
     # ---- report, then the checks ----
-    int8 = {"method": chosen, "why": why, **candidates[chosen], "candidates": candidates}
+    # "bytes": the shipped file, metadata included (each candidate's own "bytes" is its size before the metadata)
+    int8 = {"method": chosen, "why": why, **candidates[chosen], "bytes": int8_path.stat().st_size,
+            "candidates": candidates}  # fmt: skip
     checks = onnx_utils.export_checks(fp32, int8, args.max_logit_diff, args.min_agreement, qualified)
     report = {
         "script": "scripts/export_onnx.py",

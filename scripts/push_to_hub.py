@@ -490,9 +490,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="publish the root release only, not the release's variants/<name>/ branches")  # fmt: skip
     args = parser.parse_args(argv)
     space_id = args.space_id or f"{args.repo_id}-demo"
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     for repo in (args.repo_id, space_id):
         if repo.count("/") != 1 or not all(repo.split("/")):
             parser.error(f"repo ids are NAMESPACE/NAME, got {repo!r}")
+        try:  # the Hub's own rules, checked by the client only when it sends: refuse before staging and load checks
+            validate_repo_id(repo)
+        except HFValidationError as e:
+            flag = "--repo-id" if repo == args.repo_id else "--space-id" + ("" if args.space_id else " (REPO_ID-demo)")
+            parser.error(f"{flag}: {e}")
 
     if args.dry_run and Path(args.dry_run).exists():
         if not Path(args.dry_run).is_dir() or any(Path(args.dry_run).iterdir()):

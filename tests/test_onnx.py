@@ -160,6 +160,25 @@ def test_int8_model_loads_runs_and_report_explains_the_choice(exported, tiny_pix
     assert set(on_disk["hardware"]["cpu_features"]) == set(onnx_utils.CPU_FEATURES)
 
 
+def test_report_sizes_are_the_files_written(exported):
+    """Every size the report gives for the shipped files is the file's size on disk (the int8 section once gave the
+    chosen candidate's size before the labels and constants were written into its metadata)."""
+    out, _ = exported
+    on_disk = json.loads((out / "export_report.json").read_text())
+    sizes = {p.name: p.stat().st_size for p in out.glob("*.onnx")}
+    assert {name: f["bytes"] for name, f in on_disk["files"].items()} == sizes
+    assert on_disk["int8"]["bytes"] == sizes[onnx_utils.QUANTIZED_FILE]
+
+
+def test_a_missing_calibration_dataset_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "onnx"
+    with pytest.raises(SystemExit) as exit_info:
+        export_onnx.main(["--model", str(REPO_ROOT), "--output", str(out), "--calibration-dataset",
+                          str(tmp_path / "no_such_mnist"), *FAST_EXPORT])  # fmt: skip
+    assert "--calibration-dataset" in str(exit_info.value) and "no_such_mnist" in str(exit_info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no --output, no .onnx.staging beside it
+
+
 @pytest.mark.slow
 def test_8bit_weights_saturate_under_avx2_arithmetic_and_the_shipped_scheme_does_not(exported):
     """The bug of an AVX2-only CPU, reproduced from the report: u8s8 (8-bit weights) has pair sums beyond int16 in
@@ -338,3 +357,4 @@ def test_a_killed_export_leaves_the_previous_files_in_place(tmp_path, tiny_dir, 
         export_onnx.main(["--model", str(REPO_ROOT), "--output", str(out), "--calibration-dataset", str(tiny_dir),
                           *FAST_EXPORT])  # fmt: skip
     assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # and no staging folder left beside it

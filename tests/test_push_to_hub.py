@@ -477,6 +477,31 @@ def test_missing_token_is_refused_before_any_request(hub, release, space_src, tm
     assert hub.requests == []
 
 
+@pytest.mark.parametrize(
+    "repo_id, space_id, flag",
+    [
+        ("tester/mini vision", None, "--repo-id"),
+        ("tester/a..b", None, "--repo-id"),
+        ("tester/-mv", None, "--repo-id"),
+        ("tester/" + "m" * 94, None, "--space-id (REPO_ID-demo)"),  # valid, but its default Space id is too long
+        (REPO_ID, "tester/demo.git", "--space-id"),
+    ],
+)
+def test_malformed_repo_ids_are_usage_errors_before_staging(release, space_src, tmp_path, capsys, repo_id, space_id,
+                                                            flag):  # fmt: skip
+    """The Hub's repo-id rules are checked at once (exit 2, one line), not by the client after staging and the load
+    checks, where they read as a failed upload (exit 1, "rerun the same command"); a dry run checks them too."""
+    from scripts import push_to_hub
+
+    out = tmp_path / "out"
+    argv = ["--repo-id", repo_id, "--release", str(release), "--space-src", str(space_src), "--dry-run", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        push_to_hub.main(argv + (["--space-id", space_id] if space_id else []))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"error: {flag}: " in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_card_numbers_differing_from_the_record_are_refused(hub, release, space_src, tmp_path):
     changed = tmp_path / "changed"
     shutil.copytree(release, changed)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import minivision_hf as mv
+import onnx
 from minivision_hf import benchmarking as bench
 from minivision_hf import onnx_utils
 from minivision_hf.training import EpochRecorder
@@ -127,8 +128,23 @@ def test_export_writes_the_opset_asked_or_raises(tmp_path):
     assert onnx_utils.written_opset(path) == 19
     # The exporter quietly falls back to 18 for an opset it cannot convert to; export_onnx must not.
     with pytest.raises(ValueError, match="wrote opset 18"):
-        onnx_utils.export_onnx(_small_model(), tmp_path / "m30.onnx", onnx_utils.max_opset() + 2)
+        onnx_utils.export_onnx(_small_model(), tmp_path / "m30.onnx", onnx.defs.onnx_opset_version() + 1)
     assert not (tmp_path / "m30.onnx").exists()
+
+
+def test_the_newest_opset_accepted_gives_files_onnx_runtime_loads(tmp_path):
+    """--opset's upper bound is what ONNX Runtime runs, not only what onnx knows: onnx 1.23 knows opset 28, but ORT
+    1.32 has no QuantizeLinear-28 kernel, so an opset-28 export failed with a traceback after the fp32 checks."""
+    newest = onnx_utils.max_opset()
+    assert export_onnx.parse_args(["--opset", str(newest)]).opset == newest
+    fp32 = onnx_utils.export_onnx(_small_model(), tmp_path / "model.onnx", newest)
+    prepared = onnx_utils.preprocess_for_quantization(fp32, tmp_path / "prepared.onnx")
+    calibration = torch.randn(16, 1, 28, 28).numpy()
+    for method in ("u8s8_reduce_range", "u8u8"):
+        int8 = onnx_utils.quantize_int8(prepared, tmp_path / f"{method}.onnx", method, calibration)
+        for path in (fp32, int8):
+            logits = onnx_utils.ort_logits(onnx_utils.ort_session(path, 1), calibration[:3])
+            assert logits.shape == (3, 10), path
 
 
 def test_export_report_records_the_opset_in_the_file(tiny_dir, tmp_path):
