@@ -8,7 +8,7 @@ channels_last, and runs PyTorch's ops for every block (the C kernels are CPU ker
 in order, and a failing one is recorded with its error rather than stopping the rest: GPU time is scarce, so this is
 one prepared run (`bash scripts/gpu_check.sh run` on the GPU machine: the CUDA tests, then this script).
 
-    python -m scripts.gpu_time_to_accuracy --dataset ../shared/data/mnist
+    python -m scripts.gpu_time_to_accuracy --dataset ../shared/data/mnist --budget 420   # within a machine's limit
     python -m scripts.gpu_time_to_accuracy --smoke --allow-cpu --dataset tests/fixtures/mnist_tiny   # CI: the logic
 
 Writes records/gpu_time_to_accuracy.json and its markdown table (--output, --markdown). Seconds are the run
@@ -18,6 +18,7 @@ record's training seconds up to and including that epoch (evaluations excluded);
 import argparse
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from minivision_hf import benchmarking as bench
 from minivision_hf.data import DEFAULT_DATASET
 from minivision_hf.training import output_file, positive, write_json, write_text
 
+MIN_CONFIG_S = 20.0  # under this many seconds left of --budget, a configuration is not started
 ANCHOR = {"seconds_to_99.0": 0.76, "what": "train_mnist_fast, one epoch, GTX 1660 Ti"}
 # name, data path, target, train.py arguments. The 99% configurations are the CPU benchmark's fast one, a larger batch
 # (fewer, bigger steps suit a GPU) and torch.compile; the 99.5% one is `plus` in a short one-cycle schedule; the plain
@@ -54,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny runs (train.py --smoke): the script's logic, for CI")
     p.add_argument("--timeout", type=positive(float), default=150.0,
                    help="seconds at most per configuration (then: its error)")  # fmt: skip
+    p.add_argument("--budget", type=positive(float), default=None,
+                   help="seconds at most for all configurations (a machine's time limit): each gets at most what is "
+                        "left, and those left when it is spent are recorded as not run")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -70,6 +75,15 @@ def seconds_to(record: dict, target: float) -> dict:
     return {"epoch": None, "accuracy": None, "train_s": None}
 
 
+def failed(row: dict, stderr: str | bytes | None, lines: int = 30) -> dict:
+    """A failed configuration's row, with the last `lines` lines of its run's stderr (the traceback: on a lent GPU
+    machine there is no second look), also printed."""
+    stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr or ""
+    row["stderr_tail"] = stderr.strip().splitlines()[-lines:]
+    print(f"{row['name']}: failed: {row['error']}", *(f"  {line}" for line in row["stderr_tail"]), sep="\n")
+    return row
+
+
 def run_config(name: str, path: str, target: float, train_args: list[str], dataset: str, smoke: bool,
                timeout_s: float | None = None) -> dict:  # fmt: skip
     """One configuration's run: its seconds to 99.0% (and to 99.5% where its target is that), or its error."""
@@ -77,15 +91,14 @@ def run_config(name: str, path: str, target: float, train_args: list[str], datas
     row = {"name": name, "data_path": path, "target": target, "train_args": train_args}
     try:
         record = bench.train_run(path, dataset, extra, batch_size=256, timeout_s=timeout_s)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as error:
         row["error"] = f"stopped after {timeout_s:g} s (--timeout)"
-        print(f"{name}: failed: {row['error']}")
-        return row
+        return failed(row, error.stderr)
     except Exception as error:  # noqa: BLE001 -- a failing configuration is recorded, the others still run
         stderr = getattr(error, "stderr", "") or traceback.format_exc()
+        stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
         row["error"] = f"{type(error).__name__}: {stderr.strip().splitlines()[-1] if stderr.strip() else error}"
-        print(f"{name}: failed: {row['error']}")
-        return row
+        return failed(row, stderr)
     row.update(
         bf16=bool(record.get("bf16")),
         batch_size=record["args"]["batch_size"],
@@ -139,8 +152,16 @@ def main(argv=None) -> dict:
         "runs": [],
     }
     markdown_path = Path(args.markdown or Path(args.output).with_suffix(".md"))
+    deadline = time.monotonic() + args.budget if args.budget else None
     for config in configs:  # the record is rewritten after each run: a machine taken back keeps what was done
-        result["runs"].append(run_config(*config, args.dataset, args.smoke, args.timeout))
+        timeout = args.timeout if deadline is None else min(args.timeout, deadline - time.monotonic())
+        if timeout < MIN_CONFIG_S:
+            row = dict(zip(("name", "data_path", "target", "train_args"), config), error=f"not run: --budget "
+                       f"{args.budget:g} s spent")  # fmt: skip
+            print(f"{row['name']}: {row['error']}")
+            result["runs"].append(row)
+        else:
+            result["runs"].append(run_config(*config, args.dataset, args.smoke, round(timeout, 1)))
         write_json(Path(args.output), result)
         write_text(markdown_path, markdown(result))
     print(markdown(result))

@@ -243,6 +243,54 @@ def test_gpu_script_records_a_configuration_cut_by_its_timeout(monkeypatch):
     assert row["error"] == "stopped after 150 s (--timeout)" and "to_99_0" not in row
 
 
+def test_gpu_script_keeps_a_failing_configurations_traceback(monkeypatch):
+    """On a lent GPU machine there is no second look: a failed run's stderr tail (its traceback) is kept in the row,
+    from a failing run and from one cut by its timeout (whose captured stderr may come back as bytes)."""
+    import subprocess
+
+    from scripts import gpu_time_to_accuracy as gpu
+
+    traceback_lines = ["Traceback (most recent call last):", *[f'  File "x.py", line {i}' for i in range(40)],
+                       "RuntimeError: CUDA error: no kernel image"]  # fmt: skip
+
+    def broken(path, dataset, extra, batch_size, timeout_s=None):
+        raise subprocess.CalledProcessError(1, ["scripts.train"], stderr="\n".join(traceback_lines) + "\n")
+
+    monkeypatch.setattr(gpu.bench, "train_run", broken)
+    row = gpu.run_config("plus-2ep", "fast", 0.99, ["--recipe", "plus"], "d", smoke=False, timeout_s=150)
+    assert row["error"] == "CalledProcessError: RuntimeError: CUDA error: no kernel image"
+    assert row["stderr_tail"] == traceback_lines[-30:]
+
+    def too_slow(path, dataset, extra, batch_size, timeout_s=None):
+        raise subprocess.TimeoutExpired(["scripts.train"], timeout_s, stderr=b"epoch 1\ncompiling\n")
+
+    monkeypatch.setattr(gpu.bench, "train_run", too_slow)
+    row = gpu.run_config("plus-2ep", "fast", 0.99, [], "d", smoke=False, timeout_s=150)
+    assert row["error"] == "stopped after 150 s (--timeout)" and row["stderr_tail"] == ["epoch 1", "compiling"]
+
+
+def test_gpu_script_keeps_within_its_budget(monkeypatch, tmp_path):
+    """--budget (the machine's time left) caps each configuration's timeout at what is left; those that find it
+    spent are recorded as not run, in the JSON and the table, rather than cut off unrecorded by the machine."""
+    from scripts import gpu_time_to_accuracy as gpu
+
+    clock, timeouts = [1000.0], []
+
+    def slow_run(path, dataset, extra, batch_size, timeout_s=None):
+        timeouts.append(timeout_s)
+        clock[0] += 40.0
+        return {"epochs": [{"epoch": 1, "wall_s": 1.0, "test_accuracy": 0.991}], "args": {"batch_size": batch_size}}
+
+    monkeypatch.setattr(gpu.bench, "train_run", slow_run)
+    monkeypatch.setattr(gpu.time, "monotonic", lambda: clock[0])
+    result = gpu.main(["--budget", "90", "--timeout", "60", "--allow-cpu", "--output", str(tmp_path / "g.json")])
+    assert timeouts == [60.0, 50.0]  # the second gets what is left; the third would have 10 s < MIN_CONFIG_S
+    runs = json.loads((tmp_path / "g.json").read_text())["runs"]
+    assert [r["name"] for r in runs] == [c[0] for c in gpu.CONFIGS] and runs == result["runs"]
+    assert all(r["error"] == "not run: --budget 90 s spent" for r in runs[2:]) and "error" not in runs[0]
+    assert "not run: --budget 90 s spent" in (tmp_path / "g.md").read_text()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_gpu_script_refuses_to_time_a_cpu_as_a_gpu(tmp_path):
     from scripts import gpu_time_to_accuracy as gpu
