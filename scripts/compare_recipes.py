@@ -16,8 +16,8 @@
         --variant plus-ema plus "--ema-decay 0.999" --variant plus-ema-50 plus "--ema-decay 0.999 --epochs 50" \
         --output records/recipe_search.json
     # then, once the choice is made on the validation rows, the chosen runs' one evaluation on the test split
-    python -m scripts.compare_recipes --evaluate-test records/recipe_search_a.json records/recipe_search_b.json \
-        --only plus-ema --as best --dataset ../shared/data/mnist --output records/recipes_best.json
+    python -m scripts.compare_recipes --evaluate-test records/recipe_search_k.json --only plus-ema-ls0 --as best \
+        --dataset ../shared/data/mnist --output records/recipes_best.json
 
 Each run is `scripts/train.py` (Trainer) followed by `scripts/eval_model.py`'s evaluation of the kept model on the
 whole test split, in fp32 through the image processor. Runs are saved under --work-dir/<recipe>-<path>-seed<k>

@@ -9,7 +9,8 @@ in order, and a failing one is recorded with its error rather than stopping the 
 one prepared run (`bash scripts/gpu_check.sh run` on the GPU machine: the CUDA tests, then this script).
 
     python -m scripts.gpu_time_to_accuracy --dataset ../shared/data/mnist --budget 420   # within a machine's limit
-    python -m scripts.gpu_time_to_accuracy --smoke --allow-cpu --dataset tests/fixtures/mnist_tiny   # CI: the logic
+    python -m scripts.gpu_time_to_accuracy --smoke --allow-cpu --dataset tests/fixtures/mnist_tiny \
+        --output /tmp/gpu_tta.json   # CI: the logic
 
 Writes records/gpu_time_to_accuracy.json and its markdown table (--output, --markdown). Seconds are the run
 record's training seconds up to and including that epoch (evaluations excluded); `wall_s` includes them.

@@ -1,15 +1,16 @@
 """Load test for the Gradio demo: N concurrent gradio_client clients, each sending M requests; errors and latency.
 
     .venv/bin/python -m scripts.load_test                        # launch spaces_app/app.py; 8 clients x 25 requests
-    .venv/bin/python -m scripts.load_test --quick                # 2 clients x 5 requests (smoke mode)
+    .venv/bin/python -m scripts.load_test --quick --output /tmp/load_test.json   # 2 clients x 5 requests (smoke)
     .venv/bin/python -m scripts.load_test --url http://127.0.0.1:7860/    # attach to a running app
-    .venv/bin/python -m scripts.load_test --model outputs/quick  # launch the app on another model folder or Hub id
+    .venv/bin/python -m scripts.load_test --model outputs/quick --output /tmp/load_quick.json  # another model
 
 Requests alternate between the two endpoints: /predict (a Sketchpad value whose composite is the image) and
 /predict_image. The images are spaces_app/examples/*.png (MNIST test digits and drawn-style renderings of them: black
 ink on white or on a transparent layer, 400-800 px canvases, off-centre, thick strokes); their label is in the file
 name, so wrong answers are counted too. Latency is per request as a client sees it: upload + queue + inference +
-result. Writes a JSON record (--output) with the resolved arguments, versions, git commit and the results.
+result. Writes a JSON record (--output; default records/load_test.json, the README's figures) with the resolved
+arguments, versions, git commit and the results.
 """
 
 import argparse

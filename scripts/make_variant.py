@@ -2,8 +2,8 @@
 its own generated model card. The repo root stays the seed recipe's release; push_to_hub publishes each variant as a
 branch of the model repo (`revision="best"`).
 
-    python -m scripts.make_variant --run outputs/best/best-fast-seed1 --name best --dataset ../shared/data/mnist \
-        --comparison records/recipes_best.json --search records/recipe_search.json
+    python -m scripts.make_variant --run outputs/search/plus-ema-ls0-seed1 --name best --recipe best \
+        --dataset ../shared/data/mnist --comparison records/recipes_best.json --search records/recipe_search_*.json
 
 Steps, in order:
 1. load the run's kept weights (save_pretrained folder written by scripts/train.py; for the `best` recipe, the EMA);

@@ -1,6 +1,6 @@
 """Plot the recipe search (issue 13): every variant tried, on the validation rows and, once chosen, on the test split.
 
-    python -m scripts.plot_recipe_search            # records/recipe_search*.json + recipes_best*.json -> assets/
+    python -m scripts.plot_recipe_search  # records/recipe_search*.json + recipes_best*.json -> assets/recipe_search.png
 
 Writes assets/recipe_search.png: (left) the kept weights' validation accuracy per epoch, mean over each variant's
 seeds; (right) each variant's final validation accuracy per seed, and the test accuracy of the runs that were
@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="validation-search records (default: records/recipe_search*.json)")  # fmt: skip
     p.add_argument("--tested", nargs="*", type=existing_file,
                    help="test-evaluated records (default: records/recipes_best*.json)")  # fmt: skip
-    p.add_argument("--out", type=output_file, default="assets/recipe_search.png")
+    p.add_argument("--out", type=output_file, default="assets/recipe_search.png", help="PNG file to write")
     return p.parse_args(argv)
 
 

@@ -75,7 +75,11 @@ def recipes_block() -> str:
     summary = _load("recipes.json")
     if not summary:
         return "_Not measured yet: `python -m scripts.compare_recipes` writes records/recipes.json._"
-    return _recipes_table(summary) + "\n\nSource: `records/recipes.json` (`" + summary["command"] + "`)."
+    command = summary["command"]
+    if summary.get("merged_from"):  # its command is the parts' commands: the merge that made recipes.json follows
+        command += ("; python -m scripts.compare_recipes --merge " + " ".join(summary["merged_from"])
+                    + " --output records/recipes.json")  # fmt: skip
+    return _recipes_table(summary) + "\n\nSource: `records/recipes.json` (`" + command + "`)."
 
 
 def best_variant_block() -> str:

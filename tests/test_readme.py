@@ -40,3 +40,19 @@ def test_usage_snippet_runs(monkeypatch):
 
 def test_readme_numbers_come_from_the_records():
     assert update_readme.main(["--check"]) == 0, "run `python -m scripts.update_readme`"
+
+
+def test_recipes_source_names_the_merge_that_wrote_the_merged_record(monkeypatch):
+    """A merged records/recipes.json keeps its parts' training commands; the README's source line must also give the
+    `--merge` that turns their outputs into recipes.json, or the commands it shows never write the file it cites."""
+    recipes = json.loads((REPO_ROOT / "records" / "recipes.json").read_text())
+    merged = {**recipes, "command": "python -m scripts.compare_recipes --recipes seed --output records/a.json; "
+              "python -m scripts.compare_recipes --recipes plus --output records/b.json",
+              "merged_from": ["records/a.json", "records/b.json"]}  # fmt: skip
+    monkeypatch.setattr(update_readme, "_load", lambda name: merged if name == "recipes.json" else None)
+    source = update_readme.recipes_block().rsplit("Source: ", 1)[1]
+    assert source.endswith("--output records/b.json; python -m scripts.compare_recipes --merge records/a.json "
+                           "records/b.json --output records/recipes.json`).")  # fmt: skip
+    unmerged = {k: v for k, v in merged.items() if k != "merged_from"}
+    monkeypatch.setattr(update_readme, "_load", lambda name: unmerged if name == "recipes.json" else None)
+    assert "--merge" not in update_readme.recipes_block()
