@@ -56,6 +56,7 @@ ONNX_FILES = ("model.onnx", "model_quantized.onnx", "export_report.json")  # wha
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".txt", ".md", ".yaml", ".yml"}
 MODEL_SOURCE_FILE = "model_source.json"  # read by spaces_app/app.py when MINIVISION_MODEL is not set
 LOAD_CHECK_TIMEOUT_S = 300  # a fresh interpreter importing torch + transformers takes ~5 s here
+CARD_REPO_ID = "minivision/mini-vision-v2"  # the id in the committed cards' snippets (make_model_card's default)
 
 
 class ReleaseError(Exception):
@@ -118,8 +119,16 @@ def _with_relative_imports(source: Path) -> set[Path]:
     return found
 
 
-def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_DIR) -> Path:
-    """Write the model repo's files from `release_dir` into `out_dir` (new or empty) and return it."""
+def name_repo(readme: Path, repo_id: str | None) -> None:
+    """Point a staged card's snippets and links (written for CARD_REPO_ID) at the repo being published."""
+    if repo_id and repo_id != CARD_REPO_ID:
+        readme.write_text(readme.read_text().replace(CARD_REPO_ID, repo_id))
+
+
+def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_DIR,
+                     repo_id: str | None = None) -> Path:  # fmt: skip
+    """Write the model repo's files from `release_dir` into `out_dir` (new or empty) and return it; with `repo_id`,
+    the card's snippets name that repo."""
     release_dir, code_dir = Path(release_dir), Path(code_dir)
     if not release_dir.is_dir():
         raise ReleaseError(f"release folder {release_dir} does not exist")
@@ -136,6 +145,7 @@ def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_
     for name in REQUIRED_FILES:
         shutil.copy2(release_dir / name, out_dir / name)
     shutil.copy2(card, out_dir / "README.md")
+    name_repo(out_dir / "README.md", repo_id)
 
     modules = _auto_map_modules(release_dir / "config.json") | _auto_map_modules(
         release_dir / "preprocessor_config.json"
@@ -188,6 +198,7 @@ def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | N
         print(f"note: {space_src} has no requirements.txt; the Space will only have the SDK's packages")
     out_dir = _prepare_out_dir(out_dir)
     _copy_tree(space_src, out_dir)
+    name_repo(out_dir / "README.md", model_id)
     metadata_save(out_dir / "README.md", {**settings, "models": [model_id]})  # the Hub links the Space to the model
     write_model_source(out_dir, model_id, revision)
     return out_dir
@@ -509,13 +520,13 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.dry_run) if args.dry_run else Path(tmp)
         token = None
         try:
-            model_dir = stage_model_repo(Path(args.release), out / "model")
+            model_dir = stage_model_repo(Path(args.release), out / "model", repo_id=args.repo_id)
             space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None)
             numbers = check_card_numbers(model_dir)
             print(f"model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, loss {numbers['loss']}")
             variant_dirs = {}
             for name, folder in ({} if args.no_variants else find_variants(Path(args.release))).items():
-                variant_dirs[name] = stage_model_repo(folder, out / "variants" / name)
+                variant_dirs[name] = stage_model_repo(folder, out / "variants" / name, repo_id=args.repo_id)
                 numbers = check_card_numbers(variant_dirs[name])
                 print(f"variant {name}: model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, "
                       f"loss {numbers['loss']}")  # fmt: skip

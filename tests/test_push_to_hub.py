@@ -321,6 +321,24 @@ def test_stage_model_repo_takes_only_release_files(release, tmp_path):
         stage_model_repo(release, tmp_path / "model")
 
 
+def test_staged_cards_name_the_repo_being_published(release, space_src, tmp_path):
+    """The committed cards' snippets name the project's repo (CARD_REPO_ID); a push to another repo stages cards
+    whose snippets and links name that one, for the model repo and for the Space."""
+    from scripts.make_model_card import DEFAULT_REPO_ID
+    from scripts.push_to_hub import CARD_REPO_ID
+
+    assert CARD_REPO_ID == DEFAULT_REPO_ID
+    card = tmp_path / "release"
+    shutil.copytree(release, card)
+    (card / "model_card.md").write_text((release / "model_card.md").read_text() +
+                                        f'\nmodel = AutoModel.from_pretrained("{CARD_REPO_ID}")\n')  # fmt: skip
+    staged = stage_model_repo(card, tmp_path / "model", repo_id="me/my-mnist")
+    text = (staged / "README.md").read_text()
+    assert 'from_pretrained("me/my-mnist")' in text and CARD_REPO_ID not in text
+    space = stage_space(space_src, tmp_path / "space", "me/my-mnist", None)
+    assert CARD_REPO_ID not in (space / "README.md").read_text()
+
+
 def test_stage_space_pins_the_model_and_drops_caches(space_src, tmp_path):
     staged = stage_space(space_src, tmp_path / "space", REPO_ID, "a" * 40)
     files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
