@@ -696,10 +696,15 @@ def output_file(text: str) -> str:
     return output_folder(str(path.parent)) and text
 
 
+def nearest_existing(path: Path) -> Path | None:
+    """`path` if it exists, else the nearest of its parents that does (None: not even its first part)."""
+    return next((q for q in (path, *path.parents) if q.exists()), None)
+
+
 def output_folder(text: str) -> str:
     """argparse type of the scripts' output folders: refused when it, or the nearest part of it that exists, is a file
     (a missing folder is made)."""
-    existing = next((q for q in (Path(text), *Path(text).parents) if q.exists()), None)
+    existing = nearest_existing(Path(text))
     if existing is not None and not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder")
     return text
@@ -801,7 +806,7 @@ def check_arguments(args, world: int = 1) -> list[str]:
 
 def writable(path: Path) -> bool:
     """Whether `path` can be written: it, or where missing, the nearest folder above it that exists (it is made)."""
-    existing = next((q for q in (path, *path.absolute().parents) if q.exists()), None)
+    existing = nearest_existing(path.absolute())
     return existing is not None and existing.is_dir() and os.access(existing, os.W_OK)
 
 
@@ -845,7 +850,7 @@ def bf16_supported() -> bool:
     """Whether bf16 autocast runs natively: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16."""
     from .fast import detect_capabilities  # the one place that reads the machine's capabilities
 
-    return detect_capabilities().bf16_native("cuda" if torch.cuda.is_available() else "cpu")
+    return detect_capabilities().bf16_native(training_device())
 
 
 # ---- data, model, trainer ---------------------------------------------------------------------------------------
@@ -908,24 +913,36 @@ def build_model(args, use_bf16: bool | None = None) -> tuple[torch.nn.Module, di
     """A freshly initialised MiniVision model, channels_last and with the fused kernels when the flags ask; the
     kernels' report (None without them)."""
     from . import MiniVisionConfig, MiniVisionForImageClassification
-    from .fast import apply_fast_kernels
 
-    model = MiniVisionForImageClassification(MiniVisionConfig())
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if not args.fast_kernels:
+    model, report = prepare_model(MiniVisionForImageClassification(MiniVisionConfig()), args, use_bf16)
+    if report is None:
         return model, None
-    # Fused conv/max-pool/ReLU C kernels (the second conv as Winograd) and a cheaper dropout: same parameters and
-    # saved files; outputs equal to bf16 rounding.
-    # Each block's kernel path is chosen here, once, for the device Trainer will use and the run's precision.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    report = apply_fast_kernels(model, winograd=args.winograd, device=device, bf16=use_bf16)
     if not report["kernels_built"]:
         print(f"--fast-kernels: {report['build_error']}; the blocks use PyTorch's conv, max_pool2d and ReLU")
     elif report["build_attempts_failed"]:  # built, but not for the first target (e.g. without OpenMP: one thread)
         failed = " | ".join(report["build_attempts_failed"])
         print(f"--fast-kernels: built with {report['build_flags']!r} after these failed: {failed}")
     return model, report
+
+
+def training_device() -> str:
+    """The device Trainer trains on: CUDA where there is one, else the CPU (training_arguments' use_cpu)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def prepare_model(model: torch.nn.Module, args, use_bf16: bool | None = None) -> tuple[torch.nn.Module, dict | None]:
+    """`model` channels_last and with the fused kernels as the flags ask; the kernels' report (None without them).
+
+    Fused conv/max-pool/ReLU C kernels (the second conv as Winograd) and a cheaper dropout: same parameters and saved
+    files; outputs equal to bf16 rounding. Each block's kernel path is chosen here, once, for the device Trainer will
+    use and the run's precision."""
+    from .fast import apply_fast_kernels
+
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if not args.fast_kernels:
+        return model, None
+    return model, apply_fast_kernels(model, winograd=args.winograd, device=training_device(), bf16=use_bf16)
 
 
 def load_teachers(args, recipe: Recipe, use_bf16: bool | None = None) -> list[torch.nn.Module]:
@@ -935,17 +952,10 @@ def load_teachers(args, recipe: Recipe, use_bf16: bool | None = None) -> list[to
         return []
     from transformers import AutoModelForImageClassification
 
-    from .fast import apply_fast_kernels
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     teachers = []
     for source in args.distill_from:
-        teacher = AutoModelForImageClassification.from_pretrained(source).to(device).eval().requires_grad_(False)
-        if args.channels_last:
-            teacher = teacher.to(memory_format=torch.channels_last)
-        if args.fast_kernels:
-            apply_fast_kernels(teacher, winograd=args.winograd, device=device, bf16=use_bf16)
-        teachers.append(teacher.eval())
+        teacher = AutoModelForImageClassification.from_pretrained(source).to(training_device())
+        teachers.append(prepare_model(teacher.eval().requires_grad_(False), args, use_bf16)[0].eval())
     return teachers
 
 
@@ -1263,6 +1273,7 @@ __all__ = [
     "move_folder_into_place",
     "lr_factor",
     "model_source",
+    "nearest_existing",
     "output_file",
     "output_folder",
     "process_counts",

@@ -47,6 +47,7 @@ from minivision_hf.training import (
     git_commit,
     hardware,
     model_source,
+    output_folder,
     positive,
     replace_folder,
     versions,
@@ -67,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", type=model_source, default=".",
                    help="model folder or Hub id (default: the release at the repo root)")  # fmt: skip
     output_help = "folder for model.onnx, model_quantized.onnx, export_report.json (created if missing)"
-    p.add_argument("--output", default="onnx", help=output_help)
+    p.add_argument("--output", type=output_folder, default="onnx", help=output_help)
     opset_help = f"ONNX opset, {onnx_utils.MIN_OPSET} to {onnx_utils.max_opset()} (default %(default)s)"
     p.add_argument("--opset", type=opset, default=onnx_utils.DEFAULT_OPSET, help=opset_help)
     p.add_argument("--calibration-dataset", default=DEFAULT_DATASET,
@@ -88,12 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-s", type=positive(float), default=2.0, help="seconds timed per model at batch 1024")
     p.add_argument("--max-logit-diff", type=float, default=1e-4, help="fp32 check: max |ONNX - PyTorch| logit")
     p.add_argument("--min-agreement", type=float, default=0.99, help="int8 check: top-1 agreement with PyTorch")
-    args = p.parse_args(argv)
-    output = Path(args.output)
-    existing = next((q for q in (output, *output.parents) if q.exists()), None)  # the part that exists already
-    if existing is not None and not existing.is_dir():
-        p.error(f"--output {args.output}: {existing} is a file, not a folder (the folder is created if missing)")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
