@@ -44,6 +44,8 @@ QUANT_METHODS = tuple(QUANT_SCHEMES)
 # Schemes whose integer sums cannot saturate on any x86 CPU ORT supports (checked from the weights in the file too:
 # int8_emulation.weight_pair_bounds). Only these may ship as model_quantized.onnx.
 SATURATION_FREE = ("u8s8_reduce_range", "u8u8")
+# Speeds within this fraction of each other are a tie in `choose_int8` (timings on a shared machine vary by more).
+SPEED_MARGIN = 0.1
 
 
 def cpu_cores() -> int:
@@ -446,11 +448,14 @@ def qemu_logits(path: Path, pixels: np.ndarray, cpu: str = "Haswell", timeout_s:
         return np.load(out)
 
 
-def choose_int8(candidates: dict[str, dict], fp32_accuracy: float, max_drop: float) -> tuple[str, str, bool]:
+def choose_int8(candidates: dict[str, dict], fp32_accuracy: float, max_drop: float,
+                speed_margin: float = SPEED_MARGIN) -> tuple[str, str, bool]:  # fmt: skip
     """The scheme to ship: the fastest at batch 1024 among those that (1) cannot saturate on any x86 CPU (by the
     arithmetic, from the weights in the file), (2) stay within `max_drop` of fp32's accuracy here and (3) under the
-    emulated AVX2 arithmetic. Returns (name, why, qualified); with none qualifying, the most accurate
-    saturation-free scheme, and qualified=False."""
+    emulated AVX2 arithmetic. Schemes within `speed_margin` (a fraction) of the fastest count as equally fast and the
+    first of them in `QUANT_METHODS` order wins, so timing noise on a busy machine does not flip the shipped file.
+    Returns (name, why, qualified); with none qualifying, the most accurate saturation-free scheme, and
+    qualified=False."""
     def holds(c: dict) -> bool:
         emulated = c["avx2_emulated"]
         return (c["saturation_free_by_arithmetic"] and c["accuracy"] >= fp32_accuracy - max_drop - 1e-9
@@ -460,9 +465,12 @@ def choose_int8(candidates: dict[str, dict], fp32_accuracy: float, max_drop: flo
         c["qualifies"] = holds(c)
     qualified = [m for m, c in candidates.items() if c["qualifies"]]
     if qualified:
-        chosen = max(qualified, key=lambda m: candidates[m]["speed_b1024"]["images_per_s"])
-        why = (f"fastest at batch 1024 among the schemes that cannot saturate int16 on CPUs without VNNI and stay "
-               f"within {max_drop * 100:g} points of fp32 here and under the emulated AVX2 arithmetic "
+        fastest = max(candidates[m]["speed_b1024"]["images_per_s"] for m in qualified)
+        chosen = next(m for m in QUANT_METHODS if m in qualified
+                      and candidates[m]["speed_b1024"]["images_per_s"] >= (1 - speed_margin) * fastest)  # fmt: skip
+        why = (f"fastest at batch 1024 (ties within {speed_margin:.0%}: the first in {', '.join(QUANT_METHODS)}) "
+               f"among the schemes that cannot saturate int16 on CPUs without VNNI and stay within "
+               f"{max_drop * 100:g} points of fp32 here and under the emulated AVX2 arithmetic "
                f"({', '.join(qualified)})")  # fmt: skip
         return chosen, why, True
     safe = [m for m, c in candidates.items() if c["saturation_free_by_arithmetic"]] or list(candidates)

@@ -16,7 +16,8 @@ Writes to --output (the file names Transformers.js and Optimum-style repos look 
   2 x 255 x 127 > 32767): 98.91% against 99.39% fp32 on an AVX2-only EPYC. Kept: the fastest scheme that (1) cannot
   saturate, checked from the weights in the file (7-bit weights: 2 x 255 x 64 = 32640 <= 32767; or uint8 weights,
   widened to int16), (2) is within --max-accuracy-drop of fp32 here, and (3) also under a numpy emulation of the
-  AVX2 arithmetic (`minivision_hf.int8_emulation`). The report names the scheme and why.
+  AVX2 arithmetic (`minivision_hf.int8_emulation`); speeds within 10% tie, and the first in QUANT_SCHEMES' order
+  wins, so machine load does not flip the choice. The report names the scheme and why.
 - `export_report.json`: checks, accuracies (this CPU and emulated AVX2), speeds, sizes, opset, versions, CPU.
 Both files carry id2label, label2id, the preprocessing constants and (for the int8 file) the scheme in their ONNX
 metadata_props.
