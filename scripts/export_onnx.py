@@ -2,6 +2,7 @@
 
     python -m scripts.export_onnx                                   # the release at the repo root -> onnx/
     python -m scripts.export_onnx --model outputs/seed --calibration-dataset ../shared/data/mnist
+    python -m scripts.export_onnx --model NS/mini-vision-v2 --revision best --output onnx-best   # a Hub branch
     python -m scripts.export_onnx --model . --output /tmp/onnx --calibration-dataset tests/fixtures/mnist_tiny \
         --eval-samples 256 --min-agreement 0.9 --time-s 0.05        # smoke (CI), seconds
 
@@ -68,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=model_source, default=".",
                    help="model folder or Hub id (default: the release at the repo root)")  # fmt: skip
+    p.add_argument("--revision", default=None, help="Hub revision of --model (branch, tag or commit sha), e.g. best")
     output_help = "folder for model.onnx, model_quantized.onnx, export_report.json (created if missing)"
     p.add_argument("--output", type=output_folder, default="onnx", help=output_help)
     opset_help = f"ONNX opset, {onnx_utils.MIN_OPSET} to {onnx_utils.max_opset()} (default %(default)s)"
@@ -96,10 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     output, report = Path(args.output), {}
-    model = AutoModelForImageClassification.from_pretrained(args.model).eval()
+    model = AutoModelForImageClassification.from_pretrained(args.model, revision=args.revision).eval()
     if not isinstance(model, mv.MiniVisionForImageClassification):
         raise TypeError(f"{args.model} holds a {type(model).__name__}, not a MiniVisionForImageClassification")
-    processor = AutoImageProcessor.from_pretrained(args.model)
+    processor = AutoImageProcessor.from_pretrained(args.model, revision=args.revision)
     try:  # before anything is written: a missing or unreadable dataset is one line, not a traceback
         data = onnx_utils.load_export_data(model, processor, args.calibration_dataset, args.calibration_samples,
                                            args.eval_samples)  # fmt: skip
@@ -155,7 +157,8 @@ def export(args: argparse.Namespace, model, data: onnx_utils.ExportData, output:
         shutil.copyfile(Path(tmp) / f"{chosen}.onnx", int8_path)
 
     # ---- labels and provenance in the ONNX metadata ----
-    metadata = onnx_utils.onnx_metadata(model, args.model, data)
+    source = f"{args.model}@{args.revision}" if args.revision else args.model
+    metadata = onnx_utils.onnx_metadata(model, source, data)
     onnx_utils.set_metadata(fp32_path, {**metadata, "quantization": "none"})
     onnx_utils.set_metadata(int8_path, {**metadata, "quantization": chosen,
                                         "quantization_scheme": onnx_utils.QUANT_SCHEMES[chosen]})  # fmt: skip
@@ -168,7 +171,7 @@ def export(args: argparse.Namespace, model, data: onnx_utils.ExportData, output:
     report = {
         "script": "scripts/export_onnx.py",
         "args": vars(args),
-        "model": str(args.model),
+        "model": str(source),
         "weights_sha256": metadata["weights_sha256"],
         "exporter": "torch.onnx.export(dynamo=True)",
         "opset": onnx_utils.written_opset(fp32_path),  # as written in model.onnx (export_onnx checks it is --opset)

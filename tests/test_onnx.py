@@ -379,3 +379,27 @@ def test_a_killed_export_leaves_the_previous_files_in_place(tmp_path, tiny_dir, 
                           *FAST_EXPORT])  # fmt: skip
     assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # and no staging folder left beside it
+
+
+def test_revision_reaches_both_loads_and_the_provenance(tmp_path, tiny_dir, monkeypatch):
+    """`--revision best` (a Hub branch such as the `best` variant's) is passed to the model's and the processor's
+    from_pretrained, and the report and both files' metadata name model@revision, not the main branch's id."""
+    seen = []
+
+    def loader(real):
+        def from_pretrained(source, **kwargs):
+            seen.append((real.__self__.__name__, kwargs.get("revision")))
+            return real(source)  # a local folder: the revision only has to reach the call
+
+        return from_pretrained
+
+    for auto in (export_onnx.AutoModelForImageClassification, export_onnx.AutoImageProcessor):
+        monkeypatch.setattr(auto, "from_pretrained", loader(auto.from_pretrained))
+    out = tmp_path / "onnx"
+    report = export_onnx.main(["--model", str(REPO_ROOT), "--revision", "best", "--output", str(out),
+                               "--calibration-dataset", str(tiny_dir), "--methods", "u8s8_reduce_range",
+                               *FAST_EXPORT])  # fmt: skip
+    assert seen == [("AutoModelForImageClassification", "best"), ("AutoImageProcessor", "best")]
+    assert report["model"] == f"{REPO_ROOT}@best" and report["args"]["revision"] == "best"
+    for name in (onnx_utils.FP32_FILE, onnx_utils.QUANTIZED_FILE):
+        assert onnx_utils.get_metadata(out / name)["source_model"] == f"{REPO_ROOT}@best"
