@@ -1,5 +1,49 @@
-"""Command-line scripts, each run as `python -m scripts.NAME` (its docstring has the exact command)."""
+"""Command-line scripts, each run as `python -m scripts.NAME` (its docstring has the exact command).
+
+Importing the package makes every script end the same way when it is stopped: Ctrl-C (SIGINT) or SIGTERM raises
+KeyboardInterrupt where the script is, so its `finally` blocks and context managers run (staging and temporary
+folders removed, child processes killed), and it ends with one line on stderr instead of a traceback (SIGTERM would
+otherwise end the process on the spot, leaving them behind); the exit status is non-zero (130 after Ctrl-C)."""
+
+import signal
+import sys
+import threading
+from pathlib import Path
 
 from minivision_hf.extras import install_excepthook
 
+
+class Terminated(KeyboardInterrupt):
+    """Raised by SIGTERM (kill, timeout, a job scheduler, torchrun stopping its workers) where the script is."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(f"{signal.Signals(signum).name}")
+
+
+def _say_interrupted(previous):
+    def hook(exc_type, exc, tb):
+        if not issubclass(exc_type, KeyboardInterrupt):
+            previous(exc_type, exc, tb)
+            return
+        how = "SIGTERM" if issubclass(exc_type, Terminated) else "SIGINT (Ctrl-C)"
+        name = Path(sys.argv[0]).stem or "script"
+        again = "again with --resume to continue from its last checkpoint" if name == "train" else "the same again"
+        print(f"\n{name}: interrupted by {how}; no output was left half-written (each is replaced whole): run it "
+              f"{again}", file=sys.stderr)  # fmt: skip
+
+    return hook
+
+
+def install_interrupt_handling() -> None:
+    """SIGTERM raises `Terminated` (a KeyboardInterrupt), unless something else already handles it; an uncaught
+    KeyboardInterrupt prints one line, not a traceback."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    if not getattr(sys.excepthook, "_minivision_interrupts", False):
+        sys.excepthook = _say_interrupted(sys.excepthook)
+        sys.excepthook._minivision_interrupts = True
+
+
 install_excepthook()  # a script stopped by a missing optional dependency ends with the extra to install
+install_interrupt_handling()

@@ -332,3 +332,31 @@ def test_write_json_and_write_text_leave_the_old_file_when_killed_while_writing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "record.json"]  # no temporary file left
     write_json(record, {"new": 1})
     assert json.loads(record.read_text()) == {"new": 1}
+
+
+# ---- interrupted scripts ------------------------------------------------------------------------------------------
+
+INTERRUPTED = r"""
+import time
+import scripts  # what `python -m scripts.NAME` imports first
+print("ready", flush=True)
+try:
+    time.sleep(60)
+finally:
+    print("cleaned up", flush=True)  # a staging folder removed, a child process killed
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_script_cleans_up_and_ends_with_one_line(sig, tmp_path):
+    """Ctrl-C ends a script with one line, not a traceback; SIGTERM (kill, timeout) too, after the script's `finally`
+    blocks ran (by default it ends the process on the spot: temporary folders and child processes left behind)."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and out == "cleaned up\n"
+    assert "Traceback" not in err and f"interrupted by {sig}" in err and "run it the same again" in err, err
