@@ -10,6 +10,7 @@ process with MINIVISION_ISA_LEVEL=x86-64-v3 to build and run the kernels as an A
 """
 
 import copy
+import functools
 import os
 import pickle
 import re
@@ -228,6 +229,21 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path):
     again = _run(code, tmp_path)
     assert again.returncode == 0 and again.stdout == first.stdout  # the same target (with OpenMP), rebuilt
     assert built.stat().st_size > 0
+
+
+def test_a_library_without_the_kernels_exports_falls_back_to_pytorch(tmp_path, monkeypatch):
+    """A compiler whose library exports none of the header's functions (hidden visibility; LLVM clang for Windows'
+    MSVC target exports nothing not marked dllexport) is a failed build, not a crash: every target is tried, then the
+    fast path runs PyTorch's ops with the reason. Any shared library without them stands in (ctypes' own)."""
+    import _ctypes
+
+    monkeypatch.setenv("MINIVISION_CACHE", str(tmp_path))
+    monkeypatch.setattr(fast_build, "_load_library", functools.cache(fast_build.KernelLibrary))  # cleared on failure
+    monkeypatch.setattr(fast_build, "find_compiler", lambda: "cc")
+    monkeypatch.setattr(fast_build, "_compile", lambda compiler, target, path: shutil.copy(_ctypes.__file__, path))
+    result = fast_build.load_kernels.__wrapped__(AVX2_ONLY)
+    assert result.library is None and "does not export mv_pool_relu_forward_bf16" in result.error, result
+    assert len(result.error.split(" | ")) == len(fast_build.build_targets(AVX2_ONLY))
 
 
 def test_without_a_home_folder_the_kernel_cache_is_in_the_temp_folder(monkeypatch):
@@ -976,6 +992,9 @@ def test_an_unpickled_model_holds_kernels_this_cpu_can_run(tmp_path, monkeypatch
     data = pickle.dumps(model)
     assert pickle.loads(data).minivision.blocks[1].kernels is LIB  # this CPU: the same library
     assert fast_build._unpickle_library(tmp_path / "gone.so", BUILD.target) is LIB  # file gone: this CPU's own
+    foreign = tmp_path / "minivision_kernels-x86-64-0123456789abcdef.so"  # another machine's: it needs no feature
+    foreign.write_bytes(b"\x7fELF" + bytes(60))  # (an x86-64 baseline build, say, unpickled by an arm64 process)
+    assert fast_build._unpickle_library(foreign, fast_build.BuildTarget("x86-64", frozenset(), ("-O3",))) is LIB
 
     other = _OnlyBmm(LIB)  # the library "an AVX2-only CPU" builds, standing in for one (the real kernels)
     monkeypatch.setattr(fast_build, "detect_capabilities", lambda: fast.Capabilities("x86_64", frozenset()))

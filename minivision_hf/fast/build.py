@@ -245,7 +245,10 @@ class KernelLibrary:
         self.path, self.target = path, target
         self._cdll = ctypes.CDLL(str(path))
         for name, (restype, params) in SIGNATURES.items():
-            function = getattr(self._cdll, name)
+            try:
+                function = getattr(self._cdll, name)
+            except AttributeError as err:  # built without exports (hidden visibility; clang for MSVC: no dllexport)
+                raise OSError(f"{path.name} does not export {name}: {err}") from err
             function.restype = CTYPES[restype]
             function.argtypes = [CTYPES.get(ctype, ctypes.c_void_p) for _, ctype in params]
         self.one_pass_winograd = bool(self._cdll.mv_winograd_one_pass_built())
@@ -287,10 +290,15 @@ def _load_library(path: Path, target: BuildTarget) -> KernelLibrary:
 
 def _unpickle_library(path: Path, target: BuildTarget) -> KernelLibrary:
     """A pickled library, in the process that unpickles it: the same file where this CPU has every feature it was
-    built for; else (another CPU: a model pickled on an AVX-512 machine, its file found in a shared cache folder,
-    would stop at its first AVX-512 instruction here; or the file is gone) the library built for this CPU."""
+    built for and it loads; else (another CPU: a model pickled on an AVX-512 machine, its file found in a shared cache
+    folder, would stop at its first AVX-512 instruction here; another machine: an x86-64 baseline build needs no
+    feature, yet an arm64 process cannot load it, e.g. one pickled under Rosetta on the same Mac; or the file is gone)
+    the library built for this CPU."""
     if target.features <= detect_capabilities().cpu_features and path.exists():
-        return _load_library(path, target)
+        try:
+            return _load_library(path, target)
+        except OSError:  # another architecture's or operating system's library
+            pass
     build = load_kernels(detect_capabilities())
     if build.library is None:
         raise RuntimeError(f"unpickling a model with the fast kernels of {path.name}: {build.error}")
