@@ -1168,13 +1168,18 @@ def replace_folder(target: Path, write, keep: tuple[str, ...] = ()) -> None:
 
     `write` fills a staging folder beside `target` (same file system); entries of the old folder named in `keep`
     ("*" for all that `write` did not produce) are hard-linked into it (copied where links fail); then
-    `move_folder_into_place` swaps the two."""
+    `move_folder_into_place` swaps the two. When `write` raises, the staging folder is removed and `target` is left
+    as it was."""
     target = Path(target)
     recover_folder(target)
     staging, _ = _staging_names(target)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    write(staging)
+    try:
+        write(staging)
+    except BaseException:  # failed or interrupted (Ctrl-C, SIGTERM in the scripts): no staging folder is left
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if target.exists():
         produced = {p.name for p in staging.iterdir()}
         for entry in target.iterdir():

@@ -14,6 +14,8 @@ Steps, in order:
 4. evaluate the variant on the test split, once, with ECE and TTA reported separately (records/eval_test.json), and
    record the calibration fit (records/calibration.json);
 5. copy the run record and the comparison records, plot the curves, write the variant's model_card.md.
+Steps 3-5 fill a staging folder beside the variant folder, which then replaces it whole (files of the old folder that
+the run does not write are kept): a killed run leaves the old variant, never new weights beside old records and card.
 """
 
 import argparse
@@ -31,7 +33,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import minivision_hf  # noqa: F401  (registers the Auto classes)
 from minivision_hf.data import load_mnist, validation_split
-from minivision_hf.training import RECIPES, git_commit, write_json
+from minivision_hf.training import RECIPES, git_commit, replace_folder, write_json
 from scripts import eval_model, make_model_card, plot_curves
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,17 +91,33 @@ def validation_rows(record: dict, dataset: str):
     return train.select(val_rows.tolist())
 
 
+def staged_records(out: Path, folder: Path) -> Path:
+    """records/ of the variant staged in `folder`: a copy of the current variant's (the records this run does not
+    write stay), which the run then writes over. Copies, not links: writing the staged files leaves the old ones."""
+    records = folder / "records"
+    if (out / "records").is_dir():
+        shutil.copytree(out / "records", records, symlinks=True)
+    else:
+        records.mkdir(parents=True)
+    return records
+
+
 def main(argv=None) -> Path:
     args = parse_args(argv)
     run = Path(args.run)
     out = Path(args.out) if args.out else ROOT / "variants" / args.name
     if args.refresh_records:
         drawn = ROOT / "records" / "app_drawn_accuracy.json"  # scripts/app_drawn_accuracy.py, both served models
-        for source in [args.comparison, *args.search, drawn if drawn.exists() else None]:
-            if source:
-                shutil.copyfile(source, out / "records" / Path(source).name)
-        make_model_card.main(["--records", str(out / "records"), "--output", str(out / "model_card.md"),
-                              "--repo-id", args.repo_id, "--variant", args.name])  # fmt: skip
+
+        def refresh(folder: Path) -> None:
+            records = staged_records(out, folder)
+            for source in [args.comparison, *args.search, drawn if drawn.exists() else None]:
+                if source:
+                    shutil.copyfile(source, records / Path(source).name)
+            make_model_card.main(["--records", str(records), "--output", str(folder / "model_card.md"),
+                                  "--repo-id", args.repo_id, "--variant", args.name])  # fmt: skip
+
+        replace_folder(out, refresh, keep=("*",))
         return out
     record = json.loads((run / "run_record.json").read_text())
     recipe_name = args.recipe or record["recipe"]
@@ -111,8 +129,6 @@ def main(argv=None) -> Path:
             raise SystemExit(f"the run's recipe values differ from RECIPES[{args.recipe!r}] (run, recipe): {diff}")
     model = AutoModelForImageClassification.from_pretrained(run).eval()
     processor = AutoImageProcessor.from_pretrained(run)
-    records = out / "records"
-    records.mkdir(parents=True, exist_ok=True)
 
     # ---- calibration on the validation rows (never the test split) ----
     calibration = {"fitted_on": None, "temperature": None}
@@ -137,30 +153,37 @@ def main(argv=None) -> Path:
         print(f"temperature {temperature} (val ECE {calibration['val_ece']:.4f} -> "
               f"{calibration['val_ece_temperature']:.4f})")  # fmt: skip
 
-    # ---- the variant folder ----
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    shutil.copyfile(run / "run_record.json", records / "run_record.json")
-    if (run / "tensorboard").exists():
-        shutil.rmtree(records / "tensorboard", ignore_errors=True)
-        shutil.copytree(run / "tensorboard", records / "tensorboard")
-    for source in [args.comparison, *args.search]:
-        if source:
-            shutil.copyfile(source, records / Path(source).name)
-    write_json(records / "calibration.json", {**calibration, "run": str(run), "git": git_commit()})
-    write_json(records / "variant.json", {"name": args.name, "recipe": recipe_name, "run": str(run),
-                                          "seed": record["seed"], "command": "python -m scripts.make_variant "
-                                          + " ".join(argv if argv is not None else sys.argv[1:])})  # fmt: skip
+    command = "python -m scripts.make_variant " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    # ---- the one test evaluation of the shipped weights (TTA separately) ----
-    eval_model.main(["--model", str(out), "--dataset", args.dataset, "--tta", "--no-progress",
-                     "--output", str(records / "eval_test.json")])  # fmt: skip
-    eval_model.main(["--model", args.seed_release, "--dataset", args.dataset, "--tta", "--no-progress",
-                     "--output", str(records / "eval_seed_release.json")])  # fmt: skip
-    plot_curves.main(["--record", str(records / "run_record.json"), "--eval", str(records / "eval_test.json"),
-                      "--out", str(out / "assets")])  # fmt: skip
-    make_model_card.main(["--records", str(records), "--output", str(out / "model_card.md"), "--repo-id",
-                          args.repo_id, "--variant", args.name])  # fmt: skip
+    def write(folder: Path) -> None:
+        # ---- the variant folder ----
+        records = staged_records(out, folder)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        shutil.copyfile(run / "run_record.json", records / "run_record.json")
+        if (run / "tensorboard").exists():
+            shutil.rmtree(records / "tensorboard", ignore_errors=True)
+            shutil.copytree(run / "tensorboard", records / "tensorboard")
+        for source in [args.comparison, *args.search]:
+            if source:
+                shutil.copyfile(source, records / Path(source).name)
+        write_json(records / "calibration.json", {**calibration, "run": str(run), "git": git_commit()})
+        write_json(records / "variant.json", {"name": args.name, "recipe": recipe_name, "run": str(run),
+                                              "seed": record["seed"], "command": command})  # fmt: skip
+
+        # ---- the one test evaluation of the shipped weights (TTA separately), as staged: the bytes shipped ----
+        result = eval_model.main(["--model", str(folder), "--dataset", args.dataset, "--tta", "--no-progress"])
+        write_json(records / "eval_test.json", {**result, "model": str(out)})  # the variant's name, not the staging
+        eval_model.main(["--model", args.seed_release, "--dataset", args.dataset, "--tta", "--no-progress",
+                         "--output", str(records / "eval_seed_release.json")])  # fmt: skip
+        plot_curves.main(["--record", str(records / "run_record.json"), "--eval", str(records / "eval_test.json"),
+                          "--out", str(folder / "assets")])  # fmt: skip
+        make_model_card.main(["--records", str(records), "--output", str(folder / "model_card.md"), "--repo-id",
+                              args.repo_id, "--variant", args.name])  # fmt: skip
+
+    # Built whole in a staging folder beside `out`, then swapped in (files of the old folder it does not write are
+    # kept): a kill leaves the old variant or the new one, never new weights beside the old records and card.
+    replace_folder(out, write, keep=("*",))
     print(f"wrote variant {args.name!r} to {out}")
     return out
 

@@ -373,3 +373,38 @@ def test_hub_branch_best_reproduces_the_recorded_accuracy(tmp_path, mnist_dir):
     result = json.loads(out.read_text())
     recorded = json.loads((VARIANT / "records" / "eval_test.json").read_text())
     assert result["accuracy"] == recorded["accuracy"] and result["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
+
+
+def _files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_killed_make_variant_leaves_the_old_variant_whole(tiny_dir, tmp_path, monkeypatch):
+    """make_variant writes weights, then records, evaluations, plots and card: killed part-way (here in the test
+    evaluation) it leaves the old variant whole (it used to leave the new weights beside the old records and card)
+    and no staging folder; the rerun writes the new variant whole."""
+    run = tmp_path / "run"  # a finished run: the seed release and its record
+    run.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        shutil.copyfile(REPO_ROOT / name, run / name)
+    shutil.copyfile(REPO_ROOT / "records" / "run_record.json", run / "run_record.json")
+    out = tmp_path / "variant"
+    shutil.copytree(VARIANT, out)  # the old variant: other weights, records and card
+    before = _files(out)
+    argv = ["--run", str(run), "--out", str(out), "--name", "t", "--dataset", str(tiny_dir), "--no-temperature"]
+
+    def killed(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_model, "main", killed)
+    with pytest.raises(KeyboardInterrupt):
+        make_variant.main(argv)
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "variant"]  # no staging folder left
+    monkeypatch.undo()
+    make_variant.main(argv)
+    assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    assert (out / "records" / "run_record.json").read_bytes() == (run / "run_record.json").read_bytes()
+    assert json.loads((out / "records" / "eval_test.json").read_text())["model"] == str(out)  # not the staging
+    assert (out / "records" / "recipes_best.json").exists()  # records this run does not write are kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "variant"]
