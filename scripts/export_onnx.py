@@ -108,12 +108,8 @@ def main(argv=None) -> dict:
     except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST, no such split
         sys.exit(f"export_onnx.py: error: --calibration-dataset: {err}")
 
-    def write(staging: Path) -> None:
-        try:
-            report.update(export(args, model, data, staging))
-        except BaseException:  # a failed export leaves no staging folder behind (--output's old files stay)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    def write(staging: Path) -> None:  # a failed export leaves no staging folder behind (--output's old files stay)
+        report.update(export(args, model, data, staging))
 
     # Written into a staging folder beside --output, then moved into place whole (files of the old folder that the
     # export does not write are kept): a killed export leaves the old files, never a half-written model.onnx or a new
@@ -143,7 +139,7 @@ def export(args: argparse.Namespace, model, data: onnx_utils.ExportData, output:
 
     # ---- int8 schemes: quantise each, measure here and under the emulated AVX2 arithmetic, keep one ----
     candidates = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=output) as tmp:  # inside the staging folder: a killed export's is removed too
         prepared = onnx_utils.preprocess_for_quantization(fp32_path, Path(tmp) / "model_prepared.onnx")
         for method in args.methods:
             path = onnx_utils.quantize_int8(prepared, Path(tmp) / f"{method}.onnx", method, data.calibration)

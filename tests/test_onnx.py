@@ -381,6 +381,27 @@ def test_a_killed_export_leaves_the_previous_files_in_place(tmp_path, tiny_dir, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # and no staging folder left beside it
 
 
+def test_the_int8_scratch_folder_lies_in_the_staging_folder(tmp_path, tiny_dir, monkeypatch):
+    """The int8 candidates (~5 MB a run) are quantised in a scratch folder inside the staging folder, not in /tmp:
+    a SIGKILL there (no cleanup) leaves it in the staging folder, which the next export removes; in /tmp one was
+    left behind for good at every kill."""
+    out, scratch = tmp_path / "onnx", []
+    fp32 = {"max_abs_logit_diff": {"b1": 0.0}, "accuracy": 1.0, "speed_b1024": {"images_per_s": 1.0}}
+    monkeypatch.setattr(onnx_utils, "export_onnx", lambda model, path, opset: Path(path).write_bytes(b"fp32"))
+    monkeypatch.setattr(onnx_utils, "check_fp32", lambda *args: fp32)
+
+    def killed_while_quantising(fp32_path, prepared_path):
+        scratch.append(Path(prepared_path).parent)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_utils, "preprocess_for_quantization", killed_while_quantising)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx.main(["--model", str(REPO_ROOT), "--output", str(out), "--calibration-dataset", str(tiny_dir),
+                          *FAST_EXPORT])  # fmt: skip
+    assert scratch[0].parent == tmp_path / ".onnx.staging"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # Ctrl-C: no staging folder, no --output
+
+
 def test_revision_reaches_both_loads_and_the_provenance(tmp_path, tiny_dir, monkeypatch):
     """`--revision best` (a Hub branch such as the `best` variant's) is passed to the model's and the processor's
     from_pretrained, and the report and both files' metadata name model@revision, not the main branch's id."""
