@@ -46,6 +46,7 @@ AVX512_BF16 = fast.Capabilities("x86_64", ISA_LEVELS["x86-64-v4-bf16"][0] | {"ss
 AMX = fast.Capabilities("x86_64", ISA_LEVELS["x86-64-v4"][0] | {"amx_bf16", "amx_tile"}, "faked Sapphire Rapids")
 CUDA_GPU = fast.Capabilities("x86_64", AVX2_ONLY.cpu_features, "faked", cuda=True, cuda_bf16=True, cuda_device="GPU")
 MAC = fast.Capabilities("arm64", frozenset(), "faked", mps=True)
+GRAVITON = fast.Capabilities("aarch64", frozenset({"fp", "asimd", "bf16", "sve"}), "faked Graviton 3")  # ARM bf16
 
 
 def _channels_last(*shape, dtype=torch.float32, seed=0):
@@ -184,6 +185,21 @@ def test_cache_key_differs_per_isa_feature_set():
     assert fast_build.library_path(v3, identity, "x86_64") != fast_build.library_path(v3, "clang 18", "x86_64")
     one_pass = fast_build.build_targets(AVX512_BF16)[0]
     assert one_pass.flags == ("-O3", "-march=x86-64-v4", "-mavx512bf16", "-fopenmp")
+
+
+def test_off_x86_the_build_targets_the_compilers_default():
+    """ARM (Linux aarch64, Apple Silicon arm64): no -march, the compiler's default target with OpenMP, then without
+    (Apple clang refuses -fopenmp), keyed by the machine and its features: never an x86 library's key."""
+    identity = "/usr/bin/cc Apple clang version 15.0.0"
+    for caps in (GRAVITON, MAC):
+        targets = fast_build.build_targets(caps)
+        assert [t.flags for t in targets] == [("-O3", "-fopenmp"), ("-O3",)]
+        assert {t.level for t in targets} == {fast_build.COMPILER_DEFAULT} and targets[0].features == caps.cpu_features
+    x86_default = fast_build.build_targets(fast.Capabilities("x86_64", frozenset()))[-1]
+    mac_default = fast_build.build_targets(MAC)[-1]
+    assert x86_default.flags == mac_default.flags and x86_default.features == mac_default.features  # all but machine
+    assert fast_build.library_path(x86_default, identity, "x86_64") != fast_build.library_path(mac_default, identity,
+                                                                                                "arm64")  # fmt: skip
 
 
 @needs_kernels
@@ -400,7 +416,7 @@ class _LibraryWithoutOnePass:
 
 
 CHOICE_CASES = ["avx512-bf16", "avx512-bf16-no-one-pass", "amx", "avx2", "avx2-forced-bf16", "bf16-off", "no-library",
-                "cuda", "mps"]  # fmt: skip
+                "cuda", "mps", "aarch64", "apple-silicon-cpu"]  # fmt: skip
 
 
 @needs_kernels
@@ -416,6 +432,8 @@ CHOICE_CASES = ["avx512-bf16", "avx512-bf16-no-one-pass", "amx", "avx2", "avx2-f
         (AVX512_BF16, "cpu", None, None, "bf16", ["torch", "torch"]),  # no compiler
         (CUDA_GPU, "cuda", None, None, "bf16", ["torch", "torch"]),
         (MAC, "mps", None, None, "fp32", ["torch", "torch"]),
+        (GRAVITON, "cpu", None, _LibraryWithoutOnePass(), "fp32", ["c-one-pass", "c+bmm"]),  # bf16 only on x86 (yet)
+        (MAC, "cpu", None, _LibraryWithoutOnePass(), "fp32", ["c-one-pass", "c+bmm"]),
     ],
     ids=CHOICE_CASES,
 )
