@@ -481,6 +481,65 @@ def push(
 # -- command line -----------------------------------------------------------------------------------------------
 
 
+def dry_run_staging(out_dir: Path) -> Path:
+    """The staging folder of a dry run into `out_dir`: beside it, emptied (a killed dry run's is removed)."""
+    staging = out_dir.resolve().with_name(f".{out_dir.resolve().name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def move_dry_run_into_place(staging: Path, out_dir: Path) -> None:
+    """The checked dry run becomes `out_dir` (new, or empty as the arguments required) in one rename."""
+    if out_dir.exists():
+        out_dir.rmdir()
+    os.rename(staging, out_dir)
+
+
+def stage_check_and_push(args: argparse.Namespace, out: Path, space_id: str) -> int:
+    """Stage the model repo, its variants and the Space in `out`, check them, then push (or, for a dry run, move
+    them into OUT_DIR). Returns the exit status."""
+    token = None
+    try:
+        model_dir = stage_model_repo(Path(args.release), out / "model", repo_id=args.repo_id)
+        space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None)
+        numbers = check_card_numbers(model_dir)
+        print(f"model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, loss {numbers['loss']}")
+        variant_dirs = {}
+        for name, folder in ({} if args.no_variants else find_variants(Path(args.release))).items():
+            variant_dirs[name] = stage_model_repo(folder, out / "variants" / name, repo_id=args.repo_id)
+            numbers = check_card_numbers(variant_dirs[name])
+            print(f"variant {name}: model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, "
+                  f"loss {numbers['loss']}")  # fmt: skip
+        if not args.dry_run:
+            from huggingface_hub import constants, get_token
+
+            if constants.HF_HUB_OFFLINE:
+                raise ReleaseError("HF_HUB_OFFLINE is set: unset it to publish (or use --dry-run)")
+            token = get_token()
+            if not token:
+                raise ReleaseError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")
+        for name, staged in {"root release": model_dir, **variant_dirs}.items():
+            summary = check_release(staged)
+            print(
+                f"load check passed ({name}): {summary['model_class']} from remote code, "
+                f"labels {','.join(summary['labels'])}, top prediction {summary['top']['label']}"
+            )
+    except ReleaseError as e:
+        print(f"REFUSED, nothing was sent: {_redact(str(e), token)}", file=sys.stderr)
+        return 2  # a dry run's OUT_DIR is left new or empty: the same dry run can be retried
+    _list_files(f"model repo {args.repo_id}", model_dir)
+    for name, staged in variant_dirs.items():
+        _list_files(f"model repo {args.repo_id}, branch {name}", staged)
+    _list_files(f"Space {space_id}", space_dir)
+    if args.dry_run:
+        move_dry_run_into_place(out, Path(args.dry_run))
+        print(f"dry run: staged in {args.dry_run}; nothing was sent ({MODEL_SOURCE_FILE} gets the revision at push "
+              "time)")  # fmt: skip
+        return 0
+    return push(model_dir, space_dir, args.repo_id, space_id, token, args.private, args.commit_message,
+                variant_dirs)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo-id", required=True, help="model repo to publish to, NAMESPACE/NAME")
@@ -517,48 +576,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--dry-run {args.dry_run}: give an empty or new folder to stage into")
 
     with tempfile.TemporaryDirectory(prefix="minivision-push-") as tmp:
-        out = Path(args.dry_run) if args.dry_run else Path(tmp)
-        token = None
+        # A dry run stages beside OUT_DIR and is moved into it once checked: a killed one leaves OUT_DIR as it was
+        # (the next run removes its staging folder), never a half-staged folder that blocks the retry.
+        out = dry_run_staging(Path(args.dry_run)) if args.dry_run else Path(tmp)
         try:
-            model_dir = stage_model_repo(Path(args.release), out / "model", repo_id=args.repo_id)
-            space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None)
-            numbers = check_card_numbers(model_dir)
-            print(f"model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, loss {numbers['loss']}")
-            variant_dirs = {}
-            for name, folder in ({} if args.no_variants else find_variants(Path(args.release))).items():
-                variant_dirs[name] = stage_model_repo(folder, out / "variants" / name, repo_id=args.repo_id)
-                numbers = check_card_numbers(variant_dirs[name])
-                print(f"variant {name}: model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, "
-                      f"loss {numbers['loss']}")  # fmt: skip
-            if not args.dry_run:
-                from huggingface_hub import constants, get_token
-
-                if constants.HF_HUB_OFFLINE:
-                    raise ReleaseError("HF_HUB_OFFLINE is set: unset it to publish (or use --dry-run)")
-                token = get_token()
-                if not token:
-                    raise ReleaseError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")
-            for name, staged in {"root release": model_dir, **variant_dirs}.items():
-                summary = check_release(staged)
-                print(
-                    f"load check passed ({name}): {summary['model_class']} from remote code, "
-                    f"labels {','.join(summary['labels'])}, top prediction {summary['top']['label']}"
-                )
-        except ReleaseError as e:
-            print(f"REFUSED, nothing was sent: {_redact(str(e), token)}", file=sys.stderr)
-            if args.dry_run:  # the folder was new or empty: leave it so, and the same dry run can be retried
-                for staged in out.iterdir() if out.is_dir() else ():
-                    shutil.rmtree(staged) if staged.is_dir() else staged.unlink()
-            return 2
-        _list_files(f"model repo {args.repo_id}", model_dir)
-        for name, staged in variant_dirs.items():
-            _list_files(f"model repo {args.repo_id}, branch {name}", staged)
-        _list_files(f"Space {space_id}", space_dir)
-        if args.dry_run:
-            print(f"dry run: staged in {out}; nothing was sent ({MODEL_SOURCE_FILE} gets the revision at push time)")
-            return 0
-        return push(model_dir, space_dir, args.repo_id, space_id, token, args.private, args.commit_message,
-                    variant_dirs)  # fmt: skip
+            return stage_check_and_push(args, out, space_id)
+        finally:
+            if args.dry_run:
+                shutil.rmtree(out, ignore_errors=True)  # refused or interrupted (once moved into place: gone)
 
 
 if __name__ == "__main__":

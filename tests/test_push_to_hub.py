@@ -479,6 +479,35 @@ def test_a_refused_dry_run_leaves_its_folder_empty_for_the_retry(hub, release, s
     assert hub.requests == []
 
 
+def test_a_killed_dry_run_leaves_its_folder_as_it_was_and_the_retry_stages(release, space_src, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    """A dry run stages beside OUT_DIR and moves in once checked: interrupted in its load check it leaves OUT_DIR
+    empty (it used to leave it half-staged, looking staged, and the retry was refused as not empty), and the staging
+    folder a SIGKILL leaves behind is cleared by the retry."""
+    from scripts import push_to_hub
+
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--repo-id", REPO_ID, "--release", str(release), "--space-src", str(space_src), "--dry-run", str(out)]
+
+    def killed(staged):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(push_to_hub, "check_release", killed)
+    with pytest.raises(KeyboardInterrupt):
+        push_to_hub.main(argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and not any(out.iterdir())
+    leftover = tmp_path / ".out.staging" / "model" / "half_copied.bin"  # what a SIGKILL (no clean-up) leaves
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"x")
+    checked = {"model_class": "MiniVisionForImageClassification", "labels": ["0"], "top": {"label": "0"}}
+    monkeypatch.setattr(push_to_hub, "check_release", lambda staged: checked)
+    assert push_to_hub.main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (out / "model" / "model.safetensors").is_file() and (out / "space" / "app.py").is_file()
+    assert not (out / "model" / "half_copied.bin").exists()
+
+
 @pytest.mark.slow
 def test_wrong_token_is_reported_without_echoing_it(hub, release, space_src, tmp_path):
     secret = "hf_wrong_secret_0123456789"
