@@ -604,6 +604,98 @@ def test_fast_training_step_on_an_emulated_avx2_only_cpu(tmp_path):
     assert [p.name.split("-")[1:-1] for p in built] == [["x86", "64", "v3"]]
 
 
+ZIG = os.environ.get("ZIG") or shutil.which("zig")  # a clang-based cross compiler (not a dependency: CI skips this)
+DRIVER = Path(__file__).with_name("fixtures") / "kernels_driver" / "kernels_driver.c"
+
+
+def _bits_nan_as_one(t: torch.Tensor) -> torch.Tensor:
+    """bf16 / fp32 data (or integer codes) as integer bits with every NaN as one pattern: x86's default NaN has the
+    sign bit set, ARM's does not (the values are the same)."""
+    if t.dtype not in (torch.bfloat16, torch.float32):
+        return t
+    bits = t.view(torch.int16 if t.dtype == torch.bfloat16 else torch.int32)
+    return torch.where(t.isnan(), torch.full_like(bits, 0x7FC0 if t.dtype == torch.bfloat16 else 0x7FC00000), bits)
+
+
+@needs_kernels
+@pytest.mark.slow
+@pytest.mark.skipif(ZIG is None, reason="zig (a clang-based cross compiler) not found: put it on PATH or set ZIG")
+@pytest.mark.skipif(shutil.which("qemu-aarch64") is None, reason="qemu-aarch64 not installed (apt install qemu-user)")
+def test_kernels_on_an_emulated_aarch64_match_this_cpus(tmp_path):
+    """The C kernels built for aarch64 (vec.h's vectors on NEON, 8 lanes; no OpenMP) by zig, run under qemu-aarch64,
+    give this CPU's library's outputs on the same inputs, single-threaded: bit for bit (every NaN counted as one:
+    x86's default NaN has the sign bit, ARM's not); the fp32 first block to fp32 rounding (FMA or not). Inputs hold
+    NaN, +-0, -inf, ties and negatives; denormals only where nothing rounds to bf16 (an AVX-512 BF16 library flushes
+    them there, as oneDNN does)."""
+    n, g = 2, torch.Generator().manual_seed(0)
+
+    def data(*shape, special=True, denormal=False):  # quarter steps: ties in most pooling windows
+        x = (torch.randn(*shape, generator=g) * 4).round() / 4
+        if special:
+            pick = torch.randint(0, 40, shape, generator=g)
+            for code, value in enumerate([float("nan"), -0.0, 0.0, float("-inf")] + [1e-39] * denormal):
+                x[pick == code] = value
+        return x
+
+    pool_x, first_x, win_x, win_m = data(n, 14, 14, 64, denormal=True), data(n, 28, 28), data(n, 14, 14, 32), \
+        data(16, n * 49, 64) * 3  # fmt: skip
+    first_x[0, 5, 7] = float("nan")
+    taps, bias1, bias2 = torch.randn(9, 32, generator=g) / 2, torch.randn(32, generator=g) / 10, torch.randn(64) / 10
+    bias1[3] = -100.0  # a channel ReLU closes everywhere
+    bf16 = [t.bfloat16() for t in (pool_x, first_x, win_x, win_m)]
+    f32 = [pool_x, first_x + torch.randn(first_x.shape, generator=g) * 1e-3, win_x, win_m]  # full fp32 mantissas
+    stdin = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in (*bf16, *f32, taps, bias1, bias2))
+
+    exe = tmp_path / "kernels_driver"
+    sources = [str(DRIVER), *map(str, fast_build.sources())]
+    build = subprocess.run([ZIG, "cc", "-target", "aarch64-linux-musl", "-O3", "-static", f"-I{fast_build.CSRC}",
+                            *sources, "-o", str(exe)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run(["qemu-aarch64", str(exe), str(n)], input=stdin, capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+    def here(name, x, y_dtype, code_dtype, out_numel, **sizes):  # this CPU's library, one thread
+        y, code = torch.empty(out_numel, dtype=y_dtype), torch.empty(out_numel, dtype=code_dtype)
+        LIB.call(name, x=x, y=y, code=code, threads=1, **sizes)
+        return [y, code]
+
+    def winograd_here(name, **arguments):
+        out = {key: torch.empty(numel, dtype=dtype) for key, (numel, dtype) in arguments.pop("out").items()}
+        LIB.call(name, **arguments, **out, threads=1)
+        return list(out.values())
+
+    t, pool, first, win = n * 49, dict(images=n, height=14, width=14, channels=64), \
+        dict(images=n, height=28, width=28, channels=32), dict(images=n, height=14, width=14)  # fmt: skip
+    expected = [
+        *here("mv_pool_relu_forward_bf16", bf16[0], torch.bfloat16, torch.int16, t * 64, **pool),
+        *here("mv_pool_relu_forward_f32", f32[0], torch.float32, torch.float32, t * 64, **pool),
+    ]
+    for x, dtype, name in ((bf16[1], torch.bfloat16, "mv_conv1_pool_relu_forward"),
+                           (f32[1], torch.float32, "mv_conv1_pool_relu_forward_f32")):  # fmt: skip
+        expected += winograd_here(name, x=x, taps=taps, bias=bias1, out={"y": (n * 196 * 32, dtype),
+                                                                         "code": (n * 196 * 32, torch.int16)}, **first)
+    for x, dtype, suffix in ((bf16[2], torch.bfloat16, ""), (f32[2], torch.float32, "_f32")):
+        expected += winograd_here(f"mv_winograd_input_transform{suffix}", x=x, out={"v": (16 * t * 32, dtype)},
+                                  channels=32, **win)  # fmt: skip
+    for m, dtype, suffix in ((bf16[3], torch.bfloat16, ""), (f32[3], torch.float32, "_f32")):
+        expected += winograd_here(f"mv_winograd_output_pool_relu{suffix}", m=m, bias=bias2,
+                                  out={"y": (t * 64, dtype), "code": (t * 64, torch.int16)}, channels=64, **win)
+    names = ["pool bf16", "pool bf16 codes", "pool f32", "pool f32 codes", "first bf16", "first bf16 codes",
+             "first f32", "first f32 codes", "winograd input bf16", "winograd input f32", "winograd output bf16",
+             "winograd output bf16 codes", "winograd output f32", "winograd output f32 codes"]  # fmt: skip
+
+    output, at = run.stdout, 0
+    for name, want in zip(names, expected, strict=True):
+        size = want.numel() * want.element_size()
+        got = torch.frombuffer(bytearray(output[at : at + size]), dtype=want.dtype)
+        at += size
+        if name == "first f32":
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, equal_nan=True, msg=name)
+        else:
+            assert torch.equal(_bits_nan_as_one(got), _bits_nan_as_one(want)), name
+    assert output[at:] == (0).to_bytes(4, "little")  # mv_winograd_one_pass_built(): AVX-512 BF16 only
+
+
 ZEN3_FLAGS = ("fpu sse sse2 ssse3 sse4_1 sse4_2 pni cx16 lahf_lm popcnt abm movbe xsave avx avx2 fma f16c bmi1 bmi2 "
               "sha_ni vaes vpclmulqdq")  # an AVX2-only EPYC's /proc/cpuinfo (no AVX-512, no VNNI)
 AVX512_HOST_FLAGS = ZEN3_FLAGS + " avx512f avx512bw avx512cd avx512dq avx512vl avx512_bf16 avx512_vnni avx_vnni"
