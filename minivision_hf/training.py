@@ -646,12 +646,33 @@ def write_file(path: Path, write) -> None:
     """Make `path` the file that `write(tmp_path)` writes, atomically (temporary file beside it, then os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files of `write_file` beside `path` whose process no longer runs (SIGKILLed while writing:
+    one was left per kill); a live writer's (another process writing the same file) is kept."""
+    prefix = f".{path.name}."
+    for tmp in path.parent.iterdir():
+        pid = tmp.name[len(prefix) : -len(".tmp")] if tmp.name.startswith(prefix) and tmp.name.endswith(".tmp") else ""
+        if pid.isdigit() and not process_running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 # ---- arguments --------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ variant whose numbers a card shows, code files that resolve where the release la
 models, argument parsing."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -360,3 +361,17 @@ def test_an_interrupted_script_cleans_up_and_ends_with_one_line(sig, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and out == "cleaned up\n"
     assert "Traceback" not in err and f"interrupted by {sig}" in err and "run it the same again" in err, err
+
+
+def test_write_text_removes_the_temporary_files_of_writers_that_were_killed(tmp_path):
+    """A writer SIGKILLed while writing leaves its temporary file (named by its process id); the next write of that
+    file removes those of processes that no longer run (one was left for good per kill), not a live writer's."""
+    from minivision_hf.training import write_text
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed, live = tmp_path / f".record.json.{int(ended.stdout)}.tmp", tmp_path / f".record.json.{os.getppid()}.tmp"
+    other = tmp_path / f".other.json.{int(ended.stdout)}.tmp"  # another file's: left to that file's next write
+    for leftover in (killed, live, other):
+        leftover.write_text('{"half')
+    write_text(tmp_path / "record.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["record.json", live.name, other.name])
