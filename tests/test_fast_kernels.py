@@ -262,6 +262,22 @@ def test_a_library_without_the_kernels_exports_falls_back_to_pytorch(tmp_path, m
     assert len(result.error.split(" | ")) == len(fast_build.build_targets(AVX2_ONLY))
 
 
+@needs_kernels
+@pytest.mark.skipif(os.name == "nt" or shutil.which("gcc") is None, reason="a POSIX shell script wrapping gcc")
+def test_a_compiler_command_with_words_in_cc_is_used(tmp_path, monkeypatch):
+    """CC holds a command, as make takes it ("ccache gcc", "zig cc" where there is no gcc, e.g. on Windows): the
+    kernels are built with that command, not with the first compiler on PATH."""
+    log, wrapper = tmp_path / "calls", tmp_path / "wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", f"{wrapper} gcc")
+    monkeypatch.setenv("MINIVISION_CACHE", str(tmp_path / "cache"))
+    assert fast_build.find_compiler() == f"{wrapper} gcc"
+    result = fast_build.load_kernels.__wrapped__(CAPS)
+    assert result.library is not None and result.library.path.is_relative_to(tmp_path), result.error
+    assert "-shared" in log.read_text() and fast_build.compiler_identity(f"{wrapper} gcc").startswith(f"{wrapper} gcc")
+
+
 def test_without_a_home_folder_the_kernel_cache_is_in_the_temp_folder(monkeypatch):
     from minivision_hf.fast import build
 

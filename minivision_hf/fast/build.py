@@ -19,6 +19,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -182,18 +183,27 @@ def sources() -> list[Path]:
 
 
 def find_compiler() -> str | None:
-    """$CC, else gcc, cc or clang: the first one on PATH."""
-    return next((c for c in (os.environ.get("CC"), "gcc", "cc", "clang") if c and shutil.which(c)), None)
+    """$CC, else gcc, cc or clang: the first one on PATH. $CC may be a command with words ("ccache gcc", "zig cc")."""
+    candidates = (os.environ.get("CC"), "gcc", "cc", "clang")
+    return next((c for c in candidates if c and c.strip() and shutil.which(compiler_command(c)[0])), None)
+
+
+def compiler_command(compiler: str) -> list[str]:
+    """The compiler as a command line's start: the whole string where it names a program (a Windows path with spaces),
+    else its words ("ccache gcc", "zig cc": $CC as make takes it)."""
+    return [compiler] if shutil.which(compiler) else shlex.split(compiler, posix=os.name != "nt")
 
 
 @functools.cache
 def compiler_identity(compiler: str) -> str:
-    """The compiler's resolved path and `--version` line: a different compiler makes a different library."""
+    """The compiler's resolved path (and words) and `--version` line: a different compiler makes a different
+    library."""
+    command = compiler_command(compiler)
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    return f"{shutil.which(compiler)} {version.splitlines()[0] if version else ''}"
+    return f"{' '.join([str(shutil.which(command[0])), *command[1:]])} {version.splitlines()[0] if version else ''}"
 
 
 @dataclass(frozen=True)
@@ -323,7 +333,8 @@ def _compile(compiler: str, target: BuildTarget, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         out = Path(tmp) / path.name
-        command = [compiler, *target.flags, "-shared", "-fPIC", f"-I{CSRC}", *map(str, sources()), "-o", str(out)]
+        command = [*compiler_command(compiler), *target.flags, "-shared", "-fPIC", f"-I{CSRC}", *map(str, sources()),
+                   "-o", str(out)]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True, text=True)
         os.replace(out, path)  # atomic: concurrent builders (torchrun ranks) each write a whole file
 
@@ -334,7 +345,7 @@ def load_kernels(capabilities: Capabilities) -> BuildResult:
     capability set). Pass the detected capabilities: a library built for a level this CPU lacks would crash it."""
     compiler = find_compiler()
     if compiler is None:
-        return BuildResult(None, error="no C compiler found (gcc, cc or clang)")
+        return BuildResult(None, error="no C compiler found ($CC, gcc, cc or clang)")
     identity = compiler_identity(compiler)
     attempts = []
     for target in build_targets(capabilities):
