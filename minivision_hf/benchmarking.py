@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from . import onnx_utils
 from .configuration_minivision import MiniVisionConfig
+from .fast.capabilities import ARM_RECORDED_FEATURES, X86_MACHINES, Capabilities
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"train_speedup": 5.0, "inference_speedup": 4.0, "time_to_accuracy_speedup": 10.0}
@@ -43,15 +44,24 @@ def cpu_record() -> dict:
     from .fast.capabilities import detect_capabilities
     from .training import hardware
 
-    features = onnx_utils.cpu_features()
+    features, caps = onnx_utils.cpu_features(), detect_capabilities()
     have = [name for name, present in features.items() if present]
     return {
         "cpu": hardware()["cpu"],
         "features": have,
-        "bf16": "native" if detect_capabilities().cpu_bf16_native else "emulated",
-        "int8_arithmetic": onnx_utils.int8_arithmetic(features),
-        "isa": " ".join(have) or "unknown",
+        "bf16": "native" if caps.cpu_bf16_native else "emulated",
+        "int8_arithmetic": onnx_utils.int8_arithmetic(features, caps.machine),
+        "isa": isa_label(caps, have),
     }
+
+
+def isa_label(caps: Capabilities, have: list[str]) -> str:
+    """The ISA as a figure records it: the x86 features of onnx_utils.CPU_FEATURES this CPU has; on an x86 CPU with
+    none of them its ISA level (e.g. "x86-64-v2"); off x86 the machine and its features that matter to int8 and bf16
+    kernels (ARM: dot products, int8 matmul, bf16, SVE)."""
+    if caps.machine not in X86_MACHINES:
+        return " ".join([caps.machine, *sorted(caps.cpu_features & ARM_RECORDED_FEATURES)])
+    return " ".join(have) or f"{caps.isa_level} (none of {', '.join(onnx_utils.CPU_FEATURES)})"
 
 
 def emulation_plan(cpu: dict, quick: bool) -> dict:

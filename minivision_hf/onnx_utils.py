@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,9 +71,14 @@ def cpu_features() -> dict[str, bool]:
     return {f: f in features for f in CPU_FEATURES}
 
 
-def int8_arithmetic(features: dict[str, bool]) -> str:
-    """How ORT's x86 kernels sum u8 x s8 products on this CPU: "amx", "vnni" (exact int32 dot products) or
-    "vpmaddubsw" (pairs saturate at int16; AVX2 and AVX-512 without VNNI)."""
+def int8_arithmetic(features: dict[str, bool], machine: str | None = None) -> str:
+    """How ORT's kernels sum u8 x s8 products on this CPU: on x86 "amx", "vnni" (exact int32 dot products) or
+    "vpmaddubsw" (pairs saturate at int16; AVX2 and AVX-512 without VNNI); elsewhere (ARM: dot products or widening
+    multiplies) "int32", exact. `machine`: platform.machine(), this one's by default."""
+    from .fast.capabilities import X86_MACHINES
+
+    if (machine or platform.machine()) not in X86_MACHINES:
+        return "int32"
     if features.get("amx_int8"):
         return "amx"
     if features.get("avx512_vnni") or features.get("avx_vnni"):

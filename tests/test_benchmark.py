@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import minivision_hf as mv
 from minivision_hf import benchmarking, onnx_utils
-from minivision_hf.fast import KernelPath
+from minivision_hf.fast import Capabilities, KernelPath, detect_capabilities
 from scripts import benchmark
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,8 @@ def test_record_has_every_number_positive(bench):
     assert on_disk["inference"]["onnx"]["file"] == "model_quantized.onnx"
     # The CPU's ISA next to every figure.
     isa = on_disk["cpu"]["isa"]
-    assert isa == " ".join(f for f, present in onnx_utils.cpu_features().items() if present)
+    assert isa == benchmarking.isa_label(detect_capabilities(), on_disk["cpu"]["features"]) and isa
+    assert on_disk["cpu"]["features"] == [f for f, present in onnx_utils.cpu_features().items() if present]
     for section in ("training", "inference", "peak", "pipeline"):
         assert on_disk[section]["isa"] == isa, section
     verdict = on_disk["inference"]["int8_verdict"]
@@ -167,6 +168,25 @@ def test_drawing_like_image_is_a_transparent_rgba_canvas_with_ink():
     alpha = image.getchannel("A")
     assert alpha.getextrema() == (0, 255)  # transparent background, opaque strokes
     assert mv.MiniVisionImageProcessor().has_ink(image) == [True]
+
+
+def test_the_isa_label_and_int8_arithmetic_name_every_kind_of_cpu():
+    """Each figure's ISA label says what the CPU is: its x86 features; an x86 CPU with none of them (pre-AVX2) by its
+    level, not "unknown"; an ARM CPU by its machine and ARM features (AMD's x86 "sme", memory encryption, is not ARM's
+    SME). ORT sums int8 products through saturating int16 pairs only on x86 without VNNI/AMX; ARM's are int32."""
+    old_x86 = Capabilities("x86_64", frozenset({"sse4_2", "popcnt", "ssse3", "cx16", "lahf_lm", "pni", "sse4_1"}))
+    graviton = Capabilities("aarch64", frozenset({"fp", "asimd", "asimddp", "i8mm", "bf16", "sve"}))
+    amd = Capabilities("x86_64", frozenset({"avx2", "avx512f", "sme"}))
+    assert benchmarking.isa_label(amd, ["avx2", "avx512f"]) == "avx2 avx512f"
+    assert benchmarking.isa_label(old_x86, []).startswith("x86-64-v2 (none of avx2, ")
+    assert benchmarking.isa_label(graviton, []) == "aarch64 asimddp bf16 i8mm sve"
+    assert benchmarking.isa_label(Capabilities("arm64", frozenset()), []) == "arm64"
+    assert "sme" not in amd.as_record()["cpu_features"] and "i8mm" in graviton.as_record()["cpu_features"]
+    assert graviton.cpu_int8_dot_products and not Capabilities("aarch64", frozenset({"asimd"})).cpu_int8_dot_products
+    none = dict.fromkeys(onnx_utils.CPU_FEATURES, False)
+    assert onnx_utils.int8_arithmetic(none, "x86_64") == "vpmaddubsw"
+    assert onnx_utils.int8_arithmetic({**none, "avx_vnni": True}, "x86_64") == "vnni"
+    assert onnx_utils.int8_arithmetic(none, "aarch64") == onnx_utils.int8_arithmetic(none, "arm64") == "int32"
 
 
 AVX2_ONLY = {"cpu": "test", "features": ["avx2"], "bf16": "emulated", "int8_arithmetic": "vpmaddubsw", "isa": "avx2"}

@@ -41,8 +41,11 @@ ISA_LEVELS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
 }
 X86_MACHINES = ("x86_64", "amd64", "AMD64")
 
-# Features worth recording next to a figure (the rest of /proc/cpuinfo's flags say nothing about these kernels).
+# Features worth recording next to a figure (the rest of /proc/cpuinfo's flags say nothing about these kernels); on ARM
+# (its `Features` names, which mean other things on x86: AMD's "sme" is memory encryption): int8 dot products and
+# matmul, bf16, SVE, SME.
 RECORDED_FEATURES = _X86_64_V4 | {"avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile"}
+ARM_RECORDED_FEATURES = frozenset({"asimddp", "i8mm", "bf16", "sve", "sve2", "sme"})
 
 # torch.backends.cpu.get_cpu_capability() -> the features it implies, where /proc/cpuinfo is missing.
 _TORCH_CAPABILITY_FEATURES = {"AVX512": _X86_64_V4, "AVX2": _X86_64_V3}
@@ -90,6 +93,8 @@ class Capabilities:
         """Whether the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX int8). Without them u8s8
         int8 kernels (ONNX Runtime's default) multiply through 16-bit intermediates that can saturate: issue 15 measured
         the shipped int8 model 0.48 points below fp32 on such a CPU."""
+        if self.machine not in X86_MACHINES:
+            return "asimddp" in self.cpu_features  # ARM's sdot/udot (ARMv8.2 dot product)
         return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & self.cpu_features)
 
     def bf16_native(self, device: str = "cpu") -> bool:
@@ -105,7 +110,8 @@ class Capabilities:
         return {
             "machine": self.machine,
             "isa_level": self.isa_level,
-            "cpu_features": sorted(self.cpu_features & RECORDED_FEATURES),
+            "cpu_features": sorted(self.cpu_features & (RECORDED_FEATURES if self.machine in X86_MACHINES
+                                                        else ARM_RECORDED_FEATURES)),  # fmt: skip
             "cpu_source": self.cpu_source,
             "cpu_bf16_native": self.cpu_bf16_native,
             "cpu_int8_dot_products": self.cpu_int8_dot_products,
