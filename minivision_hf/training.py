@@ -1018,8 +1018,6 @@ def build_trainer(args, recipe: Recipe, model, processor, data: TrainingData, wo
                   use_bf16: bool) -> MiniVisionTrainer:  # fmt: skip
     """The Trainer of a run: MiniVisionTrainer (EMATrainer with recipe.ema_decay), an EpochRecorder (with
     --target-accuracy) and TensorBoard events in output_dir/tensorboard."""
-    from transformers.integrations import TensorBoardCallback
-
     from .metrics import load_accuracy
 
     accuracy = load_accuracy()
@@ -1038,7 +1036,7 @@ def build_trainer(args, recipe: Recipe, model, processor, data: TrainingData, wo
         data_collator=data.collator,
         processing_class=processor,  # saved into every checkpoint, so each one loads on its own
         compute_metrics=compute_metrics,
-        callbacks=[recorder, TensorBoardCallback()],
+        callbacks=[recorder, resumable_tensorboard_callback()],
         recipe=recipe,
         recorder=recorder,
         save_total_limit=args.save_total_limit,
@@ -1057,6 +1055,26 @@ def build_trainer(args, recipe: Recipe, model, processor, data: TrainingData, wo
     if isinstance(batches, BatchCollator):
         batches.to(trainer.args.device)
     return trainer
+
+
+def resumable_tensorboard_callback():
+    """Trainer's TensorBoardCallback whose writer, in a resumed run, starts with `purge_step` = the step after the
+    checkpoint it resumed from: TensorBoard then hides what a killed segment logged past that checkpoint (its event
+    file stays beside the resumed run's), so the curves show one run, not the killed segment's points beside the
+    resumed ones. (What was logged at the checkpoint's own step came before it was saved, and stays.)"""
+    from transformers.integrations import TensorBoardCallback
+
+    class ResumableTensorBoardCallback(TensorBoardCallback):
+        purge_step = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.purge_step = state.global_step + 1 if state.global_step else None  # the checkpoint's state
+            super().on_train_begin(args, state, control, **kwargs)
+
+        def _init_summary_writer(self, args):
+            self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=self.purge_step)
+
+    return ResumableTensorBoardCallback()
 
 
 def evaluate_kept_model(trainer: MiniVisionTrainer) -> dict:

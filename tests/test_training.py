@@ -589,6 +589,20 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(point, at, resumes_
     assert resumed["resumed"] is not finished and resumed["global_step"] == 24
     assert json.loads((out / "run_record.json").read_text())["epochs"] == resumed["epochs"]
     assert not list(tmp_path.glob(".run.*"))  # no staging or previous folder left beside it
+    # TensorBoard shows one run: what the killed segment logged past its checkpoint is hidden, nothing else is.
+    curves = _tensorboard_curves(out)
+    assert curves == _tensorboard_curves(reference_dir) and len(curves["eval/accuracy"]) == 3
+
+
+def _tensorboard_curves(run: Path) -> dict:
+    """{tag: [(step, value), ...]} of the per-epoch curves as TensorBoard shows a run's event files (orphaned points
+    purged). Left out: timings, and the summary Trainer logs at the end of each train() call (its train_loss is the
+    mean over that call's steps, so a resumed run's differs)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), purge_orphaned_data=True).Reload()
+    tags = ("train/loss", "train/learning_rate", "train/grad_norm", "eval/loss", "eval/accuracy")
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags}
 
 
 def test_resume_inside_an_epoch_is_exact(uninterrupted, tiny_dir, tmp_path):
