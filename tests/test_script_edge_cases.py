@@ -19,7 +19,7 @@ from minivision_hf import benchmarking as bench
 from minivision_hf import onnx_utils
 from minivision_hf.training import EpochRecorder
 from scripts import benchmark, eval_model, export_onnx, make_model_card, make_release
-from tests.conftest import REPO_ROOT, run_fresh
+from tests.conftest import FIXTURES, REPO_ROOT, run_fresh
 
 
 def _usage_error(parse_args, argv: list[str], capsys) -> str:
@@ -375,3 +375,29 @@ def test_write_text_removes_the_temporary_files_of_writers_that_were_killed(tmp_
         leftover.write_text('{"half')
     write_text(tmp_path / "record.json", "{}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["record.json", live.name, other.name])
+
+
+def test_a_script_run_as_a_file_is_interrupted_like_under_dash_m(tmp_path):
+    """`python scripts/train.py` ends a Ctrl-C with the same one line as `python -m scripts.train` (it printed a
+    traceback: the file form never imported the `scripts` package, whose hooks do it); every script imports that
+    package before any library, so a missing extra is also named the same way in both forms."""
+    import ast
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "scripts/train.py", "--dataset", str(FIXTURES / "mnist_tiny"),
+                             "--output-dir", str(tmp_path / "run"), "--epochs", "500", "--no-progress"],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})  # fmt: skip
+    assert proc.stdout.readline().startswith("{")  # training has started (Trainer's first log line)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
+    assert "train: interrupted by SIGINT (Ctrl-C)" in err and "--resume" in err
+    for script in sorted((REPO_ROOT / "scripts").glob("*.py")):
+        if script.name == "__init__.py":
+            continue
+        body = ast.parse(script.read_text()).body
+        modules = [node.module if isinstance(node, ast.ImportFrom) else alias.name for node in body
+                   if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names]  # fmt: skip
+        outside = [m for m in modules if m and m.split(".")[0] not in sys.stdlib_module_names and m != "__future__"]
+        assert outside and outside[0] == "scripts", f"{script.name}: first non-stdlib import is {outside[:1]}"
