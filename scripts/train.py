@@ -156,9 +156,14 @@ def main(argv=None) -> dict:
     output_dir = Path(args.output_dir)
     recipe = recipe_from_args(args)
     try:  # the machine's capabilities, read once (a bad MINIVISION_ISA_LEVEL is a usage error)
-        use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and args.data_path == "fast" and bf16_supported())
+        native_bf16 = bf16_supported()
     except ValueError as err:
         sys.exit(f"train.py: error: {err}")
+    use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and args.data_path == "fast" and native_bf16)
+    if args.bf16 == "on" and not native_bf16:
+        print("note: --bf16 on: this machine has no bf16 hardware (CPU: no AVX512-BF16 or AMX; GPU: pre-Ampere), so "
+              "PyTorch emulates it, many times slower than fp32 at the same accuracy; --bf16 auto trains in fp32 here",
+              file=sys.stderr)  # fmt: skip
     set_seed(args.seed)
     # Fast path: keep freed buffers in the heap, so steps stop re-faulting their activations (~25% of a step here).
     memory_kept = keep_freed_memory() if args.data_path == "fast" else False

@@ -801,3 +801,15 @@ def test_training_rows_without_every_digit_are_named(tiny_dir, tmp_path, capsys)
     args.dataset = str(tiny_dir)
     build_data(args, RECIPES["seed"])
     assert "hold only" not in capsys.readouterr().out
+
+
+def test_bf16_on_where_it_is_emulated_says_so(tiny_dir, tmp_path, monkeypatch, capsys):
+    """`--bf16 on` on a machine without bf16 hardware (an AVX2-only CPU) trains as asked, but says it is emulated and
+    what `auto` would do (it ran silently ~10x slower); `auto` there trains in fp32 without a note."""
+    monkeypatch.setattr(train, "bf16_supported", lambda: False)
+    common = ["--dataset", str(tiny_dir), "--smoke", "--max-steps", "1", "--no-progress"]
+    record = train.main([*common, "--output-dir", str(tmp_path / "on"), "--bf16", "on"])
+    err = capsys.readouterr().err
+    assert record["bf16"] and "no bf16 hardware" in err and "--bf16 auto trains in fp32 here" in err
+    record = train.main([*common, "--output-dir", str(tmp_path / "auto")])
+    assert not record["bf16"] and "no bf16 hardware" not in capsys.readouterr().err
