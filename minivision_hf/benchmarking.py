@@ -8,6 +8,7 @@ Library code only; the script reads top to bottom and calls these. Every figure 
 import copy
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -157,7 +158,8 @@ def train_run(path: str, dataset: str, extra: list[str], batch_size: int, timeou
         subprocess.run([
             sys.executable, "-m", "scripts.train", "--dataset", dataset, "--data-path", path,
             "--batch-size", str(batch_size), "--no-progress", "--output-dir", tmp, "--save-total-limit", "1", *extra,
-        ], cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+        ], cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=timeout_s,
+           env={**os.environ, "MINIVISION_PARENT_PID": str(os.getpid())})  # fmt: skip  # scripts.stop_with_parent
         return json.loads((Path(tmp) / "run_record.json").read_text())
 
 

@@ -5,6 +5,8 @@ KeyboardInterrupt where the script is, so its `finally` blocks and context manag
 folders removed, child processes killed), and it ends with one line on stderr instead of a traceback (SIGTERM would
 otherwise end the process on the spot, leaving them behind); the exit status is non-zero (130 after Ctrl-C)."""
 
+import ctypes
+import os
 import signal
 import sys
 import threading
@@ -45,5 +47,25 @@ def install_interrupt_handling() -> None:
         sys.excepthook._minivision_interrupts = True
 
 
+# A script started by another process that names itself here (benchmarking.train_run: benchmark's training runs)
+# stops when that process dies, SIGKILL included (Linux), instead of training on for minutes with nobody to read it.
+PARENT_PID_VARIABLE = "MINIVISION_PARENT_PID"
+
+
+def stop_with_parent() -> None:
+    """In a child whose environment names its parent (PARENT_PID_VARIABLE): SIGTERM when the parent dies (prctl
+    PR_SET_PDEATHSIG, Linux; SIGTERM runs the child's clean-up), and exit at once if it has died already."""
+    parent = os.environ.pop(PARENT_PID_VARIABLE, None)  # not passed on to this process's own children
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before the call above
+        sys.exit(f"{Path(sys.argv[0]).stem}: the process that started this one ({parent}) has ended; stopping")
+
+
 install_excepthook()  # a script stopped by a missing optional dependency ends with the extra to install
 install_interrupt_handling()
+stop_with_parent()

@@ -401,3 +401,38 @@ def test_a_script_run_as_a_file_is_interrupted_like_under_dash_m(tmp_path):
                    if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names]  # fmt: skip
         outside = [m for m in modules if m and m.split(".")[0] not in sys.stdlib_module_names and m != "__future__"]
         assert outside and outside[0] == "scripts", f"{script.name}: first non-stdlib import is {outside[:1]}"
+
+
+PARENT_OF_A_SCRIPT = """
+import os, subprocess, sys, time
+code = "import scripts, time; print('ready', flush=True); time.sleep(120)"
+child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "MINIVISION_PARENT_PID": str(os.getpid())},
+                         stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline() == "ready\\n"
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_script_started_by_a_killed_parent_stops_too():
+    """benchmark's training runs are scripts started with MINIVISION_PARENT_PID: when benchmark is SIGKILLed (no
+    clean-up can run there), they stop too instead of training on for minutes."""
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_OF_A_SCRIPT], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}") and not _zombie(child):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}") or _zombie(child), "the child outlived its killed parent"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
