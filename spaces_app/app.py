@@ -34,14 +34,28 @@ image in the request (uploaded file, data: URL, sketchpad layer) has its header 
 image processor decodes it; Pillow's own limit is set to the same value as a backstop.
 """
 
+import atexit
 import base64
 import binascii
 import html
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+
+def use_private_upload_folder() -> None:
+    """Gradio saves every upload (a drawing is one) in $GRADIO_TEMP_DIR, by default <temp>/gradio: one folder for all
+    the users of a machine, so once another user's app had made it, every request here failed (PermissionError).
+    Unless GRADIO_TEMP_DIR is set, this process keeps its uploads in a new private folder (0700), removed at exit."""
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        os.environ["GRADIO_TEMP_DIR"] = folder = tempfile.mkdtemp(prefix="minivision-gradio-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # offline: no telemetry; set before gradio is imported
+use_private_upload_folder()  # before gradio is imported too: some of its modules read the folder at import
 
 try:
     import gradio as gr  # noqa: E402

@@ -270,6 +270,30 @@ def test_gradio_client_corrupt_upload_is_reported_and_the_app_keeps_serving(clie
     assert client.predict(handle_file(str(path)), api_name="/predict_image")["label"] == label
 
 
+def test_uploads_go_to_a_private_folder_not_the_shared_temp_gradio(tmp_path):
+    """Gradio's default upload folder, <temp>/gradio, is shared by the machine's users: where another user made it,
+    every upload (a drawing too) failed. Here the shared one is a file, so even root cannot write there (as non-root,
+    another user's folder)."""
+    (tmp_path / "gradio").write_text("not this user's")
+    out = run_fresh(
+        f"""
+        import importlib.util, json, os, tempfile
+        spec = importlib.util.spec_from_file_location("space_app", {str(APP_FILE)!r})
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+        from gradio.utils import get_upload_folder
+        folder = get_upload_folder()
+        with tempfile.NamedTemporaryFile(dir=folder):  # what gradio's upload route does with a request's file
+            pass
+        info = os.stat(folder)
+        print(json.dumps({{"folder": folder, "mode": info.st_mode & 0o777, "mine": info.st_uid == os.getuid()}}))
+        """,
+        cwd=REPO_ROOT, env={"TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": ""}, block_package=False,
+    )  # fmt: skip
+    assert Path(out["folder"]).parent == tmp_path and out["mode"] == 0o700 and out["mine"]
+    assert not Path(out["folder"]).exists()  # removed when the app's process ended
+
+
 @pytest.mark.slow
 def test_app_runs_on_remote_code_without_the_package(app):  # app: skips when there is no model to load
     """As on a Space: minivision_hf is not installed, the model's own code files load with trust_remote_code."""
