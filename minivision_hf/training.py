@@ -1149,12 +1149,16 @@ def run_record(args, recipe: Recipe, trainer: MiniVisionTrainer, data: TrainingD
 
 
 def check_model_source(source: str | Path) -> str:
-    """`source` for `from_pretrained`, checked: a local folder that exists, or something that can only be a Hub id
-    ("name" or "namespace/name"). A path that does not exist raises FileNotFoundError("no such folder: ...") instead
-    of huggingface_hub's "Repo id must be in the form ..."; a file raises NotADirectoryError."""
+    """`source` for `from_pretrained`, checked: a local folder that holds config.json, or something that can only be a
+    Hub id ("name" or "namespace/name"). A path that does not exist raises FileNotFoundError("no such folder: ...")
+    instead of huggingface_hub's "Repo id must be in the form ..."; a folder without config.json (the scripts' default
+    "." run from outside the repo) FileNotFoundError instead of transformers' traceback; a file NotADirectoryError."""
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no config.json in {text} ({path.resolve()}): give the folder that "
+                                    "save_pretrained wrote (the repo root is the release), or a Hub id")  # fmt: skip
         return text
     if path.exists():
         raise NotADirectoryError(f"not a folder: {text} (give the folder that holds config.json, or a Hub id)")

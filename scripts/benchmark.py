@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JSON record (it holds the markdown too)")  # fmt: skip
     p.add_argument("--markdown", type=output_file, default="records/benchmark.md", help="markdown table")
     p.add_argument("--model", type=model_source, default=".",
-                   help="model folder or Hub id (default: the release at the repo root)")  # fmt: skip
+                   help='model folder or Hub id (default: ".", the release when run from the repo root)')  # fmt: skip
     p.add_argument("--dataset", default="../shared/data/mnist",
                    help="MNIST folder or Hub id; --quick uses tests/fixtures/mnist_tiny if absent")  # fmt: skip
     p.add_argument("--onnx-dir", default="onnx", help="model.onnx / model_quantized.onnx to reuse if they match")

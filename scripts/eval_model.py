@@ -33,7 +33,7 @@ from minivision_hf.training import git_commit, model_source, output_file, positi
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=model_source, default=".",
-                   help="folder or Hub id (default: the release at the repo root)")  # fmt: skip
+                   help='folder or Hub id (default: ".", the release when run from the repo root)')  # fmt: skip
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha) to pin")
     p.add_argument(
         "--trust-remote-code", action="store_true", help="needed for Hub ids unless the package is installed"

@@ -69,7 +69,7 @@ def opset(text: str) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=model_source, default=".",
-                   help="model folder or Hub id (default: the release at the repo root)")  # fmt: skip
+                   help='model folder or Hub id (default: ".", the release when run from the repo root)')  # fmt: skip
     p.add_argument("--revision", default=None, help="Hub revision of --model (branch, tag or commit sha), e.g. best")
     output_help = "folder for model.onnx, model_quantized.onnx, export_report.json (created if missing)"
     p.add_argument("--output", type=output_folder, default="onnx", help=output_help)

@@ -140,3 +140,12 @@ def test_missing_local_paths_say_no_such_folder(tmp_path, tiny_dir, capsys):
     assert exit_info.value.code == 2 and f"no such folder: {missing}" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=f"no such folder: {missing}"):
         make_release.main(["--run", str(missing), "--root", str(tmp_path)])
+
+
+def test_the_default_model_outside_the_repo_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    """--model defaults to ".", the release only when run from the repo root: elsewhere (python /repo/scripts/x.py from
+    another folder) one line and exit 2, not transformers' traceback "Unrecognized model in ."."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        eval_model.main(["--no-progress"])
+    assert exit_info.value.code == 2 and f"no config.json in . ({tmp_path.resolve()})" in capsys.readouterr().err
