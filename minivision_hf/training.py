@@ -1220,6 +1220,7 @@ def replace_folder(target: Path, write, keep: tuple[str, ...] = ()) -> None:
     staging.mkdir(parents=True)
     try:
         write(staging)
+        follow_umask(staging)
     except BaseException:  # failed or interrupted (Ctrl-C, SIGTERM in the scripts): no staging folder is left
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -1233,6 +1234,17 @@ def replace_folder(target: Path, write, keep: tuple[str, ...] = ()) -> None:
             else:
                 _link_or_copy(entry, staging / entry.name)
     move_folder_into_place(staging, target)
+
+
+def follow_umask(folder: Path) -> None:
+    """Give the files in `folder` the modes that the umask asks for (0644 under 022, 0664 under 002): safetensors
+    writes through a private temporary file, so model.safetensors came out 0600 under any umask, unreadable to the
+    group or to another user serving the folder (the app from a shared checkout), beside 0644 files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in folder.rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            file.chmod((0o777 if file.stat().st_mode & 0o100 else 0o666) & ~umask)
 
 
 def move_folder_into_place(staged: Path, target: Path) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import datasets
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from minivision_hf.data import (
     BatchCollator,
@@ -22,7 +24,7 @@ from minivision_hf.data import (
     plain_transform,
     random_shift_rotate,
 )
-from minivision_hf.training import RECIPES, lr_factor
+from minivision_hf.training import RECIPES, lr_factor, replace_folder, write_json
 from scripts import eval_model, make_model_card, train
 from tests.conftest import FIXTURES, REPO_ROOT
 
@@ -813,3 +815,18 @@ def test_bf16_on_where_it_is_emulated_says_so(tiny_dir, tmp_path, monkeypatch, c
     assert record["bf16"] and "no bf16 hardware" in err and "--bf16 auto trains in fp32 here" in err
     record = train.main([*common, "--output-dir", str(tmp_path / "auto")])
     assert not record["bf16"] and "no bf16 hardware" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_a_saved_model_folder_follows_the_umask(tmp_path, umask):
+    """safetensors writes model.safetensors 0600 whatever the umask: the final model (replace_folder: train.py,
+    make_variant.py, export_onnx.py) was unreadable to the group under umask 002, and to everyone else under 022."""
+    model = torch.nn.Linear(2, 2)
+    previous = os.umask(umask)
+    try:
+        replace_folder(tmp_path / "model", lambda folder: (save_file(model.state_dict(), folder / "model.safetensors"),
+                                                          write_json(folder / "run_record.json", {})))  # fmt: skip
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "model").iterdir()}
+    assert modes == {"model.safetensors": 0o666 & ~umask, "run_record.json": 0o666 & ~umask}
