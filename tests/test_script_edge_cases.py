@@ -340,8 +340,8 @@ def test_write_json_and_write_text_leave_the_old_file_when_killed_while_writing(
 INTERRUPTED = r"""
 import time
 import scripts  # what `python -m scripts.NAME` imports first
-print("ready", flush=True)
 try:
+    print("ready", flush=True)  # inside the try: a signal sent as soon as "ready" is read may land before the sleep
     time.sleep(60)
 finally:
     print("cleaned up", flush=True)  # a staging folder removed, a child process killed
