@@ -709,8 +709,9 @@ def existing_file(text: str) -> str:
 
 
 def output_file(text: str) -> str:
-    """argparse type of the scripts' output files: a path that is a folder, or lies under a file, is a usage error at
-    once, rather than a traceback when the run, maybe an hour later, writes its result (missing folders are made)."""
+    """argparse type of the scripts' output files: a path that is a folder, or lies under a file or in a folder that
+    cannot be written, is a usage error at once, rather than a traceback when the run, maybe an hour later, writes
+    its result (missing folders are made)."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
@@ -724,10 +725,12 @@ def nearest_existing(path: Path) -> Path | None:
 
 def output_folder(text: str) -> str:
     """argparse type of the scripts' output folders: refused when it, or the nearest part of it that exists, is a file
-    (a missing folder is made)."""
+    or cannot be written (a missing folder is made)."""
     existing = nearest_existing(Path(text))
     if existing is not None and not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder")
+    if not writable(Path(text)):  # read-only, another user's: else the result was lost when the run ended
+        raise argparse.ArgumentTypeError(f"{existing} is not writable")
     return text
 
 

@@ -2,6 +2,8 @@
 evaluated from this checkout, and its card and records agree."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -140,6 +142,20 @@ def test_missing_local_paths_say_no_such_folder(tmp_path, tiny_dir, capsys):
     assert exit_info.value.code == 2 and f"no such folder: {missing}" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=f"no such folder: {missing}"):
         make_release.main(["--run", str(missing), "--root", str(tmp_path)])
+
+
+def test_an_output_in_an_unwritable_folder_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    """eval_model.py --output in a read-only folder (records/ of another user's checkout) evaluated everything, then
+    ended with PermissionError's traceback; now one line and exit 2 before the model loads."""
+    import minivision_hf.training as training
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access  # as root every folder is writable: this one is not, as for any other user
+    monkeypatch.setattr(training.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    with pytest.raises(SystemExit) as exit_info:
+        eval_model.main(["--model", str(REPO_ROOT), "--output", str(locked / "eval.json"), "--no-progress"])
+    assert exit_info.value.code == 2 and f"{locked} is not writable" in capsys.readouterr().err
 
 
 def test_the_default_model_outside_the_repo_is_a_usage_error(tmp_path, monkeypatch, capsys):
