@@ -27,7 +27,15 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 import minivision_hf  # noqa: F401  (registers the Auto classes, so local folders need no remote code)
 from minivision_hf.data import DEFAULT_DATASET, load_mnist
 from minivision_hf.metrics import load_accuracy
-from minivision_hf.training import git_commit, model_source, output_file, positive, versions, write_json
+from minivision_hf.training import (
+    git_commit,
+    model_source,
+    output_file,
+    positive,
+    unwritable_caches,
+    versions,
+    write_json,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", type=output_file, default=None, help="JSON file to write")
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation (shifted copies, averaged)")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    problems = unwritable_caches()  # datasets and evaluate write there even for a local folder
+    if problems:
+        p.error("; ".join(problems))
+    return args
 
 
 ECE_BINS = 15  # the usual choice (Guo et al. 2017, "On calibration of modern neural networks")

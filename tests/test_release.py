@@ -158,6 +158,18 @@ def test_an_output_in_an_unwritable_folder_is_a_usage_error(tmp_path, monkeypatc
     assert exit_info.value.code == 2 and f"{locked} is not writable" in capsys.readouterr().err
 
 
+def test_an_unwritable_datasets_cache_is_a_usage_error_of_eval_model(tmp_path, tiny_dir, monkeypatch, capsys):
+    """HF_HOME in a read-only folder: datasets caches even a local folder there, and eval_model.py said "could not
+    read dataset <the fixture>" as if the dataset were the problem; now train.py's message, exit 2."""
+    import datasets.config
+
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "a_file" / "datasets"))
+    with pytest.raises(SystemExit) as exit_info:
+        eval_model.main(["--model", str(REPO_ROOT), "--dataset", str(tiny_dir), "--no-progress"])
+    assert exit_info.value.code == 2 and "a_file/datasets is not writable" in capsys.readouterr().err
+
+
 def test_the_default_model_outside_the_repo_is_a_usage_error(tmp_path, monkeypatch, capsys):
     """--model defaults to ".", the release only when run from the repo root: elsewhere (python /repo/scripts/x.py from
     another folder) one line and exit 2, not transformers' traceback "Unrecognized model in ."."""
