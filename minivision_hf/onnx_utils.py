@@ -5,14 +5,16 @@ Library code only; the scripts read top to bottom and call these. Needs `onnx`, 
 torch.export-based ONNX exporter).
 """
 
+import contextlib
 import copy
 import functools
 import hashlib
 import json
 import os
 import platform
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,6 +253,18 @@ def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> Path:
 
     quant_pre_process(str(fp32_path), str(out_path))
     return Path(out_path)
+
+
+@contextlib.contextmanager
+def temporary_files_in(folder: str | Path) -> Iterator[None]:
+    """Python's temporary files and folders go into `folder` meanwhile (tempfile.tempdir): ONNX Runtime's quantiser
+    writes its calibration copies of the model into a TemporaryDirectory of its own, which a SIGKILL leaves in /tmp."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
 
 
 def quantize_int8(prepared_path: Path, out_path: Path, method: str, calibration: np.ndarray | None = None) -> Path:

@@ -666,6 +666,9 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 def process_running(pid: int) -> bool:
+    """Whether process `pid` runs (Linux, macOS); on Windows always True (os.kill(pid, 0) sends it CTRL_C_EVENT)."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -1072,12 +1075,25 @@ def resumable_tensorboard_callback():
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.purge_step = state.global_step + 1 if state.global_step else None  # the checkpoint's state
+            if self.purge_step and self.logging_dir:
+                wait_for_a_later_event_file_name(Path(self.logging_dir))
             super().on_train_begin(args, state, control, **kwargs)
 
         def _init_summary_writer(self, args):
             self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=self.purge_step)
 
     return ResumableTensorBoardCallback()
+
+
+def wait_for_a_later_event_file_name(folder: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and a purge only hides what files read before it hold.
+    Event files are named events.out.tfevents.<unix second>.<host>.<pid>...: a resume within the same second as the
+    killed segment's file (a fast test) could sort before it. Wait (at most ~1 s) until this second is past theirs."""
+    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+               if p.name.split(".")[3:4] and p.name.split(".")[3].isdigit()]  # fmt: skip
+    wait = max(seconds, default=0) + 1 - time.time()
+    if 0 < wait <= 2:
+        time.sleep(wait)
 
 
 def evaluate_kept_model(trainer: MiniVisionTrainer) -> dict:
@@ -1171,6 +1187,14 @@ def check_model_source(source: str | Path) -> str:
     return text
 
 
+def revision_problem(model: str, revision: str | None) -> str | None:
+    """Why `--revision` cannot apply to `--model`: from_pretrained ignores it for a local folder, so a run would record
+    a provenance (folder@revision) that is not true. None when it applies (a Hub id) or is not given."""
+    if revision and Path(str(model)).expanduser().is_dir():
+        return f"--revision {revision}: {model} is a local folder (a revision applies to a Hub id)"
+    return None
+
+
 # ---- atomic folders ---------------------------------------------------------------------------------------------
 
 _RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15): swap two paths in one step
@@ -1243,11 +1267,24 @@ def follow_umask(folder: Path) -> None:
     """Give the files in `folder` the modes that the umask asks for (0644 under 022, 0664 under 002): safetensors
     writes through a private temporary file, so model.safetensors came out 0600 under any umask, unreadable to the
     group or to another user serving the folder (the app from a shared checkout), beside 0644 files."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     for file in folder.rglob("*"):
         if file.is_file() and not file.is_symlink():
             file.chmod((0o777 if file.stat().st_mode & 0o100 else 0o666) & ~umask)
+
+
+def current_umask() -> int:
+    """The process's umask: read from /proc/self/status where Linux gives it, else by setting it and back (which for an
+    instant gives files other threads create the modes of umask 0)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def move_folder_into_place(staged: Path, target: Path) -> None:

@@ -1,9 +1,11 @@
 """Command-line scripts, each run as `python -m scripts.NAME` (its docstring has the exact command).
 
-Importing the package makes every script end the same way when it is stopped: Ctrl-C (SIGINT) or SIGTERM raises
-KeyboardInterrupt where the script is, so its `finally` blocks and context managers run (staging and temporary
-folders removed, child processes killed), and it ends with one line on stderr instead of a traceback (SIGTERM would
-otherwise end the process on the spot, leaving them behind); the exit status is non-zero (130 after Ctrl-C)."""
+When a script is the program (`python -m scripts.NAME` or `python scripts/NAME.py`; not a test, notebook or program
+that imports from them), importing the package makes it end the same way when it is stopped: Ctrl-C (SIGINT) or
+SIGTERM raises KeyboardInterrupt where the script is, so its `finally` blocks and context managers run (staging and
+temporary folders removed, child processes killed), and it ends with one line on stderr instead of a traceback
+(SIGTERM would otherwise end the process on the spot, leaving them behind); the exit status is a signal's, as without
+the handling (130 after Ctrl-C, 143 after SIGTERM in a shell)."""
 
 import ctypes
 import os
@@ -33,8 +35,18 @@ def _say_interrupted(previous):
         again = "again with --resume to continue from its last checkpoint" if name == "train" else "the same again"
         print(f"\n{name}: interrupted by {how}; no output was left half-written (each is replaced whole): run it "
               f"{again}", file=sys.stderr)  # fmt: skip
+        if issubclass(exc_type, Terminated):  # end as SIGTERM ends a process (status 143), not as a failure (1)
+            sys.stdout.flush()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     return hook
+
+
+def running_a_script() -> bool:
+    """Whether one of these scripts is the program: `python -m scripts.NAME` (argv[0] is "-m" while runpy imports
+    this package) or `python scripts/NAME.py`; not pytest, a notebook, a REPL or a program importing from them."""
+    return sys.argv[:1] == ["-m"] or Path(sys.argv[0] or ".").resolve().parent == Path(__file__).resolve().parent
 
 
 def install_interrupt_handling() -> None:
@@ -63,9 +75,10 @@ def stop_with_parent() -> None:
     except (OSError, AttributeError):
         return
     if os.getppid() != int(parent):  # the parent died before the call above
-        sys.exit(f"{Path(sys.argv[0]).stem}: the process that started this one ({parent}) has ended; stopping")
+        sys.exit(f"the process that started this one ({parent}) has ended; stopping")
 
 
 install_excepthook()  # a script stopped by a missing optional dependency ends with the extra to install
-install_interrupt_handling()
+if running_a_script():
+    install_interrupt_handling()
 stop_with_parent()

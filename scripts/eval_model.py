@@ -32,6 +32,7 @@ from minivision_hf.training import (
     model_source,
     output_file,
     positive,
+    revision_problem,
     unwritable_caches,
     versions,
     write_json,
@@ -54,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation (shifted copies, averaged)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    problems = unwritable_caches()  # datasets and evaluate write there even for a local folder
+    # datasets and evaluate write to their caches even for a local folder
+    problems = [*filter(None, [revision_problem(args.model, args.revision)]), *unwritable_caches()]
     if problems:
         p.error("; ".join(problems))
     return args

@@ -53,6 +53,7 @@ from minivision_hf.training import (
     output_folder,
     positive,
     replace_folder,
+    revision_problem,
     versions,
     write_json,
 )
@@ -93,7 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-s", type=positive(float), default=2.0, help="seconds timed per model at batch 1024")
     p.add_argument("--max-logit-diff", type=float, default=1e-4, help="fp32 check: max |ONNX - PyTorch| logit")
     p.add_argument("--min-agreement", type=float, default=0.99, help="int8 check: top-1 agreement with PyTorch")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    problem = revision_problem(args.model, args.revision)
+    if problem:
+        p.error(problem)
+    return args
 
 
 def main(argv=None) -> dict:
@@ -143,7 +148,8 @@ def export(args: argparse.Namespace, model, data: onnx_utils.ExportData, output:
     with tempfile.TemporaryDirectory(dir=output) as tmp:  # inside the staging folder: a killed export's is removed too
         prepared = onnx_utils.preprocess_for_quantization(fp32_path, Path(tmp) / "model_prepared.onnx")
         for method in args.methods:
-            path = onnx_utils.quantize_int8(prepared, Path(tmp) / f"{method}.onnx", method, data.calibration)
+            with onnx_utils.temporary_files_in(tmp):  # ORT's calibration copies of the model too (ort.quant.*)
+                path = onnx_utils.quantize_int8(prepared, Path(tmp) / f"{method}.onnx", method, data.calibration)
             c = candidates[method] = onnx_utils.evaluate_int8(path, method, data, threads, args.time_s,
                                                               args.emulate_samples, args.qemu_cpu)  # fmt: skip
             print(f"int8 {method}: accuracy {c['accuracy']:.4f} here, {c['avx2_emulated']['accuracy']:.4f} emulated "

@@ -558,6 +558,7 @@ def main(argv=None) -> Path:
     variants = {  # variants/<name>/ beside the release's records/ folder: each one's test evaluation
         path.parent.parent.name: _load(path)
         for path in sorted((records.resolve().parent / "variants").glob("*/records/eval_test.json"))
+        if not path.parent.parent.name.startswith(".")  # a killed make_variant's .<name>.staging folder
     }
     content = render(record, result, args.repo_id, _load(records / "recipes.json"), _load(records / "benchmark.json"),
                      variants)  # fmt: skip

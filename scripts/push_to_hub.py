@@ -206,11 +206,13 @@ def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | N
 
 
 def find_variants(release_dir: Path) -> dict[str, Path]:
-    """{name: folder} for every variants/<name>/ of the release that holds a config.json (a save_pretrained folder)."""
+    """{name: folder} for every variants/<name>/ of the release that holds a config.json (a save_pretrained folder);
+    not the hidden .<name>.staging / .<name>.previous folders a killed make_variant can leave."""
     folder = Path(release_dir) / "variants"
     if not folder.is_dir():
         return {}
-    return {path.name: path for path in sorted(folder.iterdir()) if (path / "config.json").is_file()}
+    return {path.name: path for path in sorted(folder.iterdir())
+            if not path.name.startswith(".") and (path / "config.json").is_file()}  # fmt: skip
 
 
 def write_model_source(
@@ -490,10 +492,18 @@ def dry_run_staging(out_dir: Path) -> Path:
 
 
 def move_dry_run_into_place(staging: Path, out_dir: Path) -> None:
-    """The checked dry run becomes `out_dir` (new, or empty as the arguments required) in one rename."""
-    if out_dir.exists():
-        out_dir.rmdir()
-    os.rename(staging, out_dir)
+    """The checked dry run becomes `out_dir` (new, or empty as the arguments required) in one rename; where the empty
+    folder cannot be replaced (".", a link to a folder, a mount point) what it holds is moved into it instead."""
+    try:
+        if out_dir.is_dir() and not out_dir.is_symlink():
+            out_dir.rmdir()
+        os.rename(staging, out_dir)
+        return
+    except OSError:  # "." (EINVAL), a link (ENOTDIR/EEXIST), a mount point (EBUSY), another file system (EXDEV)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for item in staging.iterdir():
+        shutil.move(item, out_dir / item.name)
+    staging.rmdir()
 
 
 def stage_check_and_push(args: argparse.Namespace, out: Path, space_id: str) -> int:

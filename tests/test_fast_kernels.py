@@ -256,13 +256,12 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path):
 def test_a_library_without_the_kernels_exports_falls_back_to_pytorch(tmp_path, monkeypatch):
     """A compiler whose library exports none of the header's functions (hidden visibility; LLVM clang for Windows'
     MSVC target exports nothing not marked dllexport) is a failed build, not a crash: every target is tried, then the
-    fast path runs PyTorch's ops with the reason. Any shared library without them stands in (ctypes' own)."""
-    import _ctypes
-
+    fast path runs PyTorch's ops with the reason. Any shared library without them stands in (torch._C's: a file on
+    every build of Python, where _ctypes may be built in)."""
     monkeypatch.setenv("MINIVISION_CACHE", str(tmp_path))
     monkeypatch.setattr(fast_build, "_load_library", functools.cache(fast_build.KernelLibrary))  # cleared on failure
     monkeypatch.setattr(fast_build, "find_compiler", lambda: "cc")
-    monkeypatch.setattr(fast_build, "_compile", lambda compiler, target, path: shutil.copy(_ctypes.__file__, path))
+    monkeypatch.setattr(fast_build, "_compile", lambda compiler, target, path: shutil.copy(torch._C.__file__, path))
     result = fast_build.load_kernels.__wrapped__(AVX2_ONLY)
     assert result.library is None and "does not export mv_pool_relu_forward_bf16" in result.error, result
     assert len(result.error.split(" | ")) == len(fast_build.build_targets(AVX2_ONLY))

@@ -4,6 +4,7 @@ the int8 emulation (minivision_hf.int8_emulation) against ONNX Runtime and its i
 onnx/ files' int8 accuracy gap on this CPU and under the emulated AVX2 arithmetic."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -400,27 +401,44 @@ def test_the_int8_scratch_folder_lies_in_the_staging_folder(tmp_path, tiny_dir, 
                           *FAST_EXPORT])  # fmt: skip
     assert scratch[0].parent == tmp_path / ".onnx.staging"
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # Ctrl-C: no staging folder, no --output
+    # ONNX Runtime's own temporary folder (its calibration copies of the model) goes into that scratch folder too.
+    monkeypatch.setattr(onnx_utils, "preprocess_for_quantization", lambda fp32_path, prepared_path: prepared_path)
+
+    def quantiser_temporary_folder(prepared, out, method, calibration):
+        with tempfile.TemporaryDirectory(prefix="ort.quant.") as ort_tmp:
+            scratch.append(Path(ort_tmp).parent)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_utils, "quantize_int8", quantiser_temporary_folder)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx.main(["--model", str(REPO_ROOT), "--output", str(out), "--calibration-dataset", str(tiny_dir),
+                          *FAST_EXPORT])  # fmt: skip
+    assert scratch[1].parent == tmp_path / ".onnx.staging" and tempfile.gettempdir() != str(scratch[1])
 
 
-def test_revision_reaches_both_loads_and_the_provenance(tmp_path, tiny_dir, monkeypatch):
+def test_revision_reaches_both_loads_and_the_provenance(tmp_path, tiny_dir, monkeypatch, capsys):
     """`--revision best` (a Hub branch such as the `best` variant's) is passed to the model's and the processor's
-    from_pretrained, and the report and both files' metadata name model@revision, not the main branch's id."""
-    seen = []
+    from_pretrained, and the report and both files' metadata name model@revision, not the main branch's id. With a
+    local folder, which from_pretrained reads whatever the revision, it is a usage error, not a false provenance."""
+    seen, hub_id = [], "someone/mini-vision-v2"
 
     def loader(real):
         def from_pretrained(source, **kwargs):
-            seen.append((real.__self__.__name__, kwargs.get("revision")))
-            return real(source)  # a local folder: the revision only has to reach the call
+            seen.append((real.__self__.__name__, source, kwargs.get("revision")))
+            return real(REPO_ROOT)  # the Hub cannot be reached here: the release stands in for that repo's branch
 
         return from_pretrained
 
     for auto in (export_onnx.AutoModelForImageClassification, export_onnx.AutoImageProcessor):
         monkeypatch.setattr(auto, "from_pretrained", loader(auto.from_pretrained))
     out = tmp_path / "onnx"
-    report = export_onnx.main(["--model", str(REPO_ROOT), "--revision", "best", "--output", str(out),
+    report = export_onnx.main(["--model", hub_id, "--revision", "best", "--output", str(out),
                                "--calibration-dataset", str(tiny_dir), "--methods", "u8s8_reduce_range",
                                *FAST_EXPORT])  # fmt: skip
-    assert seen == [("AutoModelForImageClassification", "best"), ("AutoImageProcessor", "best")]
-    assert report["model"] == f"{REPO_ROOT}@best" and report["args"]["revision"] == "best"
+    assert seen == [("AutoModelForImageClassification", hub_id, "best"), ("AutoImageProcessor", hub_id, "best")]
+    assert report["model"] == f"{hub_id}@best" and report["args"]["revision"] == "best"
     for name in (onnx_utils.FP32_FILE, onnx_utils.QUANTIZED_FILE):
-        assert onnx_utils.get_metadata(out / name)["source_model"] == f"{REPO_ROOT}@best"
+        assert onnx_utils.get_metadata(out / name)["source_model"] == f"{hub_id}@best"
+    with pytest.raises(SystemExit) as exit_info:
+        export_onnx.parse_args(["--model", str(REPO_ROOT), "--revision", "best"])
+    assert exit_info.value.code == 2 and "is a local folder" in capsys.readouterr().err

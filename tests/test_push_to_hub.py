@@ -31,6 +31,7 @@ from scripts.push_to_hub import (  # noqa: E402
     BLOCK_PACKAGE,
     ReleaseError,
     check_card_numbers,
+    find_variants,
     stage_model_repo,
     stage_space,
 )
@@ -309,6 +310,15 @@ def test_hub_server_auth_atomic_commits_and_errors(hub):
 # -- staging and checks, in process (fast) ----------------------------------------------------------------------
 
 
+def test_a_killed_make_variants_staging_folder_is_not_a_variant(tmp_path):
+    """make_variant builds variants/.NAME.staging (config.json first, the long evaluation after): a kill leaves it, and
+    the push took it for a variant and refused everything ("no model_card.md in variants/.best.staging")."""
+    for name in ("best", ".best.staging", ".best.previous"):
+        (tmp_path / "variants" / name).mkdir(parents=True)
+        (tmp_path / "variants" / name / "config.json").write_text("{}")
+    assert find_variants(tmp_path) == {"best": tmp_path / "variants" / "best"}
+
+
 def test_stage_model_repo_takes_only_release_files(release, tmp_path):
     staged = stage_model_repo(release, tmp_path / "model")
     files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
@@ -506,6 +516,24 @@ def test_a_killed_dry_run_leaves_its_folder_as_it_was_and_the_retry_stages(relea
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (out / "model" / "model.safetensors").is_file() and (out / "space" / "app.py").is_file()
     assert not (out / "model" / "half_copied.bin").exists()
+
+
+def test_a_dry_run_lands_in_an_empty_folder_it_cannot_replace(tmp_path, monkeypatch):
+    """`--dry-run .` from an empty folder and `--dry-run LINK` (a link to an empty folder) worked before the dry run
+    was staged, then failed at its very end (rmdir of "." or of a link): what was staged is moved into them."""
+    from scripts.push_to_hub import dry_run_staging, move_dry_run_into_place
+
+    here, target = tmp_path / "here", tmp_path / "target"
+    here.mkdir(), target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    monkeypatch.chdir(here)
+    for out_dir, holder in ((Path("."), here), (tmp_path / "link", target), (tmp_path / "new", tmp_path / "new")):
+        staging = dry_run_staging(out_dir)
+        (staging / "model").mkdir(parents=True)
+        (staging / "model" / "config.json").write_text("{}")
+        move_dry_run_into_place(staging, out_dir)
+        assert (holder / "model" / "config.json").read_text() == "{}" and not staging.exists(), out_dir
+    assert (tmp_path / "link").is_symlink()
 
 
 @pytest.mark.slow

@@ -339,7 +339,8 @@ def test_write_json_and_write_text_leave_the_old_file_when_killed_while_writing(
 
 INTERRUPTED = r"""
 import time
-import scripts  # what `python -m scripts.NAME` imports first
+import scripts  # what `python -m scripts.NAME` imports first; it installs this itself when a script is the program
+scripts.install_interrupt_handling()
 try:
     print("ready", flush=True)  # inside the try: a signal sent as soon as "ready" is read may land before the sleep
     time.sleep(60)
@@ -359,8 +360,17 @@ def test_an_interrupted_script_cleans_up_and_ends_with_one_line(sig, tmp_path):
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and out == "cleaned up\n"
+    assert proc.returncode == -getattr(signal, sig) and out == "cleaned up\n"  # ended by the signal, as without
     assert "Traceback" not in err and f"interrupted by {sig}" in err and "run it the same again" in err, err
+
+
+def test_importing_from_scripts_in_another_program_changes_no_signal_handling():
+    """A program that imports from scripts (tests, a notebook, a REPL) keeps its own SIGTERM and excepthook: only a
+    script that is the program installs them (a REPL that had imported scripts could no longer be stopped by kill)."""
+    code = ("import signal, sys\nhook = sys.excepthook\nimport scripts\n"
+            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, sys.excepthook is hook)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["True", "False"], result.stderr[-2000:]  # the missing-extra hook only
 
 
 def test_write_text_removes_the_temporary_files_of_writers_that_were_killed(tmp_path):
@@ -388,7 +398,8 @@ def test_a_script_run_as_a_file_is_interrupted_like_under_dash_m(tmp_path):
                              "--output-dir", str(tmp_path / "run"), "--epochs", "500", "--no-progress"],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})  # fmt: skip
-    assert proc.stdout.readline().startswith("{")  # training has started (Trainer's first log line)
+    while not proc.stdout.readline().startswith("{"):  # Trainer's first log line: training has started (notes on
+        assert proc.poll() is None, "train.py ended before training"  # the fast path, e.g. no compiler, come first)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
@@ -436,3 +447,10 @@ def _zombie(pid: int) -> bool:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_revision_of_a_local_folder_is_a_usage_error(capsys):
+    """from_pretrained reads a local folder whatever --revision says: eval_model recorded `revision` for it anyway (a
+    false provenance); it is now refused, as in export_onnx."""
+    err = _usage_error(eval_model.parse_args, ["--model", str(REPO_ROOT), "--revision", "best"], capsys)
+    assert "is a local folder (a revision applies to a Hub id)" in err

@@ -24,7 +24,7 @@ from minivision_hf.data import (
     plain_transform,
     random_shift_rotate,
 )
-from minivision_hf.training import RECIPES, lr_factor, replace_folder, write_json
+from minivision_hf.training import RECIPES, current_umask, lr_factor, process_running, replace_folder, write_json
 from scripts import eval_model, make_model_card, train
 from tests.conftest import FIXTURES, REPO_ROOT
 
@@ -604,7 +604,7 @@ def _tensorboard_curves(run: Path) -> dict:
 
     events = EventAccumulator(str(run / "tensorboard"), purge_orphaned_data=True).Reload()
     tags = ("train/loss", "train/learning_rate", "train/grad_norm", "eval/loss", "eval/accuracy")
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags}
+    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in tags}  # plotted by step
 
 
 def test_resume_inside_an_epoch_is_exact(uninterrupted, tiny_dir, tmp_path):
@@ -830,3 +830,21 @@ def test_a_saved_model_folder_follows_the_umask(tmp_path, umask):
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "model").iterdir()}
     assert modes == {"model.safetensors": 0o666 & ~umask, "run_record.json": 0o666 & ~umask}
+
+
+def test_the_umask_is_read_without_changing_it_and_windows_keeps_temporary_files(monkeypatch):
+    """current_umask reads /proc/self/status where there is one (setting the umask to read it gave other threads'
+    files umask 0's modes for an instant); on Windows os.kill(pid, 0) sends CTRL_C_EVENT, so no process is taken for
+    ended there (a killed writer's temporary file is kept rather than another's removed)."""
+    previous = os.umask(0o027)
+    try:
+        calls = []
+        monkeypatch.setattr(os, "umask", lambda *a: calls.append(a) or 0o027)
+        assert current_umask() == 0o027 and (calls == [] or not Path("/proc/self/status").exists())
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert not process_running(int(ended.stdout))
+    monkeypatch.setattr(os, "name", "nt")
+    assert process_running(int(ended.stdout))
