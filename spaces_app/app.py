@@ -41,6 +41,8 @@ import html
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -392,4 +394,7 @@ if __name__ == "__main__":
     port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
     served = ", ".join(f"{name}: {src}@{rev}" for name, (src, rev) in MODEL_SOURCES.items())
     print(f"Mini-Vision-V2 demo: http://{host}:{port}  (default {DEFAULT_MODEL}; {served})")
+    # SIGTERM (a Space stopping, `kill`, a load test ending) ends the process through Python's exit, so atexit removes
+    # the private upload folder with the users' drawings; by default it ended on the spot and left the folder behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     demo.launch(server_name=host, server_port=port, share=False, max_file_size="20mb")

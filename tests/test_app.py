@@ -440,3 +440,37 @@ def test_model_folders_are_named_as_loaded(app, tmp_path, monkeypatch):
     with pytest.raises(gr.Error) as err:
         app.predict_image(str(tmp_path / "missing.png"))
     assert f"'{tmp_path / 'missing.png'}'" in err.value.message  # not &#x27;...&#x27;
+
+
+def test_a_terminated_app_removes_its_private_upload_folder(tmp_path):
+    """The app keeps users' uploads and drawings in a private folder removed at exit; SIGTERM (a Space stopping, kill,
+    load_test ending the app) ended the process on the spot and left that folder, with the drawings, in the temp
+    folder. Now SIGTERM exits through Python: the folder goes, and the status is the signal's 128 + 15."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    env.update(TMPDIR=str(tmp_path), GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1")
+    app = subprocess.Popen([sys.executable, str(APP_FILE)], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and app.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert app.poll() is None, app.stderr.read()[-3000:]
+        assert len(list(tmp_path.glob("minivision-gradio-*"))) == 1
+        app.send_signal(signal.SIGTERM)
+        assert app.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        app.kill()
+    assert not list(tmp_path.glob("minivision-gradio-*"))
