@@ -37,7 +37,18 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
+from packaging.version import Version
 from PIL import Image, ImageOps
+
+# As Hub remote code, this file runs in the user's transformers, which pip never checked: the code needs 5.4's API
+# (transformers.image_processing_backends, new in 5.4; transformers.initialization, 5.0), so an older install is told
+# the version needed instead of failing on a missing name.
+if Version(transformers.__version__).release < (5, 4):
+    raise ImportError(
+        f'Mini-Vision-V2 needs transformers>=5.4, found {transformers.__version__}: pip install -U "transformers>=5.4,<6"'
+    )
+
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import ChannelDimension

@@ -1,7 +1,9 @@
 """Auto classes and pipeline: in-package (registered) and as Hub remote code in a fresh process."""
 
+import importlib.util
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from PIL import Image, ImageDraw
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
 import minivision_hf as mv
-from tests.conftest import run_fresh
+from tests.conftest import REPO_ROOT, run_fresh
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +132,43 @@ def test_a_model_loaded_as_remote_code_saves_a_complete_folder(saved_release, tm
     for name in orphan["auto_map"].values():
         assert (tmp_path / "orphan" / (name.split(".")[0] + ".py")).is_file()
     AutoModelForImageClassification.from_pretrained(tmp_path / "orphan", trust_remote_code=True)
+
+
+CODE_FILES = ("configuration_minivision.py", "modeling_minivision.py", "image_processing_minivision.py",
+              "pipeline_minivision.py")  # fmt: skip
+
+
+def _fake_transformers_version(monkeypatch, version: str) -> None:
+    # the module `import transformers` gives now: transformers 5.x replaces sys.modules["transformers"] with a new
+    # lazy module when some submodules are first imported, so the one this test file imported may be stale
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", version)
+
+
+def _run_code_file(name: str, monkeypatch):
+    """Execute one remote-code file as transformers does: a fresh module (here beside the package's own modules, for
+    the modeling and pipeline files' relative import), in whatever transformers is installed."""
+    module_name = f"minivision_hf._version_check_{name[:-3]}"
+    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "minivision_hf" / name)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, module_name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("version", ["4.46.3", "4.57.6", "5.0.0", "5.3.0"])
+@pytest.mark.parametrize("name", CODE_FILES)
+def test_remote_code_before_transformers_5_4_names_the_version_it_needs(monkeypatch, name, version):
+    """A Hub user on transformers 4.x (pip never checks remote code's needs) got `cannot import name
+    'initialization'`, and on 5.0-5.3 `No module named 'transformers.image_processing_backends'`, from deep inside
+    the import; every code file now refuses up front, naming the version needed and the one found, whichever file
+    loads first."""
+    _fake_transformers_version(monkeypatch, version)
+    with pytest.raises(ImportError, match=rf"needs transformers>=5\.4, found {version}: pip install -U"):
+        _run_code_file(name, monkeypatch)
+
+
+@pytest.mark.parametrize("version", ["5.4.0", "5.4.0.dev0", "5.24.0", "6.1.0"])
+@pytest.mark.parametrize("name", CODE_FILES)
+def test_remote_code_loads_under_transformers_5_4_and_later(monkeypatch, name, version):
+    _fake_transformers_version(monkeypatch, version)
+    assert _run_code_file(name, monkeypatch).__all__

@@ -12,7 +12,18 @@ import shutil
 from pathlib import Path
 
 import torch
+import transformers
+from packaging.version import Version
 from torch import nn
+
+# As Hub remote code, this file runs in the user's transformers, which pip never checked: the code needs 5.4's API
+# (transformers.image_processing_backends, new in 5.4; transformers.initialization, 5.0), so an older install is told
+# the version needed instead of failing on a missing name.
+if Version(transformers.__version__).release < (5, 4):
+    raise ImportError(
+        f'Mini-Vision-V2 needs transformers>=5.4, found {transformers.__version__}: pip install -U "transformers>=5.4,<6"'
+    )
+
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput

@@ -33,6 +33,17 @@ import os
 
 import numpy as np
 import torch
+import transformers
+from packaging.version import Version
+
+# As Hub remote code, this file runs in the user's transformers, which pip never checked: the code needs 5.4's API
+# (transformers.image_processing_backends, new in 5.4; transformers.initialization, 5.0), so an older install is told
+# the version needed instead of failing on a missing name.
+if Version(transformers.__version__).release < (5, 4):
+    raise ImportError(
+        f'Mini-Vision-V2 needs transformers>=5.4, found {transformers.__version__}: pip install -U "transformers>=5.4,<6"'
+    )
+
 from transformers import ImageClassificationPipeline
 
 from .image_processing_minivision import split_image_array
