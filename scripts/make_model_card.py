@@ -344,7 +344,8 @@ TensorBoard event files are in `records/tensorboard/` (`tensorboard --logdir rec
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
-# Pin the revision: this model runs custom code from this repository (model, image processor and pipeline).
+# Pin the revision: this model runs custom code from this repository (model, image processor and pipeline); the code
+# needs transformers>=5.4 (pip install -U "transformers>=5.4,<6") and says so on older versions.
 revision = "<commit sha>"
 clf = pipeline("image-classification", model="{repo_id}", revision=revision, trust_remote_code=True)
 clf(Image.open("my_drawing.png"), top_k=3)   # [{{'label': '7', 'score': 0.99...}}, ...]
@@ -480,7 +481,7 @@ The main branch stays the seed recipe's release, so that the model the original 
 as published; this branch is {more_accurate}the one the Space serves by default.
 
 ```python
-from transformers import AutoModelForImageClassification, AutoImageProcessor
+from transformers import AutoModelForImageClassification, AutoImageProcessor  # transformers>=5.4
 model = AutoModelForImageClassification.from_pretrained("{repo_id}", revision="{name}", trust_remote_code=True)
 processor = AutoImageProcessor.from_pretrained("{repo_id}", revision="{name}", trust_remote_code=True)
 probs = (model(**processor(images, return_tensors="pt")).logits / model.config.calibration_temperature).softmax(-1)
