@@ -1089,8 +1089,7 @@ def wait_for_a_later_event_file_name(folder: Path) -> None:
     """TensorBoard reads a run's event files in name order, and a purge only hides what files read before it hold.
     Event files are named events.out.tfevents.<unix second>.<host>.<pid>...: a resume within the same second as the
     killed segment's file (a fast test) could sort before it. Wait (at most ~1 s) until this second is past theirs."""
-    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
-               if p.name.split(".")[3:4] and p.name.split(".")[3].isdigit()]  # fmt: skip
+    seconds = [int(second) for p in folder.glob("events.out.tfevents.*") if (second := p.name.split(".")[3]).isdigit()]
     wait = max(seconds, default=0) + 1 - time.time()
     if 0 < wait <= 2:
         time.sleep(wait)
@@ -1214,7 +1213,8 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
 
 
-def _staging_names(target: Path) -> tuple[Path, Path]:
+def staging_names(target: Path) -> tuple[Path, Path]:
+    """The hidden folders beside `target` that `replace_folder` stages in and moves the old folder aside to."""
     return target.with_name(f".{target.name}.staging"), target.with_name(f".{target.name}.previous")
 
 
@@ -1224,7 +1224,7 @@ def recover_folder(target: Path) -> None:
     - `target` missing, `.previous` present: killed between the two renames of the fallback swap; the staged folder
       was complete by then, so it is moved into place;
     - `target` present: leftovers (an unfinished `.staging`, an old `.previous`) are deleted."""
-    staging, previous = _staging_names(Path(target))
+    staging, previous = staging_names(Path(target))
     if not Path(target).exists() and previous.exists() and staging.exists():
         os.rename(staging, target)
     for leftover in (staging, previous):
@@ -1242,7 +1242,7 @@ def replace_folder(target: Path, write, keep: tuple[str, ...] = ()) -> None:
     as it was."""
     target = Path(target)
     recover_folder(target)
-    staging, _ = _staging_names(target)
+    staging, _ = staging_names(target)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -1275,7 +1275,7 @@ def follow_umask(folder: Path) -> None:
 
 def current_umask() -> int:
     """The process's umask: read from /proc/self/status where Linux gives it, else by setting it and back (which for an
-    instant gives files other threads create the modes of umask 0)."""
+    instant gives files other threads create the modes of umask 022)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
@@ -1294,7 +1294,7 @@ def move_folder_into_place(staged: Path, target: Path) -> None:
     old folder is renamed to `.<name>.previous` and the staged one into place: between those two renames `target`
     does not exist, and `recover_folder` (which the scripts run before they use a folder) completes the swap."""
     staged, target = Path(staged), Path(target)
-    _, previous = _staging_names(target)
+    _, previous = staging_names(target)
     _fsync_tree(staged)
     if not target.exists():
         os.rename(staged, target)

@@ -486,7 +486,9 @@ def push(
 
 def dry_run_staging(out_dir: Path) -> Path:
     """The staging folder of a dry run into `out_dir`: beside it, emptied (a killed dry run's is removed)."""
-    staging = out_dir.resolve().with_name(f".{out_dir.resolve().name}.staging")
+    from minivision_hf.training import staging_names
+
+    staging, _ = staging_names(out_dir.resolve())  # replace_folder's naming: hidden, so never taken for a variant
     shutil.rmtree(staging, ignore_errors=True)
     return staging
 
