@@ -729,10 +729,15 @@ def nearest_existing(path: Path) -> Path | None:
 def output_folder(text: str) -> str:
     """argparse type of the scripts' output folders: refused when it, or the nearest part of it that exists, is a file
     or cannot be written (a missing folder is made)."""
-    existing = nearest_existing(Path(text))
-    if existing is not None and not existing.is_dir():
+    try:
+        existing = nearest_existing(Path(text).absolute())
+    except FileNotFoundError:  # a relative path, and the working folder was deleted under the shell
+        existing = None
+    if existing is None:
+        raise argparse.ArgumentTypeError(f"{text}: the working folder it is relative to no longer exists")
+    if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder")
-    if not writable(Path(text)):  # read-only, another user's: else the result was lost when the run ended
+    if not os.access(existing, os.W_OK):  # read-only, another user's: else the result was lost when the run ended
         raise argparse.ArgumentTypeError(f"{existing} is not writable")
     return text
 

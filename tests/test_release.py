@@ -158,6 +158,29 @@ def test_an_output_in_an_unwritable_folder_is_a_usage_error(tmp_path, monkeypatc
     assert exit_info.value.code == 2 and f"{locked} is not writable" in capsys.readouterr().err
 
 
+def test_output_folder_names_the_folder_that_refuses_a_relative_path(tmp_path, monkeypatch):
+    """A relative --output-dir is judged, and named, from the working folder; a working folder deleted under the shell
+    is named as such (it said "None is not writable")."""
+    import argparse
+
+    import minivision_hf.training as training
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(training.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    monkeypatch.chdir(locked)
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^{locked} is not writable$"):
+        training.output_folder("runs/a")
+    assert training.output_folder("../runs/a") == "../runs/a"  # tmp_path itself is writable
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(argparse.ArgumentTypeError, match="working folder it is relative to no longer exists"):
+        training.output_folder("runs/a")
+
+
 def test_an_unwritable_datasets_cache_is_a_usage_error_of_eval_model(tmp_path, tiny_dir, monkeypatch, capsys):
     """HF_HOME in a read-only folder: datasets caches even a local folder there, and eval_model.py said "could not
     read dataset <the fixture>" as if the dataset were the problem; now train.py's message, exit 2."""
