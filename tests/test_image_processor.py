@@ -240,6 +240,24 @@ def test_strokes_with_a_semi_transparent_brush_are_ink(processor):
     assert correlation(processor(Image.fromarray(layer, "RGBA"))["pixel_values"], reference) > 0.95
 
 
+def test_strokes_anti_aliased_against_a_matte_with_one_transparent_colour_are_ink(processor, tiny_test):
+    """A GIF, or a PNG with one transparent colour: dark strokes whose anti-aliased fringe was blended into the white
+    matte, which is the transparent colour. The fringe is opaque and contrasts with the ink as paper does, but it
+    outlines the strokes: the transparent pixels are the matte's white, not the ink's black (that read an outline)."""
+    hi = draw_seven(800, 0, 255, "L", width=64)
+    strokes = hi.resize((200, 200), Image.LANCZOS)  # anti-aliased: a grey fringe around black strokes
+    digits = [Image.fromarray(255 - np.asarray(item["image"])).resize((112, 112), Image.BICUBIC) for item in
+              tiny_test.select(range(4))]  # fmt: skip
+    for opaque in [strokes, *digits]:
+        reference = processor(opaque)["pixel_values"]
+        palette = opaque.convert("P")  # a grey palette: index 255 is white
+        palette.info["transparency"] = 255
+        rgba = np.asarray(opaque.convert("RGBA")).copy()
+        rgba[..., 3] = np.where(rgba[..., 0] > 240, 0, 255)  # one-bit alpha, as a GIF export cuts it
+        for layer in (palette, Image.fromarray(rgba, "RGBA")):
+            assert correlation(assert_mnist_like(processor(layer)["pixel_values"]), reference) > 0.9
+
+
 def test_one_overshooting_float_value_does_not_rescale_the_image_or_its_alpha(processor):
     gray = np.asarray(draw_seven(112, 255, 0, "L"), dtype=np.float32) / 255
     rgba = np.concatenate([np.repeat(gray[..., None], 3, -1), np.ones((112, 112, 1), np.float32)], -1)
