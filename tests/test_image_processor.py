@@ -314,6 +314,19 @@ def test_a_truncated_file_opened_by_the_caller_is_a_clear_value_error(processor,
         processor(image)
 
 
+def test_an_image_whose_file_was_closed_before_decoding_is_a_clear_value_error(processor, tmp_path):
+    """`with Image.open(path) as image: ...` ended before the pixels were read: Pillow failed on a bare assert."""
+    path = tmp_path / "seven.png"
+    draw_seven(300, (0, 0, 0), (255, 255, 255)).save(path)
+    with Image.open(path) as image:
+        pass
+    with pytest.raises(ValueError, match="closed before its pixels were read"):
+        processor(image)
+    with Image.open(path) as image:
+        image.load()
+    assert_mnist_like(processor(image)["pixel_values"])  # read inside the block: usable after it
+
+
 def test_corrupt_and_huge_inputs_raise_clear_errors(processor, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="could not decode"):
         processor(b"\x89PNG\r\n\x1a\n not really a png")

@@ -414,6 +414,11 @@ def _gray_and_alpha(image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor 
     """Any single image -> (gray HxW float32 in [0, 1], alpha HxW in [0, 1] or None)."""
     if isinstance(image, Image.Image):
         _check_pixels(image.height, image.width, max_pixels)
+        if getattr(image, "tile", None) and getattr(image, "fp", False) is None:  # Pillow fails on an assert there
+            raise ValueError(
+                "the image's file was closed before its pixels were read (a `with Image.open(...)` block ended): "
+                "call image.load() inside the block, or pass the path"
+            )
         try:  # an image opened by the caller is decoded here: a truncated or corrupt file fails now
             image.load()
         except (OSError, SyntaxError) as err:
