@@ -134,7 +134,7 @@ def _fetch(image, timeout: float | None):
         except (httpx.HTTPError, httpx.InvalidURL) as err:  # offline, refused, timed out, 404, malformed URL
             raise ValueError(f"could not fetch the image at {image[:200]!r}: {err}") from err
         return response.content
-    if os.path.isfile(image):
+    if os.path.exists(image):  # a folder too: the processor names it (decoded as base64, it read as junk bytes)
         return image
     data = image.split(",", 1)[-1] if image.startswith("data:image/") else image
     try:

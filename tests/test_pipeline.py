@@ -210,6 +210,10 @@ def test_paths_bytes_base64_and_pil_give_the_same_answer(clf, tmp_path):
         assert clf(image) == expected
     with pytest.raises(ValueError, match="not an image file, an http"):
         clf(str(tmp_path / "missing.png"))
+    folder = tmp_path / "digits"  # its name is valid base64: it was decoded, and named as '<_io.BytesIO object at ...>'
+    folder.mkdir()
+    with pytest.raises(ValueError, match="could not decode the image .*digits"):  # "Is a directory" (Linux)
+        clf(str(folder))
 
 
 def test_urls_are_fetched_with_their_alpha(clf, tmp_path, monkeypatch):
