@@ -12,14 +12,16 @@ Where the seed model comes from, first match wins:
 1. env MINIVISION_MODEL (Hub id or folder) and MINIVISION_REVISION (branch, tag or commit; optional);
 2. model_source.json beside this file, {"model": id, "revision": sha}, written by scripts/push_to_hub.py when it
    stages the Space, so the Space serves the exact model commit it was released with;
-3. the release at the repo root (the parent of spaces_app/): works offline.
+3. the release at the repo root (the parent of spaces_app/): works offline (app.py alone, with none of these: refused).
 And the best model: env MINIVISION_BEST_MODEL (+ MINIVISION_BEST_REVISION); else MINIVISION_BEST_REVISION alone (the
 seed model's repo at that commit, as push_to_hub sets the Space variables); else model_source.json's
 "variants": {"best": {"model", "revision"}}; else, with no MINIVISION_MODEL set, the folder variants/best beside the
 release. Without any, only the seed model is served. A revision applies to a Hub repo only: given with a local folder
 (MINIVISION_REVISION or MINIVISION_BEST_REVISION while the model is a folder), the app refuses to start, since
-from_pretrained would ignore it and serve the folder as it is. A model whose config has `calibration_temperature`
-(fitted on validation rows) reports softmax(logits / T): its scores are calibrated, its answers unchanged.
+from_pretrained would ignore it and serve the folder as it is. Run as a program (as on a Space), any of these
+refusals, or a model that cannot be loaded, ends the app with one line naming the model and the reason. A model
+whose config has `calibration_temperature` (fitted on validation rows) reports softmax(logits / T): its scores are
+calibrated, its answers unchanged.
 
 All preprocessing (alpha, inversion, crop, fit to 20x20, centre of mass, normalisation) is the model's image
 processor; this file only unpacks the Sketchpad value and calls processor + model.
@@ -86,6 +88,10 @@ def resolve_model_source() -> tuple[str, str | None]:
     if source_file.is_file():
         source = json.loads(source_file.read_text())
         return source["model"], os.environ.get("MINIVISION_REVISION") or source.get("revision")
+    if not (HERE.parent / "config.json").is_file():  # app.py without its repository, e.g. a Space staged by hand
+        raise FileNotFoundError(f"no model to serve: {HERE.parent}, the folder above app.py, is not a release, and "
+                                "neither MINIVISION_MODEL nor model_source.json names one: set MINIVISION_MODEL (a Hub "
+                                "id or folder), or stage the Space with scripts/push_to_hub.py")  # fmt: skip
     return str(HERE.parent), os.environ.get("MINIVISION_REVISION") or None
 
 
@@ -149,8 +155,28 @@ def describe_source(source: str, revision: str | None) -> str:
     return f"[{source}]({url})" + (f" @ `{revision[:10]}`" if revision else "")
 
 
-MODEL_SOURCES, DEFAULT_MODEL = resolve_model_sources()
-MODELS = {name: load_model(*source) for name, source in MODEL_SOURCES.items()}  # {name: (model, processor)}
+def load_models(sources: dict[str, tuple[str, str | None]]) -> dict[str, tuple]:
+    """{name: (model, processor)} for every source; an error that stops one notes which model and source it was."""
+    models = {}
+    for name, (source, revision) in sources.items():
+        try:
+            models[name] = load_model(source, revision)
+        except (OSError, ValueError) as err:  # transformers' messages do not say which repo they could not load
+            err.add_note(f"loading the {name} model from {source}" + (f" @ {revision}" if revision else ""))
+            raise
+    return models
+
+
+try:
+    MODEL_SOURCES, DEFAULT_MODEL = resolve_model_sources()
+    MODELS = load_models(MODEL_SOURCES)  # {name: (model, processor)}
+except (OSError, ValueError) as startup_error:  # no model, a wrong MINIVISION_* value, the Hub out of reach
+    if __name__ != "__main__":  # imported (tests, scripts): the caller decides
+        raise
+    # Run as the Space: the reason, in the log the Space shows, without a traceback that buries it.
+    notes = "".join(f"{note}: " for note in getattr(startup_error, "__notes__", ()))
+    sys.exit(f"app.py: error: {notes}{startup_error}")
+
 # The default model's source and objects under the single-model names (tests and older callers use them).
 (MODEL_SOURCE, MODEL_REVISION), (model, processor) = MODEL_SOURCES[DEFAULT_MODEL], MODELS[DEFAULT_MODEL]
 LABELS = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -313,10 +339,16 @@ CLEAR_CANVAS_JS = """() => {
 }"""
 
 
-MODEL_CHOICE_LABELS = {
-    "best": "best: the `best` recipe (more accurate; default)",
+MODEL_CHOICE_LABELS = {  # plain text: a Radio shows Markdown's backticks as they are
+    "best": "best: the best recipe, more accurate",
     "seed": "seed: the seed recipe's release",
 }
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """The selector's (label, value) pairs: the model that answers by default says so (MINIVISION_DEFAULT_MODEL)."""
+    return [(MODEL_CHOICE_LABELS.get(name, name) + (" (default)" if name == DEFAULT_MODEL else ""), name)
+            for name in MODELS]  # fmt: skip
 
 
 def build_demo() -> gr.Blocks:
@@ -359,7 +391,7 @@ def build_demo() -> gr.Blocks:
                     )
             with gr.Column():
                 choice = gr.Radio(
-                    choices=[(MODEL_CHOICE_LABELS.get(name, name), name) for name in MODELS],
+                    choices=model_choices(),
                     value=DEFAULT_MODEL,
                     label="Model",
                     elem_id="model_choice",
@@ -378,8 +410,10 @@ def build_demo() -> gr.Blocks:
         sketch.change(lambda: "draw", None, shown, api_visibility="private", queue=False)
         upload.change(lambda: "upload", None, shown, api_visibility="private", queue=False)
         # Switching models says which one answers now, and answers again for the drawing or upload the label shows.
-        choice.change(answered_by, choice, source, show_progress="hidden")
-        choice.change(predict_shown, [sketch, upload, shown, choice], label, show_progress="hidden")
+        # Page events, not API endpoints: the API is /predict and /predict_image, each with its model_name argument.
+        choice.change(answered_by, choice, source, show_progress="hidden", api_visibility="private")
+        choice.change(predict_shown, [sketch, upload, shown, choice], label, show_progress="hidden",
+                      api_visibility="private")  # fmt: skip
         # Clear through the editor's own "Clear canvas" button: setting the Sketchpad's value to None from Python leaves
         # the editor stuck loading (gradio 6.31). Its change event then reports the blank canvas.
         clear.click(None, js=CLEAR_CANVAS_JS)

@@ -319,9 +319,16 @@ def test_model_source_resolution(app, tmp_path, monkeypatch):
     assert app.resolve_model_source() == ("someone/some-model", "abc123")
     monkeypatch.delenv("MINIVISION_MODEL")
     monkeypatch.delenv("MINIVISION_REVISION")
-    monkeypatch.setattr(app, "HERE", tmp_path)
-    assert app.resolve_model_source() == (str(tmp_path.parent), None)  # the release at the repo root
-    (tmp_path / "model_source.json").write_text('{"model": "minivision/mini-vision-v2", "revision": "0123abcd"}')
+    monkeypatch.setattr(app, "HERE", tmp_path / "spaces_app")
+    (tmp_path / "spaces_app").mkdir()
+    # app.py without its repository (a Space staged by hand): not the folder above it, loaded as if it were a model
+    with pytest.raises(FileNotFoundError, match="no model to serve.*MINIVISION_MODEL.*push_to_hub"):
+        app.resolve_model_source()
+    (tmp_path / "config.json").write_text("{}")
+    assert app.resolve_model_source() == (str(tmp_path), None)  # the release at the repo root
+    (tmp_path / "spaces_app" / "model_source.json").write_text(
+        '{"model": "minivision/mini-vision-v2", "revision": "0123abcd"}'
+    )
     assert app.resolve_model_source() == ("minivision/mini-vision-v2", "0123abcd")
     assert os.environ.get("GRADIO_ANALYTICS_ENABLED") == "False"
 
@@ -335,6 +342,7 @@ def test_model_sources_best_by_default_seed_on_request(app, tmp_path, monkeypatc
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(app, "HERE", tmp_path / "spaces_app")
     (tmp_path / "spaces_app").mkdir()
+    (tmp_path / "config.json").write_text("{}")  # the release
     assert app.resolve_model_sources() == ({"seed": (str(tmp_path), None)}, "seed")  # no variant: seed only
     (tmp_path / "variants" / "best").mkdir(parents=True)
     (tmp_path / "variants" / "best" / "config.json").write_text("{}")
@@ -474,3 +482,59 @@ def test_a_terminated_app_removes_its_private_upload_folder(tmp_path):
     finally:
         app.kill()
     assert not list(tmp_path.glob("minivision-gradio-*"))
+
+
+def test_a_model_that_cannot_be_loaded_stops_the_app_with_one_line_naming_it(app, tmp_path):
+    """Run as the Space: app.py alone (no release above it, no model_source.json) said "Unrecognized model in
+    <the folder above>" under a traceback; a model that cannot be loaded did not say which one. Now one line, the
+    model named; imported, the error still propagates, with a note naming the model."""
+    import subprocess
+    import sys
+
+    with pytest.raises(ValueError, match="no such folder") as err:
+        app.load_models({"best": (str(tmp_path / "nowhere"), None)})
+    assert err.value.__notes__ == [f"loading the best model from {tmp_path / 'nowhere'}"]
+    (tmp_path / "space").mkdir()
+    (tmp_path / "space" / "app.py").write_bytes(APP_FILE.read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIVISION_")}
+    proc = subprocess.run([sys.executable, "app.py"], cwd=tmp_path / "space", env={**env, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("app.py: error: no model to serve"), proc.stderr[-3000:]
+
+
+def test_the_selector_names_the_default_model_and_the_api_has_two_endpoints(app, monkeypatch):
+    """MINIVISION_DEFAULT_MODEL=seed left "default" on best's label (and its backticks showed as such); the page's
+    own model-switch events were API endpoints too, besides the two the README documents."""
+    for default in app.MODELS:
+        monkeypatch.setattr(app, "DEFAULT_MODEL", default)
+        labels = dict((value, label) for label, value in app.model_choices())
+        assert [name for name, label in labels.items() if "default" in label] == [default], labels
+        assert not any("`" in label for label in labels.values()), labels
+    assert list(app.demo.get_api_info()["named_endpoints"]) == ["/predict", "/predict_image"]
+
+
+def test_the_space_asks_for_a_python_its_pinned_packages_install_on():
+    """The Hub runs a Space on Python 3.10 unless README.md's python_version says otherwise, and transformers 5.24 and
+    numpy 2.4 (requirements.txt) need 3.11: the Space failed to build."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    import yaml
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    space = APP_FILE.parent
+    python = str(yaml.safe_load((space / "README.md").read_text().split("---")[1]).get("python_version", "3.10"))
+    checked = 0
+    for line in (space / "requirements.txt").read_text().splitlines():
+        if not line.split("#")[0].strip():
+            continue
+        requirement = Requirement(line.split("#")[0])
+        try:
+            meta = metadata(requirement.name)
+        except PackageNotFoundError:
+            continue
+        if meta["Version"] in requirement.specifier and meta["Requires-Python"]:
+            assert SpecifierSet(meta["Requires-Python"]).contains(python), (requirement, meta["Requires-Python"])
+            checked += 1
+    assert checked >= 5  # the pins are the versions installed here
