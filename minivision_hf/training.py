@@ -742,6 +742,44 @@ def output_folder(text: str) -> str:
     return text
 
 
+def dataset_source(text: str) -> str:
+    """argparse type of the scripts' --dataset: an empty one is a usage error (datasets would read the working folder
+    as a dataset, and say it could not infer its format)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a local folder, a .parquet file or a Hub id")
+    return text
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the repository (the release) when the package is installed editable
+
+
+def replaced_folder_problem(text: str) -> str | None:
+    """Why `text` cannot be an output folder that `replace_folder` swaps in whole (None if it can): empty, the working
+    folder or a folder above it (the shell would be left in the deleted old folder, and '.' has no name to stage
+    beside), or the repository of this code or a folder above it (a run would replace the release's files)."""
+    if not text.strip():
+        return "is empty: give a folder of its own, such as outputs/run"
+    try:
+        folder, here = Path(text).expanduser().resolve(), Path.cwd().resolve()
+    except FileNotFoundError:  # a relative path, and the working folder was deleted under the shell
+        return "is relative to a working folder that no longer exists"
+    if folder == here or folder in here.parents:
+        return "is the working folder or holds it: the output is swapped in as a whole folder; give one of its own"
+    if folder == REPO_ROOT or folder in REPO_ROOT.parents:
+        return f"is the repository ({REPO_ROOT}) or holds it: its release files would be replaced; give a folder of " \
+               "its own, such as outputs/run"  # fmt: skip
+    return None
+
+
+def replaced_folder(text: str) -> str:
+    """argparse type of the output folders that `replace_folder` swaps in whole: `output_folder`'s refusals and
+    `replaced_folder_problem`'s."""
+    problem = replaced_folder_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text} {problem}")
+    return output_folder(text)
+
+
 def check_arguments(args, world: int = 1) -> list[str]:
     """Every reason why resolved `scripts/train.py` arguments cannot train, one message per flag ([] if they can).
 
@@ -783,6 +821,7 @@ def check_arguments(args, world: int = 1) -> list[str]:
     number("sam-rho", 0)
     number("distill-weight", 0, 1)
     number("distill-temperature", 0, low_open=True)
+    number("seed", 0, 2**32 - 1)  # numpy's seed range (transformers.set_seed seeds numpy too)
     teachers = getattr(args, "distill_from", None) or []
     if (getattr(args, "distill_weight", 0) or 0) > 0 and not teachers:
         problems.append(f"--distill-weight {args.distill_weight} needs teacher models: --distill-from FOLDER ...")
@@ -1177,6 +1216,8 @@ def check_model_source(source: str | Path) -> str:
     instead of huggingface_hub's "Repo id must be in the form ..."; a folder without config.json (the scripts' default
     "." run from outside the repo) FileNotFoundError instead of transformers' traceback; a file NotADirectoryError."""
     text = str(source)
+    if not text.strip():  # Path("") is the working folder
+        raise FileNotFoundError("empty: give the folder that save_pretrained wrote, or a Hub id")
     path = Path(text).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -1366,6 +1407,7 @@ __all__ = [
     "check_arguments",
     "check_model_source",
     "checkpoints",
+    "dataset_source",
     "discard_folder",
     "evaluate_kept_model",
     "existing_file",
@@ -1385,6 +1427,8 @@ __all__ = [
     "recipe_from_args",
     "recover_folder",
     "replace_folder",
+    "replaced_folder",
+    "replaced_folder_problem",
     "rotate_checkpoints",
     "run_record",
     "save_final_model",

@@ -45,6 +45,9 @@ from minivision_hf.training import (
     RECIPES,
     Recipe,
     checkpoints,
+    dataset_source,
+    existing_file,
+    output_file,
     recipe_from_args,
     run_identity,
     write_json,
@@ -58,22 +61,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-paths", nargs="+", default=["fast"], choices=["fast", "plain"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--epochs", type=float, default=None, help="override every recipe's epochs (shorter comparisons)")
-    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--dataset", type=dataset_source, default=DEFAULT_DATASET)
     p.add_argument("--work-dir", default="outputs/compare")
-    p.add_argument("--output", default="records/recipes.json")
+    p.add_argument("--output", type=output_file, default="records/recipes.json")
     p.add_argument("--smoke", action="store_true", help="tiny runs (train.py --smoke) for CI")
-    p.add_argument("--merge", nargs="+", default=None, help="combine existing comparison JSONs instead of training")
+    p.add_argument("--merge", nargs="+", type=existing_file, default=None,
+                   help="combine existing comparison JSONs instead of training")  # fmt: skip
     p.add_argument("--variant", nargs=3, action="append", default=None, metavar=("NAME", "RECIPE", "FLAGS"),
                    help="a named variant: a recipe plus extra train.py flags (quoted); replaces --recipes")  # fmt: skip
     p.add_argument("--val-size", type=int, default=None, help="hold out this many training rows for validation")
-    p.add_argument("--evaluate-test", nargs="+", default=None, metavar="RECORD",
+    p.add_argument("--evaluate-test", nargs="+", type=existing_file, default=None, metavar="RECORD",
                    help="evaluate the finished runs of --no-test records on the test split (once), then summarise")
     p.add_argument("--only", default=None, help="--evaluate-test: only the runs of this variant")
     p.add_argument("--as", dest="as_recipe", default=None, choices=sorted(RECIPES),
                    help="--evaluate-test: the runs are this recipe (their values must equal it); names the group")
     p.add_argument("--test", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate each finished run on the test split (--no-test for a validation-only search)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value in (("--only", args.only), ("--as", args.as_recipe)):
+        if value is not None and not args.evaluate_test:
+            p.error(f"{flag} {value} applies to --evaluate-test only")
+    return args
 
 
 def merge(paths: list[str], output: Path) -> dict:
@@ -122,6 +130,10 @@ def evaluate_test(record_paths: list[str], dataset: str, output: Path, command: 
     records = [json.loads(Path(path).read_text()) for path in record_paths]
     record = records[0]
     runs = [run for r in records for run in r["runs"] if only is None or run.get("variant") == only]
+    if not runs:  # else `output` was replaced by a record of no runs
+        variants = sorted({run.get("variant") or run["recipe"] for r in records for run in r["runs"]})
+        raise SystemExit(f"compare_recipes.py: error: --only {only}: no run of {', '.join(record_paths)} is of that "
+                         f"variant (they hold {', '.join(variants) or 'no runs'}); {output} was left as it was")
     if as_recipe:
         expected = {k: v for k, v in dataclasses.asdict(RECIPES[as_recipe]).items() if k != "notes"}
         for run in runs:
@@ -182,6 +194,19 @@ def finished_run(out: Path, cli: list[str]) -> dict | None:
     return record
 
 
+def train_cli(args: argparse.Namespace, recipe: str, path: str, extra: list[str], seed: int, out: Path) -> list[str]:
+    """The scripts/train.py arguments of one run of the comparison."""
+    cli = ["--recipe", recipe, "--data-path", path, "--seed", str(seed), "--dataset", args.dataset,
+           "--output-dir", str(out), "--no-progress", "--save-total-limit", "1"]  # fmt: skip
+    if args.epochs is not None:
+        cli += ["--epochs", str(args.epochs)]
+    if args.val_size is not None:
+        cli += ["--val-size", str(args.val_size)]
+    if args.smoke:
+        cli += ["--smoke"]
+    return cli + extra  # last, so a variant's own flags win
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.merge:
@@ -189,7 +214,6 @@ def main(argv=None) -> dict:
     if args.evaluate_test:
         command = "python -m scripts.compare_recipes " + shlex.join(argv if argv is not None else sys.argv[1:])
         return evaluate_test(args.evaluate_test, args.dataset, Path(args.output), command, args.only, args.as_recipe)
-    test_set = load_mnist(args.dataset, "test") if args.test else None
     # (group name, recipe, data path, extra train.py flags, work-dir prefix)
     if args.variant:
         plan = [(name, recipe, args.data_paths[0], shlex.split(flags), name) for name, recipe, flags in args.variant]
@@ -199,19 +223,24 @@ def main(argv=None) -> dict:
             for recipe in args.recipes
             for path in args.data_paths
         ]
+    for name, recipe, path, extra, prefix in plan:  # every run's flags checked before the first run trains
+        for seed in args.seeds:
+            out = Path(args.work_dir) / f"{prefix}-seed{seed}"
+            try:
+                train.parse_args([*train_cli(args, recipe, path, extra, seed, out), "--resume"])
+            except SystemExit:
+                print(f"compare_recipes.py: error: run {name} seed {seed} ({out}): train.py refused its arguments "
+                      "(above); nothing was trained", file=sys.stderr)  # fmt: skip
+                raise
+    try:
+        test_set = load_mnist(args.dataset, "test") if args.test else None
+    except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST, no such split
+        sys.exit(f"compare_recipes.py: error: {err}")
     groups: dict[str, list[dict]] = {}
     for name, recipe, path, extra, prefix in plan:
         for seed in args.seeds:
             out = Path(args.work_dir) / f"{prefix}-seed{seed}"
-            cli = ["--recipe", recipe, "--data-path", path, "--seed", str(seed), "--dataset", args.dataset,
-                   "--output-dir", str(out), "--no-progress", "--save-total-limit", "1"]  # fmt: skip
-            if args.epochs is not None:
-                cli += ["--epochs", str(args.epochs)]
-            if args.val_size is not None:
-                cli += ["--val-size", str(args.val_size)]
-            if args.smoke:
-                cli += ["--smoke"]
-            cli += extra  # last, so a variant's own flags win
+            cli = train_cli(args, recipe, path, extra, seed, out)
             start = time.perf_counter()
             record = finished_run(out, cli)  # a rerun of the comparison reuses the runs it finished
             if record is None:  # train, continuing a run a kill interrupted (train.py refuses one with other values)

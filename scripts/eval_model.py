@@ -28,6 +28,7 @@ import minivision_hf  # noqa: F401  (registers the Auto classes, so local folder
 from minivision_hf.data import DEFAULT_DATASET, load_mnist
 from minivision_hf.metrics import load_accuracy
 from minivision_hf.training import (
+    dataset_source,
     git_commit,
     model_source,
     output_file,
@@ -47,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--trust-remote-code", action="store_true", help="needed for Hub ids unless the package is installed"
     )
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub id or local folder / parquet")
+    p.add_argument("--dataset", type=dataset_source, default=DEFAULT_DATASET, help="Hub id or local folder / parquet")
     p.add_argument("--split", default="test")
     p.add_argument("--max-samples", type=positive(int), default=None, help="evaluate the first N images (default: all)")
     p.add_argument("--batch-size", type=positive(int), default=1000, help="images per forward pass")

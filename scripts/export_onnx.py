@@ -47,12 +47,13 @@ import onnx
 from minivision_hf import onnx_utils
 from minivision_hf.data import DEFAULT_DATASET
 from minivision_hf.training import (
+    dataset_source,
     git_commit,
     hardware,
     model_source,
-    output_folder,
     positive,
     replace_folder,
+    replaced_folder,
     revision_problem,
     versions,
     write_json,
@@ -73,10 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='model folder or Hub id (default: ".", the release when run from the repo root)')  # fmt: skip
     p.add_argument("--revision", default=None, help="Hub revision of --model (branch, tag or commit sha), e.g. best")
     output_help = "folder for model.onnx, model_quantized.onnx, export_report.json (created if missing)"
-    p.add_argument("--output", type=output_folder, default="onnx", help=output_help)
+    p.add_argument("--output", type=replaced_folder, default="onnx", help=output_help)
     opset_help = f"ONNX opset, {onnx_utils.MIN_OPSET} to {onnx_utils.max_opset()} (default %(default)s)"
     p.add_argument("--opset", type=opset, default=onnx_utils.DEFAULT_OPSET, help=opset_help)
-    p.add_argument("--calibration-dataset", default=DEFAULT_DATASET,
+    p.add_argument("--calibration-dataset", type=dataset_source, default=DEFAULT_DATASET,
                    help="Hub id or local folder; its train split calibrates, its test split evaluates")  # fmt: skip
     p.add_argument("--calibration-samples", type=positive(int), default=512,
                    help="training images for static calibration")  # fmt: skip

@@ -102,9 +102,19 @@ def launch_app(model: str | None, timeout: float) -> tuple[subprocess.Popen, str
 def run_client(url: str, client_id: int, n_requests: int, images, seed: int, results: list, barrier) -> None:
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
     rng = random.Random(seed * 1000 + client_id)
-    barrier.wait()  # all clients connected: start together
+    try:
+        client = Client(url, verbose=False)
+    except Exception as err:  # no app there: each request counts as an error (a thread's traceback wrote 0 of 0)
+        barrier.abort()  # the clients that connected stop waiting for this one
+        results.extend({"client": client_id, "endpoint": None, "image": None, "label": None, "predicted": None,
+                        "latency_s": None, "error": f"could not connect: {type(err).__name__}: {err}"}
+                       for _ in range(n_requests))  # fmt: skip
+        return
+    try:
+        barrier.wait()  # all clients connected: start together
+    except threading.BrokenBarrierError:  # one could not connect: start anyway
+        pass
     for i in range(n_requests):
         path, label = rng.choice(images)
         endpoint = "/predict" if (client_id + i) % 2 == 0 else "/predict_image"

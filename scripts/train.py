@@ -39,6 +39,7 @@ from minivision_hf.training import (
     build_model,
     build_trainer,
     check_arguments,
+    dataset_source,
     evaluate_kept_model,
     keep_freed_memory,
     kept_epoch,
@@ -46,6 +47,7 @@ from minivision_hf.training import (
     process_counts,
     recipe_from_args,
     recover_folder,
+    replaced_folder_problem,
     resume_mismatches,
     run_identity,
     run_record,
@@ -63,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--recipe", choices=sorted(RECIPES), default="seed", help="hyperparameter defaults (seed card, plus or best)"
     )
     # data
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub id or local folder / parquet (../shared/data/mnist)")
+    p.add_argument("--dataset", type=dataset_source, default=DEFAULT_DATASET,
+                   help="Hub id or local folder / parquet (../shared/data/mnist)")  # fmt: skip
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default="test", help="evaluated every epoch; the best epoch is kept by accuracy")
     p.add_argument("--max-train-samples", type=int, default=None, help="cap for quick runs")
@@ -130,12 +133,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny run: 2 epochs on at most 512/256 samples")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
+    problem = replaced_folder_problem(args.output_dir)  # '.', '', the repo root: the kept model is swapped in whole
+    if problem:
+        p.error(f"--output-dir {args.output_dir} {problem}")
     # A quoted or `--output-dir=~/x` tilde: Trainer expands it for the checkpoints, the final save would not.
     args.output_dir = str(Path(args.output_dir).expanduser())
     if args.smoke:
         args.epochs = min(args.epochs, 2)
-        args.max_train_samples = min(args.max_train_samples or 512, 512)
-        args.max_eval_samples = min(args.max_eval_samples or 256, 256)
+        args.max_train_samples = 512 if args.max_train_samples is None else min(args.max_train_samples, 512)
+        args.max_eval_samples = 256 if args.max_eval_samples is None else min(args.max_eval_samples, 256)
         args.val_size = min(args.val_size, 100)  # a held-out split that fits in the 512 smoke rows
     if args.channels_last is None:
         args.channels_last = args.data_path == "fast"

@@ -454,3 +454,121 @@ def test_a_revision_of_a_local_folder_is_a_usage_error(capsys):
     false provenance); it is now refused, as in export_onnx."""
     err = _usage_error(eval_model.parse_args, ["--model", str(REPO_ROOT), "--revision", "best"], capsys)
     assert "is a local folder (a revision applies to a Hub id)" in err
+
+
+# ---- empty values, output folders swapped in whole, seeds, comparisons, load test ---------------------------------
+
+
+@pytest.mark.parametrize("where", ["", ".", "..", "here", "repo", "above-repo"])
+def test_an_output_folder_that_is_the_working_folder_or_the_repo_is_a_usage_error(where, tmp_path, monkeypatch,
+                                                                                  capsys):  # fmt: skip
+    """train.py's --output-dir and export_onnx.py's --output are swapped in whole (replace_folder): '' and '.' ended
+    in a traceback ("PosixPath('.') has an empty name"); the absolute working folder, or one above it, was swapped
+    away under the shell; the repo root had its release files replaced by the run's."""
+    from scripts import train
+
+    here = tmp_path / "work" / "sub"
+    here.mkdir(parents=True)
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    folder = {"here": str(here), "repo": str(REPO_ROOT), "above-repo": str(REPO_ROOT.parent)}.get(where, where)
+    argv = ["--dataset", str(FIXTURES / "mnist_tiny"), "--smoke", "--output-dir", folder]
+    assert "--output-dir" in _usage_error(train.parse_args, argv, capsys)
+    assert "argument --output" in _usage_error(export_onnx.parse_args, ["--model", str(REPO_ROOT), "--output", folder],
+                                               capsys)  # fmt: skip
+    assert [p.name for p in here.iterdir()] == ["notes.txt"]
+    assert train.parse_args([*argv[:-1], "run"]).output_dir == "run"  # a folder of its own, under the working one
+
+
+@pytest.mark.parametrize(("script", "argv"), [
+    ("train", ["--dataset", "", "--smoke", "--output-dir", "{tmp}/run"]),
+    ("eval_model", ["--model", str(REPO_ROOT), "--dataset", " "]),
+    ("export_onnx", ["--model", str(REPO_ROOT), "--calibration-dataset", ""]),
+    ("eval_model", ["--model", ""]),  # Path("") is the working folder: the repo root passed as holding config.json
+    ("export_onnx", ["--model", ""]),
+])  # fmt: skip
+def test_an_empty_dataset_or_model_is_a_usage_error(script, argv, tmp_path, capsys, monkeypatch):
+    """An empty --dataset read the working folder as a dataset ("Couldn't infer the same data file format"); an
+    empty --model passed the check from the repo root, then gave huggingface_hub's traceback (Repo id must ...)."""
+    import importlib
+
+    monkeypatch.chdir(REPO_ROOT)
+    module = importlib.import_module(f"scripts.{script}")
+    err = _usage_error(module.parse_args, [a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert "empty: give" in err
+
+
+@pytest.mark.parametrize("argv", [["--seed", "-1"], ["--seed", str(2**32)], ["--max-train-samples", "0"],
+                                  ["--max-eval-samples", "0"]])  # fmt: skip
+def test_train_refuses_seeds_numpy_cannot_take_and_zero_smoke_samples(argv, tmp_path, capsys):
+    """--seed -1 trained nothing and ended in numpy's traceback (Seed must be between 0 and 2**32 - 1); --smoke
+    replaced --max-train-samples 0 by 512 without a word (refused without --smoke)."""
+    from scripts import train
+
+    err = _usage_error(train.parse_args, ["--dataset", str(FIXTURES / "mnist_tiny"), "--smoke", "--output-dir",
+                                          str(tmp_path / "run"), *argv], capsys)  # fmt: skip
+    assert f"{argv[0]} {argv[1]}" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_recipes_refuses_mistakes_before_it_trains(tmp_path, capsys, monkeypatch):
+    """A missing --merge or --evaluate-test record, an unwritable --output and --only without --evaluate-test were
+    tracebacks (the --output one after the first run had trained) or ignored; a variant's mistyped train.py flag was
+    found only when its turn came, after the runs before it had trained."""
+    from scripts import compare_recipes
+
+    parse = compare_recipes.parse_args
+    assert "no such file" in _usage_error(parse, ["--merge", str(tmp_path / "none.json")], capsys)
+    assert "no such file" in _usage_error(parse, ["--evaluate-test", str(tmp_path / "none.json")], capsys)
+    assert "is a file, not a folder" in _usage_error(parse, ["--output", f"{REPO_ROOT}/README.md/r.json"], capsys)
+    assert "applies to --evaluate-test only" in _usage_error(parse, ["--only", "plus-ema"], capsys)
+
+    def trained(argv):
+        raise AssertionError(f"trained {argv}")
+
+    monkeypatch.setattr(compare_recipes.train, "main", trained)
+    argv = ["--smoke", "--seeds", "1", "--dataset", str(FIXTURES / "mnist_tiny"), "--work-dir", str(tmp_path / "w"),
+            "--output", str(tmp_path / "r.json"), "--variant", "a", "seed", "--epochs 1", "--variant", "b", "seed",
+            "--bogus 3"]  # fmt: skip
+    assert "unrecognized arguments: --bogus 3" in _usage_error(compare_recipes.main, argv, capsys)
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_compare_recipes_evaluate_test_of_no_run_leaves_the_output(tmp_path):
+    """--only with a variant the records do not hold replaced --output, with its evaluated runs, by a record of no
+    runs (exit 0)."""
+    from scripts import compare_recipes
+
+    search, output = tmp_path / "search.json", tmp_path / "best.json"
+    run = {"variant": "plus-ema", "recipe": "plus", "output_dir": "w/a"}
+    search.write_text(json.dumps({"description": "d", "dataset": "x", "recipes": {}, "command": "c", "runs": [run]}))
+    output.write_text('{"runs": ["evaluated"]}')
+    with pytest.raises(SystemExit, match="--only plus-eam: no run of .* \\(they hold plus-ema\\); .* left as it was"):
+        compare_recipes.main(["--evaluate-test", str(search), "--only", "plus-eam", "--output", str(output)])
+    assert output.read_text() == '{"runs": ["evaluated"]}'
+
+
+def test_load_test_counts_a_client_that_cannot_connect_as_errors():
+    """A client whose app was not there died with a thread traceback, so the record said 0 requests, 0 errors (exit
+    0, records/load_test.json replaced); and the clients that had connected waited for it at the barrier for ever."""
+    import threading
+
+    from scripts import load_test
+
+    barrier, results, waited = threading.Barrier(2), [], []
+    other = threading.Thread(target=lambda: waited.append(_broken(barrier)))
+    other.start()
+    load_test.run_client("http://127.0.0.1:9/", 0, 3, [], 0, results, barrier)  # port 9: nothing listens
+    other.join(timeout=30)
+    assert waited == [True] and len(results) == 3
+    assert all(r["error"].startswith("could not connect") for r in results)
+
+
+def _broken(barrier) -> bool:
+    import threading
+
+    try:
+        barrier.wait(timeout=30)
+    except threading.BrokenBarrierError:
+        return True
+    return False
