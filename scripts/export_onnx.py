@@ -68,6 +68,15 @@ def opset(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    """argparse type: a share in [0, 1] (an agreement, an accuracy drop); outside it (or NaN) no export could pass, or
+    every one would, and the run found out only after exporting and timing every scheme."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=model_source, default=".",
@@ -90,11 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "no VNNI), on the --emulate-samples images; needs the qemu-user package")  # fmt: skip
     p.add_argument("--methods", nargs="+", choices=onnx_utils.QUANT_METHODS, default=list(onnx_utils.QUANT_METHODS),
                    help="int8 schemes to compare")  # fmt: skip
-    p.add_argument("--max-accuracy-drop", type=float, default=0.001,
+    p.add_argument("--max-accuracy-drop", type=fraction, default=0.001,
                    help="int8 schemes qualify within this much of fp32's accuracy (0.001 = 0.1 points)")  # fmt: skip
     p.add_argument("--time-s", type=positive(float), default=2.0, help="seconds timed per model at batch 1024")
     p.add_argument("--max-logit-diff", type=float, default=1e-4, help="fp32 check: max |ONNX - PyTorch| logit")
-    p.add_argument("--min-agreement", type=float, default=0.99, help="int8 check: top-1 agreement with PyTorch")
+    p.add_argument("--min-agreement", type=fraction, default=0.99, help="int8 check: top-1 agreement with PyTorch")
     args = p.parse_args(argv)
     problem = revision_problem(args.model, args.revision)
     if problem:

@@ -119,6 +119,15 @@ def test_export_refuses_opsets_it_would_not_write(opset, capsys):
     assert export_onnx.parse_args(["--opset", str(onnx_utils.MIN_OPSET)]).opset == onnx_utils.MIN_OPSET
 
 
+@pytest.mark.parametrize("argv", [["--min-agreement", "2"], ["--min-agreement", "nan"], ["--max-accuracy-drop", "-0.1"],
+                                  ["--max-accuracy-drop", "nan"]])  # fmt: skip
+def test_export_refuses_check_limits_no_share_can_meet(argv, capsys):
+    """--min-agreement 2 exported, quantised and timed every scheme (minutes on MNIST), then failed its check with a
+    traceback; a NaN limit let every scheme pass or none."""
+    err = _usage_error(export_onnx.parse_args, ["--model", str(REPO_ROOT), *argv], capsys)
+    assert f"argument {argv[0]}: must be in [0, 1], got {argv[1]}" in err
+
+
 def _small_model() -> mv.MiniVisionForImageClassification:
     torch.manual_seed(0)
     return mv.MiniVisionForImageClassification(mv.MiniVisionConfig(conv_channels=[4, 8, 8], hidden_size=16)).eval()
