@@ -307,6 +307,8 @@ class MiniVisionTrainer(Trainer):
             self.augment_generator.set_state(self.augment_state)
         if self.recorder is not None and state.get("recorder"):
             self.recorder.load_state_dict(state["recorder"])
+            if self.recorder.target is not None and self.recorder.target["target"] != self.recorder.target_accuracy:
+                self.recorder.target = None  # resumed with another --target-accuracy (or none): train on towards it
             if self.recorder.target is not None:
                 # The run had reached --target-accuracy there and stopped: train no further on resume.
                 self.args.max_steps = self.recorder.target["step"]

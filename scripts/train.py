@@ -196,9 +196,12 @@ def main(argv=None) -> dict:
             sys.exit(f"train.py: error: --resume: {checkpoint} is at step {done}, past this run's {planned} steps "
                      "(--max-steps): resume without it, or use a new --output-dir")  # fmt: skip
         finished = output_dir / "run_record.json"
-        saved = json.loads(finished.read_text()) if done == planned and finished.exists() else None
-        if saved is not None and saved["global_step"] == done:
-            # finished and saved: nothing to train (Trainer would replay a fractional last epoch past its end)
+        saved = json.loads(finished.read_text()) if finished.exists() else None
+        target = (saved or {}).get("target_accuracy") or {}  # stopped early at this --target-accuracy: finished too
+        stopped = done == planned or (target.get("reached") and target.get("target") == args.target_accuracy)
+        if saved is not None and saved["global_step"] == done and stopped:
+            # finished and saved: nothing to train (Trainer would replay a fractional last epoch past its end, and
+            # a run stopped at its target logged a second end of training at the same step)
             print(f"--resume: the run in {output_dir} finished at step {done} and is saved; nothing is left to train")
             return saved
 

@@ -581,3 +581,20 @@ def _broken(barrier) -> bool:
     except threading.BrokenBarrierError:
         return True
     return False
+
+
+def test_resuming_a_run_stopped_at_its_target_follows_the_target_given_now(tmp_path, capsys):
+    """A run stopped at --target-accuracy, resumed with the same target, trained a second empty segment (a second
+    train_runtime at the same step in TensorBoard); resumed with a higher target (or none), it stopped at once and
+    recorded the old target as reached, as if the new value had not been given."""
+    from scripts import train
+
+    argv = ["--dataset", str(FIXTURES / "mnist_tiny"), "--output-dir", str(tmp_path / "run"), "--epochs", "3",
+            "--max-train-samples", "128", "--max-eval-samples", "64", "--batch-size", "64", "--no-progress"]
+    first = train.main([*argv, "--target-accuracy", "0.01"])
+    assert first["global_step"] == 2 and first["target_accuracy"]["reached"]
+    assert train.main([*argv, "--target-accuracy", "0.01", "--resume"]) == first
+    assert "nothing is left to train" in capsys.readouterr().out
+    further = train.main([*argv, "--target-accuracy", "0.99", "--resume"])
+    assert further["global_step"] == 6 and further["target_accuracy"] == {"target": 0.99, "reached": False}
+    assert [e["epoch"] for e in further["epochs"]] == [1, 2, 3]
