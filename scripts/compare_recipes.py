@@ -81,6 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag, value in (("--only", args.only), ("--as", args.as_recipe)):
         if value is not None and not args.evaluate_test:
             p.error(f"{flag} {value} applies to --evaluate-test only")
+    names = [name for name, _, _ in args.variant or []]
+    for flag, values in (("--seeds", args.seeds), ("--recipes", args.recipes), ("--data-paths", args.data_paths),
+                         ("--variant", names)):  # fmt: skip
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:  # one run (one folder) counted as several seeds, or two variants trained into one folder
+            p.error(f"{flag}: {', '.join(repeated)} given more than once")
     return args
 
 

@@ -543,6 +543,18 @@ def test_compare_recipes_refuses_mistakes_before_it_trains(tmp_path, capsys, mon
     assert not (tmp_path / "w").exists() and not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize(("argv", "repeated"), [(["--seeds", "1", "1"], "--seeds: 1"),
+                                               (["--recipes", "seed", "plus", "seed"], "--recipes: seed"),
+                                               (["--variant", "a", "seed", "", "--variant", "a", "plus", ""],
+                                                "--variant: a")])  # fmt: skip
+def test_compare_recipes_refuses_a_run_given_twice(argv, repeated, capsys):
+    """--seeds 1 1 reported one run as two seeds ("over 2 seeds", std 0); two variants of one name trained into one
+    folder (the second refused only after the first had trained)."""
+    from scripts import compare_recipes
+
+    assert f"{repeated} given more than once" in _usage_error(compare_recipes.parse_args, argv, capsys)
+
+
 def test_compare_recipes_evaluate_test_of_no_run_leaves_the_output(tmp_path):
     """--only with a variant the records do not hold replaced --output, with its evaluated runs, by a record of no
     runs (exit 0)."""
