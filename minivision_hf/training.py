@@ -874,6 +874,10 @@ def check_arguments(args, world: int = 1) -> list[str]:
         found = ", ".join(c.name for c in earlier[-3:])
         problems.append(f"--output-dir {output_dir} holds an earlier run's checkpoints ({found}): pass --resume to "
                         "continue that run, or give a new or empty --output-dir (nothing was deleted)")  # fmt: skip
+    elif not earlier and output_dir is not None and (Path(output_dir) / "config.json").is_file():
+        problems.append(f"--output-dir {output_dir} holds a saved model (config.json; a release, a variant) and no "
+                        "checkpoint to resume: this run would replace it; give a new or empty --output-dir (nothing "
+                        "was deleted)")  # fmt: skip
     return problems
 
 

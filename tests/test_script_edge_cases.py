@@ -610,3 +610,18 @@ def test_resuming_a_run_stopped_at_its_target_follows_the_target_given_now(tmp_p
     further = train.main([*argv, "--target-accuracy", "0.99", "--resume"])
     assert further["global_step"] == 6 and further["target_accuracy"] == {"target": 0.99, "reached": False}
     assert [e["epoch"] for e in further["epochs"]] == [1, 2, 3]
+
+
+def test_train_refuses_a_folder_holding_a_saved_model_it_would_replace(tmp_path, capsys):
+    """--output-dir variants/best (a folder with a model and no checkpoints) trained and replaced its weights, while
+    its model card and records, kept beside them, went on describing the old model."""
+    from scripts import train
+
+    variant = tmp_path / "best"
+    shutil.copytree(REPO_ROOT / "variants" / "best", variant)
+    before = (variant / "model.safetensors").read_bytes()
+    for resume in ([], ["--resume"]):  # no checkpoint to resume: --resume would start from scratch and replace it
+        err = _usage_error(train.parse_args, ["--dataset", str(FIXTURES / "mnist_tiny"), "--smoke", "--output-dir",
+                                              str(variant), *resume], capsys)  # fmt: skip
+        assert "holds a saved model (config.json" in err
+    assert (variant / "model.safetensors").read_bytes() == before
