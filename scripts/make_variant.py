@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -34,25 +35,41 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import minivision_hf  # noqa: F401  (registers the Auto classes)
 from minivision_hf.data import load_mnist, validation_split
-from minivision_hf.training import RECIPES, git_commit, replace_folder, write_json
+from minivision_hf.training import (
+    RECIPES,
+    existing_file,
+    git_commit,
+    model_source,
+    replace_folder,
+    replaced_folder,
+    write_json,
+)
 from scripts import eval_model, make_model_card, plot_curves
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def variant_name(text: str) -> str:
+    """argparse type of --name: a folder under variants/ and a Hub branch, so one plain name (no "/", not empty)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or text.endswith((".", ".lock")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a variant name: letters, digits, '.', '_', '-' (a folder "
+                                         "under variants/ and a Hub branch)")  # fmt: skip
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="output dir of scripts/train.py (with run_record.json)")
-    p.add_argument("--name", default="best", help="variant name: folder variants/<name>, Hub branch <name>")
-    p.add_argument("--out", default=None, help="variant folder (default: variants/<name>)")
+    p.add_argument("--name", type=variant_name, default="best", help="folder variants/<name>, Hub branch <name>")
+    p.add_argument("--out", type=replaced_folder, default=None, help="variant folder (default: variants/<name>)")
     p.add_argument("--dataset", default="ylecun/mnist", help="Hub id or local copy of MNIST")
-    p.add_argument("--comparison", default=None, help="compare_recipes JSON of the recipe's seeds (copied)")
-    p.add_argument("--search", nargs="*", default=[], help="recipe-search JSONs (copied; the variants table)")
+    p.add_argument("--comparison", type=existing_file, default=None, help="the recipe's seeds (compare_recipes JSON)")
+    p.add_argument("--search", nargs="*", type=existing_file, default=[], help="recipe-search JSONs (variants table)")
     p.add_argument("--repo-id", default=make_model_card.DEFAULT_REPO_ID, help="Hub id for the card's snippets")
     p.add_argument("--no-temperature", action="store_true", help="do not fit or store a temperature")
     p.add_argument("--recipe", default=None,
                    help="RECIPES name the run's values must equal (a run made as `plus` + flags may be `best`)")
-    p.add_argument("--seed-release", default=str(ROOT), help="the seed recipe's release, evaluated alongside")
+    p.add_argument("--seed-release", type=model_source, default=str(ROOT), help="the seed release (evaluated too)")
     p.add_argument("--refresh-records", action="store_true",
                    help="only copy --comparison/--search into an existing variant and regenerate its card (later "
                         "seeds and variants: no weights change, nothing is evaluated again)")  # fmt: skip

@@ -294,6 +294,12 @@ def test_eval_dataset_problems_are_one_line(tmp_path):
         ("app_drawn_accuracy", ["--output", "README.md/x.json"], "is a file, not a folder"),
         ("validation_ensemble", ["/nonexistent/run"], "no run_record.json"),
         ("make_variant", ["--run", "/nonexistent/run"], "no run_record.json"),
+        ("make_variant", ["--run", "r", "--out", ""], "is empty"),  # was the default variants/best, silently
+        ("make_variant", ["--run", "r", "--out", "."], "is the working folder"),  # was a traceback after evaluating
+        ("make_variant", ["--run", "r", "--name", ""], "is not a variant name"),  # would have replaced variants/
+        ("make_variant", ["--run", "r", "--name", "../x"], "is not a variant name"),
+        ("make_variant", ["--run", "r", "--comparison", "/nonexistent.json"], "no such file"),
+        ("make_variant", ["--run", "r", "--seed-release", "/nonexistent/model"], "no such folder"),
         ("make_model_card", ["--output", "README.md/card.md"], "is a file, not a folder"),
         ("plot_curves", ["--record", "/nonexistent/run_record.json"], "no such file"),
         ("plot_curves", ["--out", "README.md"], "is a file, not a folder"),
