@@ -14,8 +14,6 @@ import sys
 import threading
 from pathlib import Path
 
-from minivision_hf.extras import install_excepthook
-
 
 class Terminated(KeyboardInterrupt):
     """Raised by SIGTERM (kill, timeout, a job scheduler, torchrun stopping its workers) where the script is."""
@@ -31,7 +29,7 @@ def _say_interrupted(previous):
             previous(exc_type, exc, tb)
             return
         how = "SIGTERM" if issubclass(exc_type, Terminated) else "SIGINT (Ctrl-C)"
-        name = Path(sys.argv[0]).stem or "script"
+        name = script_name()
         again = "again with --resume to continue from its last checkpoint" if name == "train" else "the same again"
         print(f"\n{name}: interrupted by {how}; no output was left half-written (each is replaced whole): run it "
               f"{again}", file=sys.stderr)  # fmt: skip
@@ -41,6 +39,14 @@ def _say_interrupted(previous):
             os.kill(os.getpid(), signal.SIGTERM)
 
     return hook
+
+
+def script_name() -> str:
+    """The running script's name ("train"), also while `python -m scripts.train` is still importing (argv[0] is "-m"
+    until then)."""
+    if sys.argv[:1] == ["-m"] and "-m" in sys.orig_argv[:-1]:
+        return sys.orig_argv[sys.orig_argv.index("-m") + 1].rpartition(".")[2]
+    return Path(sys.argv[0]).stem or "script"
 
 
 def running_a_script() -> bool:
@@ -78,7 +84,10 @@ def stop_with_parent() -> None:
         sys.exit(f"the process that started this one ({parent}) has ended; stopping")
 
 
-install_excepthook()  # a script stopped by a missing optional dependency ends with the extra to install
-if running_a_script():
+if running_a_script():  # before torch and transformers import (seconds): a Ctrl-C then ends as it does later
     install_interrupt_handling()
 stop_with_parent()
+
+from minivision_hf.extras import install_excepthook  # noqa: E402  (imports the package: torch, transformers)
+
+install_excepthook()  # a script stopped by a missing optional dependency ends with the extra to install

@@ -379,6 +379,33 @@ def test_an_interrupted_script_cleans_up_and_ends_with_one_line(sig, tmp_path):
     assert "Traceback" not in err and f"interrupted by {sig}" in err and "run it the same again" in err, err
 
 
+# Sends the process SIGINT when it starts importing the package (torch, transformers: seconds), before any script code.
+INTERRUPT_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+class InterruptOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "minivision_hf":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, InterruptOnImport())
+"""
+
+
+@pytest.mark.parametrize("form", [["-m", "scripts.eval_model"], ["scripts/eval_model.py"]])
+def test_ctrl_c_while_the_libraries_import_ends_with_the_scripts_one_line(form, tmp_path):
+    """A Ctrl-C in a script's first seconds, while torch and transformers import, printed KeyboardInterrupt's
+    traceback (the handling was installed after that import); it names the script, also under -m (argv[0] is "-m"
+    then)."""
+    (tmp_path / "sitecustomize.py").write_text(INTERRUPT_WHILE_IMPORTING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, *form, "--help"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == -2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip() == "eval_model: interrupted by SIGINT (Ctrl-C); no output was left half-written " \
+                                    "(each is replaced whole): run it the same again"  # fmt: skip
+
+
 def test_importing_from_scripts_in_another_program_changes_no_signal_handling():
     """A program that imports from scripts (tests, a notebook, a REPL) keeps its own SIGTERM and excepthook: only a
     script that is the program installs them (a REPL that had imported scripts could no longer be stopped by kill)."""
