@@ -279,7 +279,8 @@ def validation_split(num_rows: int, val_size: int, seed: int = 0) -> tuple[torch
     permutation, both index lists sorted. The same (num_rows, val_size, seed) always gives the same split, so the
     evaluation and temperature-fitting scripts rebuild exactly the validation set a run held out."""
     if not 0 < val_size < num_rows:
-        raise ValueError(f"val_size must be in 1..{num_rows - 1}, got {val_size}")
+        raise ValueError(f"held-out rows (--val-size) must be 1..{num_rows - 1} of the training split's {num_rows}, "
+                         f"got {val_size}")  # fmt: skip
     perm = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 

@@ -139,6 +139,29 @@ def git_commit() -> str | None:
         return None
 
 
+def summarize(results: list[dict], wall_s: float) -> dict:
+    """The record's summary of every request's result (`run_client`'s dicts) over `wall_s` seconds."""
+    ok = [r for r in results if r["error"] is None]
+    errors = [r for r in results if r["error"] is not None]
+    wrong = [r for r in ok if r["predicted"] != r["label"]]
+    latencies_ms = np.array([r["latency_s"] * 1000 for r in ok])
+    return {
+        "requests": len(results),
+        "errors": len(errors),
+        "error_examples": sorted({r["error"] for r in errors})[:5],
+        "wrong_predictions": len(wrong),
+        "wrong_examples": [(r["image"], r["predicted"]) for r in wrong[:5]],
+        "latency_ms": {  # of the answered requests (None if none was: NaN is not JSON)
+            "p50": round(float(np.percentile(latencies_ms, 50)), 1),
+            "p95": round(float(np.percentile(latencies_ms, 95)), 1),
+            "max": round(float(latencies_ms.max()), 1),
+            "mean": round(float(latencies_ms.mean()), 1),
+        } if ok else None,
+        "throughput_rps": round(len(ok) / wall_s, 2),  # answered requests per second: failures are not throughput
+        "wall_s": round(wall_s, 2),
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import gradio
@@ -169,25 +192,7 @@ def main(argv=None) -> dict:
             proc.terminate()
             proc.wait(timeout=30)
 
-    ok = [r for r in results if r["error"] is None]
-    errors = [r for r in results if r["error"] is not None]
-    wrong = [r for r in ok if r["predicted"] != r["label"]]
-    latencies_ms = np.array([r["latency_s"] * 1000 for r in ok]) if ok else np.array([np.nan])
-    summary = {
-        "requests": len(results),
-        "errors": len(errors),
-        "error_examples": sorted({r["error"] for r in errors})[:5],
-        "wrong_predictions": len(wrong),
-        "wrong_examples": [(r["image"], r["predicted"]) for r in wrong[:5]],
-        "latency_ms": {
-            "p50": round(float(np.percentile(latencies_ms, 50)), 1),
-            "p95": round(float(np.percentile(latencies_ms, 95)), 1),
-            "max": round(float(latencies_ms.max()), 1),
-            "mean": round(float(latencies_ms.mean()), 1),
-        },
-        "throughput_rps": round(len(results) / wall_s, 2),
-        "wall_s": round(wall_s, 2),
-    }
+    summary = summarize(results, wall_s)
     record = {
         "script": "scripts/load_test.py",
         "args": vars(args),
@@ -213,10 +218,10 @@ def main(argv=None) -> dict:
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, output)
     lat = summary["latency_ms"]
+    latency = f"latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, max {lat['max']} ms" if lat else "no answers"
     print(f"{summary['requests']} requests, {summary['errors']} errors, {summary['wrong_predictions']} wrong; "
-          f"latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, max {lat['max']} ms; "
-          f"{summary['throughput_rps']} req/s -> {output}")  # fmt: skip
-    if errors:
+          f"{latency}; {summary['throughput_rps']} answered req/s -> {output}")  # fmt: skip
+    if summary["errors"]:
         print("errors:", *summary["error_examples"], sep="\n  ")
     return record
 

@@ -618,6 +618,20 @@ def test_load_test_counts_a_client_that_cannot_connect_as_errors():
     assert all(r["error"].startswith("could not connect") for r in results)
 
 
+def test_load_test_summary_of_failed_requests_is_strict_json():
+    """Every request failed: the latencies were NaN (not JSON that strict readers accept) and the throughput counted
+    the failures as served requests."""
+    from scripts import load_test
+
+    failed = [{"error": "could not connect", "latency_s": 0.001, "predicted": None, "label": "7", "image": "7.png"}] * 4
+    summary = load_test.summarize(failed, wall_s=2.0)
+    json.dumps(summary, allow_nan=False)
+    assert summary["latency_ms"] is None and summary["throughput_rps"] == 0 and summary["errors"] == 4
+    answered = [{"error": None, "latency_s": 0.5, "predicted": "7", "label": "7", "image": "7.png"}] * 2
+    summary = load_test.summarize(failed + answered, wall_s=2.0)
+    assert summary["latency_ms"]["p50"] == 500.0 and summary["throughput_rps"] == 1.0 and summary["requests"] == 6
+
+
 def _broken(barrier) -> bool:
     import threading
 
