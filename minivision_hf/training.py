@@ -322,6 +322,8 @@ class MiniVisionTrainer(Trainer):
             "recorder": self.recorder.state_dict() if self.recorder is not None else None,
             "run": self.run_identity,
         }
+        if self.args.should_save:
+            follow_umask(folder)  # Trainer's model.safetensors: 0600 (safetensors writes through a private temp file)
         path = self.state_file(folder)
         torch.save(state, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
