@@ -107,6 +107,14 @@ class MiniVisionConfig(PretrainedConfig):
         """Width of the flattened feature vector fed to the classifier (3136 with the defaults)."""
         return self.conv_channels[-1] * self.feature_map_size**2
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' `from_dict`, checked: it sets `from_pretrained(..., conv_channels=[-32, 64])`'s overrides as
+        attributes after construction, which `__init__`'s checks never see (torch then failed on a negative size)."""
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result)._validate()
+        return result
+
     def validate(self) -> None:
         """transformers' checks, then ours: `save_pretrained` runs this, so a value changed after construction
         (`config.dropout = 1.5`) is refused before it is written, not only when the saved folder is loaded."""

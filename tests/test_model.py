@@ -64,6 +64,24 @@ def test_bad_config_json_fails_on_load_naming_the_field(tmp_path, field, value):
         AutoConfig.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "override, field",
+    [({"conv_channels": [-32, 64]}, "conv_channels"), ({"num_channels": -1}, "num_channels"),
+     ({"dropout": 2.0}, "dropout"), ({"image_size": 3, "conv_channels": [8, 8, 8]}, "image_size")],
+)  # fmt: skip
+def test_from_pretrained_overrides_are_validated(tmp_path, override, field):
+    """`from_pretrained(folder, key=value)` sets overrides after construction: they are checked too (a negative
+    channel count reached torch as "Trying to create tensor with negative dimension")."""
+    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig(conv_channels=[4, 8], hidden_size=8))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=field):
+        AutoConfig.from_pretrained(tmp_path, **override)
+    with pytest.raises(ValueError, match=field):
+        AutoModelForImageClassification.from_pretrained(tmp_path, **override)
+    config, unused = AutoConfig.from_pretrained(tmp_path, return_unused_kwargs=True, image_size=16, foo=1)
+    assert (config.image_size, unused) == (16, {"foo": 1})
+
+
 def test_config_round_trip(tmp_path):
     config = mv.MiniVisionConfig(conv_channels=[8, 16], hidden_size=32, dropout=0.1)
     config.save_pretrained(tmp_path)
