@@ -167,11 +167,24 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def load_processor(source: str, **kwargs):
+    """The model's image processor; a folder saved without one (`model.save_pretrained` alone) gets the default
+    MiniVisionImageProcessor, the MNIST protocol every model here is trained with, and a note says so."""
+    if Path(source).expanduser().is_dir() and not Path(source, "preprocessor_config.json").expanduser().is_file():
+        print(f"eval_model.py: no preprocessor_config.json in {source}: evaluating with the default "
+              "MiniVisionImageProcessor", file=sys.stderr)  # fmt: skip
+        return minivision_hf.MiniVisionImageProcessor()
+    return AutoImageProcessor.from_pretrained(source, **kwargs)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     kwargs = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
-    model = AutoModelForImageClassification.from_pretrained(args.model, **kwargs)
-    processor = AutoImageProcessor.from_pretrained(args.model, **kwargs)
+    try:
+        model = AutoModelForImageClassification.from_pretrained(args.model, **kwargs)
+        processor = load_processor(args.model, **kwargs)
+    except OSError as err:  # a Hub id that cannot be reached (offline), no such repo or revision
+        sys.exit(f"eval_model.py: error: --model {args.model}: {err}")
     try:
         dataset = load_mnist(args.dataset, args.split, args.max_samples)
     except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST, no such split

@@ -309,3 +309,28 @@ def test_config_changed_after_construction_is_validated_on_save(tmp_path):
     with pytest.raises(ValueError, match="hidden_size"):
         model.save_pretrained(tmp_path / "model")
     assert not (tmp_path / "model" / "config.json").exists()
+
+
+def test_eval_model_on_a_folder_without_preprocessor_config_uses_the_default_processor(tmp_path, tiny_dir, capsys):
+    """`model.save_pretrained` alone writes no preprocessor_config.json: eval_model.py stopped with transformers'
+    OSError traceback; it now evaluates with the default image processor (the MNIST protocol) and says so."""
+    from scripts import eval_model
+
+    torch.manual_seed(0)
+    mv.MiniVisionForImageClassification(mv.MiniVisionConfig(conv_channels=[4], hidden_size=8)).save_pretrained(tmp_path)
+    result = eval_model.main(["--model", str(tmp_path), "--dataset", str(tiny_dir), "--max-samples", "8",
+                              "--no-progress"])  # fmt: skip
+    assert result["num_samples"] == 8
+    assert "no preprocessor_config.json" in capsys.readouterr().err
+
+
+def test_eval_model_on_an_unreachable_hub_id_is_one_line(tiny_dir, monkeypatch):
+    """Offline (or no such repo), from_pretrained's OSError was a traceback; it is eval_model.py's one-line error."""
+    from scripts import eval_model
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(eval_model.AutoModelForImageClassification, "from_pretrained", offline)
+    with pytest.raises(SystemExit, match="eval_model.py: error: --model nobody/no-such-model-here: "):
+        eval_model.main(["--model", "nobody/no-such-model-here", "--dataset", str(tiny_dir), "--no-progress"])
