@@ -242,15 +242,50 @@ def test_kernel_builds_into_the_cache_folder(tmp_path):
 
 
 @needs_kernels
-def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path):
+@pytest.mark.parametrize("kept", [0.0, 0.5])
+def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path, kept):
+    """A truncated cached library (a full disk, a killed copy) is built again: one cut mid-file is never handed to
+    dlopen, which maps it and dies of SIGBUS at the first page past its end."""
     code = "from minivision_hf import fast\nbuild = fast.load_kernels(fast.detect_capabilities())\nprint(build.flags)\n"
     first = _run(code, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     (built,) = (tmp_path / "cache" / "minivision_hf").glob("minivision_kernels-*.so")
-    built.write_bytes(b"")  # truncated: a full disk, a killed copy
+    whole = built.read_bytes()
+    built.write_bytes(whole[: int(len(whole) * kept)])
     again = _run(code, tmp_path)
-    assert again.returncode == 0 and again.stdout == first.stdout  # the same target (with OpenMP), rebuilt
-    assert built.stat().st_size > 0
+    assert again.returncode == 0 and again.stdout == first.stdout, again  # the same target (with OpenMP), rebuilt
+    assert built.stat().st_size > len(whole) * kept
+
+
+@needs_kernels
+def test_a_broken_library_in_a_read_only_cache_folder_is_rebuilt_in_the_temp_folder(tmp_path, monkeypatch):
+    """A cached library that does not load, in a cache folder that cannot be written (a read-only shared cache): the
+    same target, with OpenMP, is built in the temp folder's cache, not a lesser one (single-threaded) instead."""
+    read_only = tmp_path / "cache" / "minivision_hf"
+    monkeypatch.setenv("MINIVISION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    identity = fast_build.compiler_identity(fast_build.find_compiler())
+    broken = fast_build.library_path(BUILD.target, identity, CAPS.machine)
+    read_only.mkdir(parents=True)
+    broken.write_bytes(b"")
+    unlink = Path.unlink
+
+    def refused(path, *args, **kwargs):  # a read-only mount (root may write to a folder without write permission)
+        if path.parent == read_only:
+            raise PermissionError(30, "Read-only file system", str(path))
+        return unlink(path, *args, **kwargs)
+
+    def compile_by_copy(compiler, target, path):  # this machine's library stands in for a build (no compiler run)
+        refused(path.parent / "new", missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(LIB.path, path)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    monkeypatch.setattr(fast_build, "_writable", lambda folder: folder != read_only)
+    monkeypatch.setattr(fast_build, "_compile", compile_by_copy)
+    result = fast_build.load_kernels.__wrapped__(CAPS)
+    assert result.target == BUILD.target and not result.attempts, result
+    assert result.library.path == fast_build.temp_cache_dir() / broken.name
 
 
 def test_a_library_without_the_kernels_exports_falls_back_to_pytorch(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ import os
 import shlex
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -253,6 +254,8 @@ class KernelLibrary:
 
     def __init__(self, path: Path, target: BuildTarget):
         self.path, self.target = path, target
+        if _cut_short(path):  # dlopen would map it and the process die of SIGBUS at the first page past its end
+            raise OSError(f"{path.name} is cut short (a killed copy, a full disk)")
         self._cdll = ctypes.CDLL(str(path))
         for name, (restype, params) in SIGNATURES.items():
             try:
@@ -283,6 +286,24 @@ class KernelLibrary:
 
     def __reduce__(self):
         return _unpickle_library, (self.path, self.target)
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether `path` is an ELF file that ends before its program segments or section headers do (truncated); other
+    formats are left to the loader."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2) or len(data) < 64:
+        return False
+    order, wide = "<" if data[5] == 1 else ">", data[4] == 2  # little / big endian; 64 / 32 bits
+    header = "QQ6xHHHH" if wide else "II6xHHHH"  # e_phoff, e_shoff, e_phentsize, e_phnum, e_shentsize, e_shnum
+    ph_off, sh_off, ph_size, ph_num, sh_size, sh_num = struct.unpack_from(order + header, data, 0x20 if wide else 0x1C)
+    ends = [sh_off + sh_size * sh_num, ph_off + ph_size * ph_num]
+    for i in range(ph_num):  # each segment's file bytes: (p_offset, p_filesz)
+        at = ph_off + i * ph_size
+        if at + ph_size <= len(data):
+            offset, size = struct.unpack_from(order + ("8xQ16xQ" if wide else "4xI8xI"), data, at)
+            ends.append(offset + size)
+    return max(ends) > len(data)
 
 
 def _c_value(value, ctype: str):
@@ -329,6 +350,16 @@ class BuildResult:
         return " ".join(self.target.flags) if self.target else None
 
 
+def _load_cached(path: Path, target: BuildTarget) -> KernelLibrary | None:
+    """The library cached at `path`, or None where there is none or it does not load."""
+    if not path.exists():
+        return None
+    try:
+        return _load_library(path, target)
+    except OSError:
+        return None
+
+
 def _compile(compiler: str, target: BuildTarget, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
@@ -350,16 +381,12 @@ def load_kernels(capabilities: Capabilities) -> BuildResult:
     attempts = []
     for target in build_targets(capabilities):
         path = library_path(target, identity, capabilities.machine)
-        if not path.exists() and not _writable(path.parent):  # a read-only cache folder, or another user's
-            path = temp_cache_dir() / path.name
         try:
-            if not path.exists():
-                _compile(compiler, target, path)
-            try:
-                library = _load_library(path, target)
-            except OSError:  # a cached file that does not load (truncated, a disk error): build it again, once
-                path.unlink(missing_ok=True)
-                _load_library.cache_clear()
+            library = _load_cached(path, target)
+            if library is None and not _writable(path.parent):  # a read-only cache folder, or another user's
+                path = temp_cache_dir() / path.name
+                library = _load_cached(path, target)
+            if library is None:  # none yet, or one that does not load (truncated, a disk error): replaced whole
                 _compile(compiler, target, path)
                 library = _load_library(path, target)
             return BuildResult(library, target, attempts=attempts)
