@@ -1073,6 +1073,11 @@ def test_fast_dropout_has_dropouts_distribution():
 
 
 @needs_kernels
+def test_fast_dropout_of_one_drops_everything_as_nn_dropout():
+    x = torch.tensor([1.0, -2.0, float("inf"), float("nan")])
+    assert _same(fast.FastDropout(1.0).train()(x), torch.nn.Dropout(1.0).train()(x))  # zeros (NaN for inf, NaN)
+
+
 def test_apply_fast_kernels_keeps_the_state_dict_and_saved_files(tmp_path):
     model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig())
     before = {k: v.clone() for k, v in model.state_dict().items()}

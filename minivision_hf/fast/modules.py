@@ -168,6 +168,8 @@ class FastDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
+        if self.p == 1.0:  # every element dropped, as nn.Dropout(1.0) (no 1 / (1 - p) scale to divide by zero)
+            return x * 0.0
         keep = torch.rand(x.shape, device=x.device) >= self.p
         return x * keep * (1.0 / (1.0 - self.p))
 
