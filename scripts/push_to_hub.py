@@ -23,9 +23,10 @@ with trust_remote_code=True in a fresh interpreter (offline, minivision_hf not i
 or when the accuracy/loss in the model card's model-index differ from records/eval_test.json.
 
 Token: HF_TOKEN or the saved login (`hf auth login`); never printed. HF_ENDPOINT is honoured (huggingface_hub
-reads it at import). `--dry-run OUT_DIR` stages into a new or empty OUT_DIR (model/, space/, variants/<name>/), runs
-the checks, lists the files and sends no request (no token needed); a refused dry run leaves OUT_DIR empty. A failed
-upload says which repo was committed; rerunning is safe.
+reads it at import). `--dry-run OUT_DIR` stages into a new or empty OUT_DIR (model/, space/, variants/<name>/; not
+inside --release or --space-src, where the next push would publish it), runs the checks, lists the files and sends
+no request (no token needed); a refused dry run leaves OUT_DIR empty. A failed upload says which repo was committed;
+rerunning is safe.
 Exit status: 0 done, 1 upload failed, 2 refused before sending anything.
 """
 
@@ -84,7 +85,10 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ReleaseError(f"{out_dir} exists and is not empty: stage into an empty or new folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # an unwritable parent, a file on the way, a read-only file system
+        raise ReleaseError(f"cannot create {out_dir}: {e.strerror or e}") from None
     return out_dir
 
 
@@ -120,10 +124,14 @@ def _with_relative_imports(source: Path) -> set[Path]:
     return found
 
 
-def name_repo(readme: Path, repo_id: str | None) -> None:
-    """Point a staged card's snippets and links (written for CARD_REPO_ID) at the repo being published."""
-    if repo_id and repo_id != CARD_REPO_ID:
-        readme.write_text(readme.read_text().replace(CARD_REPO_ID, repo_id))
+def name_repo(readme: Path, repo_id: str | None, space_id: str | None = None) -> None:
+    """Point a staged card's snippets and links (written for CARD_REPO_ID and its Space CARD_REPO_ID-demo) at the repo
+    and the Space being published."""
+    text = readme.read_text()
+    renamed = text.replace(f"{CARD_REPO_ID}-demo", space_id) if space_id else text
+    renamed = renamed.replace(CARD_REPO_ID, repo_id) if repo_id else renamed
+    if renamed != text:
+        readme.write_text(renamed)
 
 
 def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_DIR,
@@ -178,8 +186,10 @@ def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_
     return out_dir
 
 
-def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | None) -> Path:
-    """Write the Space's files from `space_src` into `out_dir` (new or empty), pinned to model_id@revision."""
+def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | None,
+                space_id: str | None = None) -> Path:  # fmt: skip
+    """Write the Space's files from `space_src` into `out_dir` (new or empty), pinned to model_id@revision; with
+    `space_id`, its README's snippets name that Space."""
     from huggingface_hub.repocard import metadata_load, metadata_save
 
     space_src = Path(space_src)
@@ -199,7 +209,7 @@ def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | N
         print(f"note: {space_src} has no requirements.txt; the Space will only have the SDK's packages")
     out_dir = _prepare_out_dir(out_dir)
     _copy_tree(space_src, out_dir)
-    name_repo(out_dir / "README.md", model_id)
+    name_repo(out_dir / "README.md", model_id, space_id)
     metadata_save(out_dir / "README.md", {**settings, "models": [model_id]})  # the Hub links the Space to the model
     write_model_source(out_dir, model_id, revision)
     return out_dir
@@ -514,7 +524,7 @@ def stage_check_and_push(args: argparse.Namespace, out: Path, space_id: str) -> 
     token = None
     try:
         model_dir = stage_model_repo(Path(args.release), out / "model", repo_id=args.repo_id)
-        space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None)
+        space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None, space_id)
         numbers = check_card_numbers(model_dir)
         print(f"model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, loss {numbers['loss']}")
         variant_dirs = {}
@@ -584,9 +594,15 @@ def main(argv: list[str] | None = None) -> int:
             flag = "--repo-id" if repo == args.repo_id else "--space-id" + ("" if args.space_id else " (REPO_ID-demo)")
             parser.error(f"{flag}: {e}")
 
+    if args.dry_run is not None and not args.dry_run.strip():  # "" is falsy: it published instead of staging
+        parser.error("--dry-run: OUT_DIR is empty (an unset variable?); give a new or empty folder to stage into")
     if args.dry_run and Path(args.dry_run).exists():
         if not Path(args.dry_run).is_dir() or any(Path(args.dry_run).iterdir()):
             parser.error(f"--dry-run {args.dry_run}: give an empty or new folder to stage into")
+    for flag, folder in (("--release", args.release), ("--space-src", args.space_src)) if args.dry_run else ():
+        if Path(folder).resolve() in Path(args.dry_run).resolve().parents:  # its records/, assets/, spaces_app/...
+            parser.error(f"--dry-run {args.dry_run} is inside {flag} {folder}: the next push would publish the staged "
+                         "copy with the release; stage outside it (e.g. /tmp/staged)")  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="minivision-push-") as tmp:
         # A dry run stages beside OUT_DIR and is moved into it once checked: a killed one leaves OUT_DIR as it was

@@ -577,6 +577,59 @@ def test_malformed_repo_ids_are_usage_errors_before_staging(release, space_src, 
     assert not out.exists()
 
 
+def test_dry_run_into_an_empty_name_or_inside_the_sources_is_a_usage_error(release, space_src, tmp_path, capsys,
+                                                                          monkeypatch):  # fmt: skip
+    """`--dry-run ""` (an unset variable) was no dry run at all: the release was published. A dry run inside the release
+    or the Space sources (records/staged, spaces_app/staged) was published, weights and all, by the next push."""
+    from scripts import push_to_hub
+
+    staged = []
+    monkeypatch.setattr(push_to_hub, "stage_check_and_push", lambda args, out, space_id: staged.append(args) or 0)
+    for out, says in (("", "OUT_DIR is empty"), (release / "records" / "staged", "inside --release"),
+                      (space_src / "staged", "inside --space-src")):  # fmt: skip
+        argv = ["--repo-id", REPO_ID, "--release", str(release), "--space-src", str(space_src), "--dry-run", str(out)]
+        with pytest.raises(SystemExit) as exit_info:
+            push_to_hub.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and says in err and "Traceback" not in err, out
+    assert staged == [] and not (release / "records" / "staged").exists() and not (space_src / "staged").exists()
+
+
+def test_the_staged_space_readme_names_the_space_being_published(space_src, tmp_path):
+    """The Space README's client snippet names minivision/mini-vision-v2-demo; with --space-id it was staged as
+    REPO_ID-demo, a Space that does not exist."""
+    space = stage_space(space_src, tmp_path / "space", REPO_ID, None, space_id="tester/digits")
+    text = (space / "README.md").read_text()
+    assert 'Client("tester/digits")' in text and "-demo" not in text and f"huggingface.co/{REPO_ID})" in text
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (a folder nothing can be created in)")
+def test_an_out_dir_that_cannot_be_created_is_refused(release, tmp_path):
+    with pytest.raises(ReleaseError, match="cannot create"):
+        stage_model_repo(release, Path("/proc/minivision-staged/model"))
+
+
+@pytest.mark.skipif(not (REPO_ROOT / "variants" / "best" / "records" / "variant.json").is_file(),
+                    reason="no variants/best in this checkout")  # fmt: skip
+def test_the_published_cards_are_the_generated_ones_and_say_what_their_records_say(tmp_path):
+    """The push publishes model_card.md and variants/best/model_card.md as they are: they must be what
+    make_model_card writes from the committed records. The best card said "Label smoothing makes the raw softmax
+    scores underconfident; divide by T for calibrated probabilities" of a recipe without label smoothing, whose test
+    ECE is 0.0009 raw and 0.0016 after dividing by T."""
+    from scripts import make_model_card
+
+    for card, argv in ((REPO_ROOT / "model_card.md", ["--records", str(REPO_ROOT / "records")]),
+                       (REPO_ROOT / "variants" / "best" / "model_card.md", ["--variant", "best"])):  # fmt: skip
+        generated = make_model_card.main([*argv, "--output", str(tmp_path / "card.md")])
+        assert generated.read_text() == card.read_text(), f"{card} is stale: regenerate it with make_model_card"
+        records = card.parent / "records"
+        if not json.loads((records / "run_record.json").read_text())["recipe_values"].get("label_smoothing"):
+            assert "Label smoothing makes" not in card.read_text(), card
+    result = json.loads((REPO_ROOT / "variants" / "best" / "records" / "eval_test.json").read_text())
+    text = (REPO_ROOT / "variants" / "best" / "model_card.md").read_text()
+    assert f"test ECE {result['ece']:.4f} for the raw softmax scores, {result['ece_temperature']:.4f}" in text
+
+
 def test_card_numbers_differing_from_the_record_are_refused(hub, release, space_src, tmp_path):
     changed = tmp_path / "changed"
     shutil.copytree(release, changed)
