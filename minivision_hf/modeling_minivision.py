@@ -106,14 +106,25 @@ class MiniVisionPreTrainedModel(PreTrainedModel):
 
     def _code_file(self, name: str) -> Path | None:
         """Where to copy code file `name` from: beside this module, else in the local folder the model was loaded
-        from; None when neither has it."""
+        from, else in the Hub repo it was loaded from, at the commit loaded (transformers' cache, fetched if missing);
+        None when none has it."""
         here = Path(__file__).with_name(name)
         if here.is_file():
             return here
         loaded_from = str(getattr(self.config, "_name_or_path", "") or "")
         if loaded_from and Path(loaded_from, name).is_file():
             return Path(loaded_from, name)
-        return None
+        if not loaded_from or Path(loaded_from).expanduser().exists():
+            return None
+        from transformers.utils import cached_file
+
+        try:  # a Hub id: remote code's module folder holds only the modeling and configuration files
+            found = cached_file(loaded_from, name, revision=getattr(self.config, "_commit_hash", None),
+                                _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)  # fmt: skip
+        except (OSError, ValueError):  # not a repo id, no such repo or revision
+            return None
+        return Path(found) if found else None
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -134,6 +134,36 @@ def test_a_model_loaded_as_remote_code_saves_a_complete_folder(saved_release, tm
     AutoModelForImageClassification.from_pretrained(tmp_path / "orphan", trust_remote_code=True)
 
 
+@pytest.mark.slow
+def test_a_model_loaded_from_the_hub_as_remote_code_saves_a_complete_folder(saved_release, tmp_path):
+    """From a Hub repo, remote code's module folder holds only the modeling and configuration files, and the folder
+    it was loaded from is a repo id: save_pretrained dropped the pipeline (custom_pipelines, pipeline_minivision.py)
+    and the processor's auto_map entry, so a fine-tuned model pushed back served the stock pipeline. The files now
+    come from the repo, at the commit loaded."""
+    from tests.hub_server import HubServer
+
+    with HubServer(token="hf_test") as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test", "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+               "HF_HOME": str(tmp_path / "hf_home"), "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
+        run_fresh(
+            f"""
+            from huggingface_hub import HfApi
+            from transformers import AutoModelForImageClassification
+            HfApi().create_repo("me/mv")
+            HfApi().upload_folder(repo_id="me/mv", folder_path={str(saved_release)!r})
+            AutoModelForImageClassification.from_pretrained("me/mv", trust_remote_code=True).save_pretrained("saved")
+            print("{{}}")
+            """,
+            cwd=tmp_path,
+            env=env,
+        )
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["custom_pipelines"]["image-classification"]["impl"].startswith("pipeline_minivision.")
+    assert "AutoImageProcessor" in config["auto_map"]
+    for name in CODE_FILES:
+        assert (tmp_path / "saved" / name).read_bytes() == (saved_release / name).read_bytes(), name
+
+
 CODE_FILES = ("configuration_minivision.py", "modeling_minivision.py", "image_processing_minivision.py",
               "pipeline_minivision.py")  # fmt: skip
 
