@@ -75,6 +75,7 @@ MIN_ALPHA = 0.05
 PAPER_AND_INK = 0.02
 SHEET_FILL = 0.5
 STRAY = 0.001
+FRAMED_SHEET_FILL = 0.8  # a visible layer filling this much of its bounding box is a sheet, even with a dark edge
 RANGE_OVERSHOOT = 1.5  # float pixels up to 1.5 read as 0..1 (an 8-bit image that dark shows nothing anyway)
 # Values below -RANGE_UNDERSHOOT x the peak are no resampling undershoot but shifted data (normalised with a mean, as
 # MNIST's (x - 0.1307) / 0.3081, or in -1..1): their lowest value is black and their highest white.
@@ -309,11 +310,12 @@ def _alpha_background(gray: torch.Tensor, alpha: torch.Tensor) -> float:
     fill = len(visible) / ((bottom - top + 1) * (right - left + 1))
     # A sheet's outline is its paper, and strokes alone are outlined by their ink; strokes anti-aliased against a matte
     # (a GIF, a PNG with one transparent colour) are outlined by their fringe, which contrasts with the ink as paper
-    # does: the transparent pixels take the fringe's side, the matte's
+    # does: the transparent pixels take the fringe's side, the matte's. A layer that nearly fills its bounding box is a
+    # sheet whatever its edge (a dark frame, a window's border, a shadow): the rule below decides
     padded = F.pad(shown[None, None].float(), (1, 1, 1, 1))[0, 0].bool()
     inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     outline = float(gray[shown & ~inner].median())
-    if abs(outline - level) > 0.3:
+    if fill < FRAMED_SHEET_FILL and abs(outline - level) > 0.3:
         return 1.0 if outline > level else 0.0
     if contrasting > PAPER_AND_INK or (fill >= SHEET_FILL and contrasting > STRAY):
         return level  # paper and ink (a sheet, however little is written on it): the margin continues the paper

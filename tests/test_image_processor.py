@@ -258,6 +258,19 @@ def test_strokes_anti_aliased_against_a_matte_with_one_transparent_colour_are_in
             assert correlation(assert_mnist_like(processor(layer)["pixel_values"]), reference) > 0.9
 
 
+def test_a_sheet_with_a_dark_frame_on_a_transparent_layer_is_still_a_sheet():
+    """A white sheet with a black digit and a dark 2-px frame (a border, a window's edge, a shadow), on a transparent
+    margin: its outline contrasts with its paper as a matte's fringe does with ink, but a layer that fills its bounding
+    box is a sheet, so the margin takes the paper's shade (the fringe rule made it black, the paper's opposite)."""
+    from minivision_hf.image_processing_minivision import _alpha_background
+
+    sheet = torch.from_numpy(np.asarray(draw_seven(160, 0, 255, "L"))).float() / 255
+    sheet[:2], sheet[-2:], sheet[:, :2], sheet[:, -2:] = 0, 0, 0, 0
+    gray, alpha = torch.zeros(240, 240), torch.zeros(240, 240)
+    gray[40:200, 40:200], alpha[40:200, 40:200] = sheet, 1.0
+    assert _alpha_background(gray, alpha) == 1.0
+
+
 def test_one_overshooting_float_value_does_not_rescale_the_image_or_its_alpha(processor):
     gray = np.asarray(draw_seven(112, 255, 0, "L"), dtype=np.float32) / 255
     rgba = np.concatenate([np.repeat(gray[..., None], 3, -1), np.ones((112, 112, 1), np.float32)], -1)
