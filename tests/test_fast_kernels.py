@@ -257,6 +257,17 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path, kept):
     assert built.stat().st_size > len(whole) * kept
 
 
+def test_a_library_cut_inside_its_elf_header_counts_as_cut_short(tmp_path):
+    """A cache file of the ELF magic alone (4 or 5 bytes) raised IndexError out of load_kernels instead of a rebuild."""
+    from minivision_hf.fast.build import _cut_short
+
+    path = tmp_path / "lib.so"
+    for data, cut in [(b"\x7fELF", True), (b"\x7fELF\x02", True), (b"\x7fELF\x02\x01" + bytes(40), True),
+                      (b"", False), (b"MZ" + bytes(100), False)]:  # fmt: skip
+        path.write_bytes(data)
+        assert _cut_short(path) is cut, data
+
+
 @needs_kernels
 def test_a_broken_library_in_a_read_only_cache_folder_is_rebuilt_in_the_temp_folder(tmp_path, monkeypatch):
     """A cached library that does not load, in a cache folder that cannot be written (a read-only shared cache): the
@@ -1072,12 +1083,12 @@ def test_fast_dropout_has_dropouts_distribution():
     assert torch.equal(drop.eval()(x), x) and torch.equal(fast.FastDropout(0.0).train()(x), x)
 
 
-@needs_kernels
 def test_fast_dropout_of_one_drops_everything_as_nn_dropout():
     x = torch.tensor([1.0, -2.0, float("inf"), float("nan")])
     assert _same(fast.FastDropout(1.0).train()(x), torch.nn.Dropout(1.0).train()(x))  # zeros (NaN for inf, NaN)
 
 
+@needs_kernels
 def test_apply_fast_kernels_keeps_the_state_dict_and_saved_files(tmp_path):
     model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig())
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -292,7 +292,11 @@ def _cut_short(path: Path) -> bool:
     """Whether `path` is an ELF file that ends before its program segments or section headers do (truncated); other
     formats are left to the loader."""
     data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2) or len(data) < 64:
+    if data[:4] != b"\x7fELF":
+        return False
+    if len(data) < 64:  # cut inside the ELF header itself
+        return True
+    if data[4] not in (1, 2) or data[5] not in (1, 2):
         return False
     order, wide = "<" if data[5] == 1 else ">", data[4] == 2  # little / big endian; 64 / 32 bits
     header = "QQ6xHHHH" if wide else "II6xHHHH"  # e_phoff, e_shoff, e_phentsize, e_phnum, e_shentsize, e_shnum
