@@ -43,6 +43,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from minivision_hf.data import DEFAULT_DATASET, load_mnist
 from minivision_hf.training import (
     RECIPES,
+    REPO_ROOT,
     Recipe,
     checkpoints,
     dataset_source,
@@ -138,8 +139,10 @@ def evaluate_test(record_paths: list[str], dataset: str, output: Path, command: 
     runs = [run for r in records for run in r["runs"] if only is None or run.get("variant") == only]
     if not runs:  # else `output` was replaced by a record of no runs
         variants = sorted({run.get("variant") or run["recipe"] for r in records for run in r["runs"]})
-        raise SystemExit(f"compare_recipes.py: error: --only {only}: no run of {', '.join(record_paths)} is of that "
-                         f"variant (they hold {', '.join(variants) or 'no runs'}); {output} was left as it was")
+        which = f"--only {only}: no run of {', '.join(record_paths)} is of that variant" if only else \
+            f"{', '.join(record_paths)} hold no runs"  # fmt: skip
+        raise SystemExit(f"compare_recipes.py: error: {which} (they hold {', '.join(variants) or 'no runs'}); "
+                         f"{output} was left as it was")  # fmt: skip
     if as_recipe:
         expected = {k: v for k, v in dataclasses.asdict(RECIPES[as_recipe]).items() if k != "notes"}
         for run in runs:
@@ -229,11 +232,15 @@ def main(argv=None) -> dict:
             for recipe in args.recipes
             for path in args.data_paths
         ]
+    trained_here = set()  # run folders of this comparison: a later run may distill from an earlier one's
     for name, recipe, path, extra, prefix in plan:  # every run's flags checked before the first run trains
         for seed in args.seeds:
             out = Path(args.work_dir) / f"{prefix}-seed{seed}"
+            # A teacher that an earlier run here trains does not exist yet: checked as the release it will resemble.
+            checked = [str(REPO_ROOT) if Path(flag).absolute() in trained_here else flag for flag in extra]
+            trained_here.add(out.absolute())
             try:
-                train.parse_args([*train_cli(args, recipe, path, extra, seed, out), "--resume"])
+                train.parse_args([*train_cli(args, recipe, path, checked, seed, out), "--resume"])
             except SystemExit:
                 print(f"compare_recipes.py: error: run {name} seed {seed} ({out}): train.py refused its arguments "
                       "(above); nothing was trained", file=sys.stderr)  # fmt: skip

@@ -576,6 +576,29 @@ def test_compare_recipes_refuses_mistakes_before_it_trains(tmp_path, capsys, mon
     assert not (tmp_path / "w").exists() and not (tmp_path / "r.json").exists()
 
 
+def test_compare_recipes_lets_a_run_distill_from_one_it_trains_first(tmp_path, capsys, monkeypatch):
+    """The up-front flag check refused a student whose --distill-from names a teacher that an earlier run of the same
+    comparison trains (it does not exist before that run); a teacher that nothing trains is still refused."""
+    from scripts import compare_recipes
+
+    started = []
+
+    def trained(argv):
+        started.append(argv[argv.index("--output-dir") + 1])
+        raise KeyboardInterrupt  # stop at the first run: the check before it has passed
+
+    monkeypatch.setattr(compare_recipes.train, "main", trained)
+    work = tmp_path / "w"
+    argv = ["--smoke", "--seeds", "1", "--dataset", str(FIXTURES / "mnist_tiny"), "--work-dir", str(work),
+            "--output", str(tmp_path / "r.json"), "--variant", "teacher", "seed", "", "--variant", "student", "seed"]
+    with pytest.raises(KeyboardInterrupt):
+        compare_recipes.main([*argv, f"--distill-from {work / 'teacher-seed1'} --distill-weight 0.5"])
+    assert started == [str(work / "teacher-seed1")]
+    message = _usage_error(compare_recipes.main, [*argv, f"--distill-from {work / 'other'} --distill-weight 0.5"],
+                           capsys)  # fmt: skip
+    assert "no such folder" in message and started == [str(work / "teacher-seed1")]
+
+
 @pytest.mark.parametrize(("argv", "repeated"), [(["--seeds", "1", "1"], "--seeds: 1"),
                                                (["--recipes", "seed", "plus", "seed"], "--recipes: seed"),
                                                (["--variant", "a", "seed", "", "--variant", "a", "plus", ""],
