@@ -463,7 +463,15 @@ def render_variant(name: str, records: Path, repo_id: str) -> str:
             f"| Test ECE after temperature scaling (softmax(logits / T)) | {result['ece_temperature']:.4f} | - |\n"
             f"| Test loss after temperature scaling | {result['loss_temperature']:.4f} | - |"
         )
-    if record["recipe_values"].get("label_smoothing") or result.get("ece_temperature") is None:
+    logits = 'model(**processor(images, return_tensors="pt")).logits'
+    probs_line = (f"probs = ({logits} / model.config.calibration_temperature).softmax(-1)"
+                  if result.get("ece_temperature") is not None else f"probs = {logits}.softmax(-1)")  # fmt: skip
+    smoothing = record["recipe_values"].get("label_smoothing")
+    if result.get("ece_temperature") is None:  # made with --no-temperature: no T stored
+        calibration_note = (f"Test ECE {result['ece']:.4f} for the raw softmax scores"
+                            + (" (label smoothing makes them underconfident)" if smoothing else "")
+                            + "; no temperature is stored\n  for this model.")  # fmt: skip
+    elif smoothing:
         calibration_note = ("Label smoothing makes the raw softmax scores underconfident; divide the logits by\n"
                             "  `config.calibration_temperature` (fitted on the validation rows) for calibrated "
                             "probabilities. The predicted class\n  is the same either way.")  # fmt: skip
@@ -493,7 +501,7 @@ as published; this branch is {more_accurate}the one the Space serves by default.
 from transformers import AutoModelForImageClassification, AutoImageProcessor  # transformers>=5.4
 model = AutoModelForImageClassification.from_pretrained("{repo_id}", revision="{name}", trust_remote_code=True)
 processor = AutoImageProcessor.from_pretrained("{repo_id}", revision="{name}", trust_remote_code=True)
-probs = (model(**processor(images, return_tensors="pt")).logits / model.config.calibration_temperature).softmax(-1)
+{probs_line}
 ```
 
 ## Model architecture

@@ -630,6 +630,25 @@ def test_the_published_cards_are_the_generated_ones_and_say_what_their_records_s
     assert f"test ECE {result['ece']:.4f} for the raw softmax scores, {result['ece_temperature']:.4f}" in text
 
 
+def test_a_variant_card_without_a_temperature_does_not_promise_one(tmp_path):
+    """A variant made with --no-temperature (no T stored) and no label smoothing: its card said label smoothing made
+    the scores underconfident and told users to divide by `config.calibration_temperature`, neither of which held."""
+    import shutil
+
+    from scripts import make_model_card
+
+    records = tmp_path / "records"
+    shutil.copytree(REPO_ROOT / "variants" / "best" / "records", records)
+    result = json.loads((records / "eval_test.json").read_text())
+    for key in ("ece_temperature", "loss_temperature", "temperature"):
+        result.pop(key, None)
+    (records / "eval_test.json").write_text(json.dumps(result))
+    (records / "calibration.json").unlink(missing_ok=True)
+    card = make_model_card.render_variant("best", records, "NS/mini-vision-v2")
+    assert "Label smoothing makes" not in card and "calibration_temperature" not in card
+    assert f"Test ECE {result['ece']:.4f} for the raw softmax scores; no temperature is stored" in card
+
+
 def test_card_numbers_differing_from_the_record_are_refused(hub, release, space_src, tmp_path):
     changed = tmp_path / "changed"
     shutil.copytree(release, changed)
