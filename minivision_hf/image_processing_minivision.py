@@ -46,7 +46,8 @@ from PIL import Image, ImageOps
 # the version needed instead of failing on a missing name.
 if Version(transformers.__version__).release < (5, 4):
     raise ImportError(
-        f'Mini-Vision-V2 needs transformers>=5.4, found {transformers.__version__}: pip install -U "transformers>=5.4,<6"'
+        f"Mini-Vision-V2 needs transformers>=5.4, found {transformers.__version__}: "
+        'pip install -U "transformers>=5.4,<6"'
     )
 
 from transformers.image_processing_backends import TorchvisionBackend

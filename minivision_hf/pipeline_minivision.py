@@ -41,7 +41,8 @@ from packaging.version import Version
 # the version needed instead of failing on a missing name.
 if Version(transformers.__version__).release < (5, 4):
     raise ImportError(
-        f'Mini-Vision-V2 needs transformers>=5.4, found {transformers.__version__}: pip install -U "transformers>=5.4,<6"'
+        f"Mini-Vision-V2 needs transformers>=5.4, found {transformers.__version__}: "
+        'pip install -U "transformers>=5.4,<6"'
     )
 
 from transformers import ImageClassificationPipeline
@@ -134,7 +135,8 @@ def _fetch(image, timeout: float | None):
         except (httpx.HTTPError, httpx.InvalidURL) as err:  # offline, refused, timed out, 404, malformed URL
             raise ValueError(f"could not fetch the image at {image[:200]!r}: {err}") from err
         return response.content
-    if os.path.exists(image):  # a folder too: the processor names it (decoded as base64, it read as junk bytes)
+    if os.path.isfile(image) or os.path.isdir(image):  # a folder: the processor names it (as base64 it read as junk);
+        # not a device or pipe (/dev/stdin, a FIFO): reading one would wait for ever
         return image
     data = image.split(",", 1)[-1] if image.startswith("data:image/") else image
     try:

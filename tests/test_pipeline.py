@@ -10,6 +10,7 @@ import functools
 import http.server
 import io
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -214,6 +215,11 @@ def test_paths_bytes_base64_and_pil_give_the_same_answer(clf, tmp_path):
     folder.mkdir()
     with pytest.raises(ValueError, match="could not decode the image .*digits"):  # "Is a directory" (Linux)
         clf(str(folder))
+    if hasattr(os, "mkfifo"):  # a named pipe is not opened (reading one waits for a writer that never comes)
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        with pytest.raises(ValueError, match="not an image file, an http"):
+            clf(str(fifo))
 
 
 def test_urls_are_fetched_with_their_alpha(clf, tmp_path, monkeypatch):
