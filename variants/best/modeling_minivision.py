@@ -8,6 +8,7 @@ max(x, 0)), so outputs are identical, and ReLU then touches 4x fewer elements (t
 more time in pooling/ReLU than in its convolutions on a CPU).
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -115,12 +116,15 @@ class MiniVisionPreTrainedModel(PreTrainedModel):
         loaded_from = str(getattr(self.config, "_name_or_path", "") or "")
         if loaded_from and Path(loaded_from, name).is_file():
             return Path(loaded_from, name)
-        if not loaded_from or Path(loaded_from).expanduser().exists():
+        # Remote code from a Hub repo runs from transformers_modules/<repo>/<commit>/: only then is `loaded_from` a
+        # repo id (not a relative folder deleted since, or one of another working folder) and the commit known.
+        commit = Path(__file__).parent.name
+        if not loaded_from or not re.fullmatch(r"[0-9a-f]{40}", commit) or Path(loaded_from).expanduser().exists():
             return None
         from transformers.utils import cached_file
 
         try:  # a Hub id: remote code's module folder holds only the modeling and configuration files
-            found = cached_file(loaded_from, name, revision=getattr(self.config, "_commit_hash", None),
+            found = cached_file(loaded_from, name, revision=commit,
                                 _raise_exceptions_for_missing_entries=False,
                                 _raise_exceptions_for_connection_errors=False)  # fmt: skip
         except (OSError, ValueError):  # not a repo id, no such repo or revision
