@@ -741,7 +741,7 @@ def output_folder(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text}: the working folder it is relative to no longer exists")
     if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK):  # read-only, another user's: else the result was lost when the run ended
+    if not writable(existing):  # read-only, another user's: else the result was lost when the run ended
         raise argparse.ArgumentTypeError(f"{existing} is not writable")
     return text
 

@@ -95,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pipeline calls per input kind (50; quick 10)")  # fmt: skip
     p.add_argument("--peak-sizes", type=positive(int), nargs="+", default=None,
                    help="n of the n x n peak matmuls, best kept (1024 2048 4096; quick 1024)")  # fmt: skip
-    p.add_argument("--int8-min-agreement", type=float, default=0.99,
+    p.add_argument("--int8-min-agreement", type=export_onnx.fraction, default=0.99,
                    help="export check when this script exports (lower it for untrained models)")  # fmt: skip
     args = p.parse_args(argv)
     if args.train_steps is not None and args.train_steps < bench.MIN_TRAIN_STEPS:

@@ -307,6 +307,7 @@ def test_eval_dataset_problems_are_one_line(tmp_path):
         ("plot_recipe_search", ["--out", "README.md/search.png"], "is a file, not a folder"),
         ("gpu_time_to_accuracy", ["--timeout", "-1"], "must be a positive float"),
         ("gpu_time_to_accuracy", ["--markdown", "README.md/g.md"], "is a file, not a folder"),
+        ("benchmark", ["--int8-min-agreement", "2"], "must be in [0, 1]"),
         ("load_test", ["--clients", "0"], "must be positive"),
         ("load_test", ["--output", "README.md/load.json"], "is a file"),
         ("convert_seed_checkpoint", ["/nonexistent/seed.pth", "--output", "x"], "no such file"),
