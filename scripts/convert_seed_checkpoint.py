@@ -34,6 +34,7 @@ import scripts  # noqa: E402,F401  # isort: skip  (first, as under -m: its excep
 import torch
 import transformers
 from huggingface_hub import ModelCardData
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import minivision_hf as mv
@@ -96,11 +97,18 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     with open(path, "rb") as f:
         head = f.read(9)
     if path.suffix == ".safetensors" or head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
-        tensors = load_file(path)
+        try:
+            tensors = load_file(path)
+        except SafetensorError as error:  # truncated or corrupted
+            raise ConversionError(str(path), [f"not a readable safetensors file ({error})"]) from error
         # safetensors stores keys sorted by name; numbered names (Sequential indices) still sort into module order
         return {k: tensors[k] for k in sorted(tensors, key=_natural_key)}
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, KeyError, ValueError) as error:  # what the unpickler makes of an empty or corrupted file
+        raise ConversionError(str(path), [
+            f"not a torch.save file: empty, truncated or corrupted ({type(error).__name__}: {error})",
+        ]) from error  # fmt: skip
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as error:
         reason = str(error).strip().splitlines()[0]
         raise ConversionError(str(path), [
@@ -325,6 +333,24 @@ def evaluate_folder(folder: Path, dataset: str, split: str, max_samples: int | N
     return {**result, "dataset": str(dataset), "split": split}
 
 
+def output_problem(output: Path, checkpoint: Path) -> str | None:
+    """Why `output` cannot be the folder written (and with --overwrite replaced whole, old contents deleted), or None.
+    (minivision_hf.training.replaced_folder refuses the same, but needs the `train` extra.)"""
+    folder, repo = output.expanduser().resolve(), Path(__file__).resolve().parents[1]
+    inputs = {"the checkpoint": checkpoint.resolve(), "the working folder": Path.cwd().resolve()}
+    for what, path in {**inputs, "the repository": repo}.items():
+        if folder == path or folder in path.parents:
+            return f"is {what} or holds it ({path}): it would be replaced; give a folder of its own"
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    existing = next(q for q in folder.parents if q.exists())  # where the temporary folder is made
+    if not existing.is_dir():
+        return f"lies under {existing}, a file"
+    if not os.access(existing, os.W_OK):
+        return f"cannot be written: {existing} is not writable"
+    return None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="the seed's state_dict: .pth/.pt (torch.save) or .safetensors")
@@ -337,6 +363,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)  # checked here, not with minivision_hf.training's types: this script needs only the core
     if not args.checkpoint.is_file():
         p.error(f"no such file: {args.checkpoint}")
+    problem = output_problem(args.output, args.checkpoint)
+    if problem:
+        p.error(f"argument --output: {args.output} {problem}")
     for flag, value in (("--max-samples", args.max_samples), ("--batch-size", args.batch_size)):
         if value is not None and value <= 0:
             p.error(f"argument {flag}: must be a positive int, got {value}")

@@ -255,3 +255,32 @@ def test_command_line_refusal_exits_nonzero_with_the_differences(tmp_path):
     assert proc.returncode == 1
     assert "cannot convert" in proc.stderr and "conv layer 2" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint at all", b"\x10" + b"\x00" * 7 + b"{not json"])
+def test_empty_or_corrupted_file_is_refused_in_one_line(tmp_path, content):
+    """An empty or corrupted .pth (EOFError, KeyError from the unpickler) or .safetensors file ended in a traceback."""
+    checkpoint = tmp_path / ("seed.safetensors" if content.startswith(b"\x10") else "seed.pth")
+    checkpoint.write_bytes(content)
+    with pytest.raises(SystemExit, match="cannot convert .*\n  - not a (torch.save file|readable safetensors file)"):
+        convert.main([str(checkpoint), "--output", str(tmp_path / "converted")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.name]
+
+
+def test_output_that_would_replace_the_checkpoint_or_a_file_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    """--overwrite replaced whatever --output named: the checkpoint itself, the folder holding it (both deleted with
+    the old contents), the working folder, a plain file."""
+    (tmp_path / "in").mkdir()
+    checkpoint = tmp_path / "in" / "seed.pth"
+    write_checkpoint(trained_like(SeedBlocks()), checkpoint, "pth")
+    (tmp_path / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    for output, message in ((checkpoint, "is the checkpoint"), (tmp_path / "in", "is the checkpoint or holds it"),
+                            (tmp_path, "or holds it"), (".", "or holds it"),
+                            (REPO_ROOT, "is the repository"), (tmp_path / "notes.txt", "is a file, not a folder"),
+                            (tmp_path / "notes.txt" / "out", "lies under")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            convert.main([str(checkpoint), "--output", str(output), "--overwrite"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, output
+    assert checkpoint.is_file() and (tmp_path / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "notes.txt"]
