@@ -26,7 +26,7 @@ import scripts  # noqa: E402,F401  # isort: skip  (first, as under -m: its excep
 import torch
 
 import minivision_hf as mv
-from minivision_hf.training import move_folder_into_place, recover_folder, write_json
+from minivision_hf.training import move_folder_into_place, output_folder, recover_folder, write_json
 from scripts import eval_model, make_model_card, plot_curves
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,14 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="outputs/seed", help="output dir of scripts/train.py")
     p.add_argument("--dataset", default="ylecun/mnist", help="for the evaluation (Hub id or local copy)")
-    p.add_argument("--root", default=str(ROOT),
+    p.add_argument("--root", type=output_folder, default=str(ROOT),
                    help="release folder, created if missing (default: the repo root, where the code files are links "
                         "into minivision_hf/; anywhere else they are copies)")  # fmt: skip
     p.add_argument("--init", action="store_true", help="write an initialised, untrained release instead")
-    args = p.parse_args(argv)
-    if Path(args.root).exists() and not Path(args.root).is_dir():
-        p.error(f"--root {args.root} is a file, not a folder")
-    return args
+    return p.parse_args(argv)
 
 
 def install_code_files(root: Path) -> None:
@@ -141,22 +138,29 @@ def main(argv=None) -> None:
         missing = [name for name in (*RELEASE_FILES, "run_record.json") if not (run / name).exists()]
         if missing:
             raise SystemExit(f"{run} is not a finished training run: missing {missing}")
+        try:  # a record of another kind would fail in plot_curves, after the evaluation
+            plot_curves.read_json(run / "run_record.json", "a run record of scripts/train.py", plot_curves.RECORD_KEYS)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
     if not root.exists():
         print(f"creating the release folder {root}")
         root.mkdir(parents=True)
     finish_release(root)  # a release that a kill interrupted is completed first
     staging = root / STAGING
     staging.mkdir()
-    if args.init:
-        write_init_release(staging)
-        commit_release(root, staging, list(RELEASE_FILES))
-        install_code_files(root)
-        print(f"wrote an untrained release to {root}")
-        return
-    paths = stage_release(run, root, staging, args.dataset)
+    try:
+        paths = list(RELEASE_FILES) if args.init else stage_release(run, root, staging, args.dataset)
+        if args.init:
+            write_init_release(staging)
+    except BaseException:  # failed or interrupted (Ctrl-C, SIGTERM) while staging: the release in place is untouched
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     commit_release(root, staging, paths)
     install_code_files(root)
-    print(f"released {run} into {root}: {', '.join(paths)}")
+    if args.init:
+        print(f"wrote an untrained release to {root}")
+    else:
+        print(f"released {run} into {root}: {', '.join(paths)}")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--record", type=existing_file, default="records/run_record.json",
                    help="run_record.json written by scripts/train.py")  # fmt: skip
-    p.add_argument("--eval", default="records/eval_test.json", help="JSON written by scripts/eval_model.py")
+    p.add_argument("--eval", type=existing_file, default=None,
+                   help="JSON written by scripts/eval_model.py (default: records/eval_test.json, where it exists)")
     p.add_argument("--out", type=output_folder, default="assets", help="folder for the PNGs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.eval is None and Path(DEFAULT_EVAL).is_file():
+        args.eval = DEFAULT_EVAL
+    try:  # a file of another kind is one line, not a KeyError's traceback after some plots are written
+        read_json(args.record, "a run record of scripts/train.py", RECORD_KEYS)
+        if args.eval:
+            read_json(args.eval, "an evaluation of scripts/eval_model.py", EVAL_KEYS)
+    except ValueError as error:
+        p.error(str(error))
+    return args
+
+
+DEFAULT_EVAL = "records/eval_test.json"
+RECORD_KEYS = ("epochs",)
+EVAL_KEYS = ("confusion_matrix", "labels", "num_samples", "accuracy")
+
+
+def read_json(path: str | Path, what: str, keys: tuple[str, ...]) -> dict:
+    """The JSON object in `path`, which must hold `keys` (a run record's also one epoch or more, each numbered);
+    ValueError saying what it is not otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
+        raise ValueError(f"{path} is not {what}: {error}") from None
+    missing = [key for key in keys if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise ValueError(f"{path} is not {what}: no {', '.join(missing)}")
+    epochs = data.get("epochs", [{"epoch": 0}])
+    if epochs == []:
+        raise ValueError(f"{path} holds no epochs: nothing to plot")
+    if not isinstance(epochs, list) or not all(isinstance(row, dict) and "epoch" in row for row in epochs):
+        raise ValueError(f"{path} is not {what}: its epochs are not a list of numbered epochs")
+    return data
 
 
 def _curve(epochs: list[dict], key: str, title: str, ylabel: str, path: Path, best_epoch=None, log=False, pct=False):
@@ -78,7 +111,7 @@ def plot_confusion(result: dict, path: Path) -> None:
 def plot_all(record: dict, result: dict | None, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     epochs, best = record["epochs"], record.get("best_epoch") if record.get("kept") == "best" else None
-    name = f"Mini-Vision-V2, {record['recipe']} recipe"
+    name = f"Mini-Vision-V2, {record['recipe']} recipe" if record.get("recipe") else "Mini-Vision-V2"
     paths = [out / "train_loss.png", out / "test_loss.png", out / "test_accuracy.png", out / "learning_rate.png"]
     _curve(epochs, "train_loss", f"{name}: training loss (augmented)", "cross-entropy", paths[0], log=True)
     # A run with a held-out validation split evaluated on it every epoch (keys stay test_*; the title says which).
@@ -94,8 +127,8 @@ def plot_all(record: dict, result: dict | None, out: Path) -> list[Path]:
 
 def main(argv=None) -> list[Path]:
     args = parse_args(argv)
-    record = json.loads(Path(args.record).read_text())
-    result = json.loads(Path(args.eval).read_text()) if args.eval and Path(args.eval).exists() else None
+    record = read_json(args.record, "a run record", RECORD_KEYS)
+    result = read_json(args.eval, "an evaluation", EVAL_KEYS) if args.eval else None
     paths = plot_all(record, result, Path(args.out))
     for path in paths:
         print(f"wrote {path}")
