@@ -61,7 +61,11 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=positive(float), default=None,
                    help="seconds at most for all configurations (a machine's time limit): each gets at most what is "
                         "left, and those left when it is spent are recorded as not run")  # fmt: skip
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.markdown = args.markdown or str(Path(args.output).with_suffix(".md"))
+    if Path(args.markdown).resolve() == Path(args.output).resolve():  # the table would be written over the JSON
+        p.error(f"--markdown {args.markdown} is --output {args.output}: give the table a file of its own")
+    return args
 
 
 def seconds_to(record: dict, target: float) -> dict:
@@ -153,7 +157,7 @@ def main(argv=None) -> dict:
         "dataset": args.dataset,
         "runs": [],
     }
-    markdown_path = Path(args.markdown or Path(args.output).with_suffix(".md"))
+    markdown_path = Path(args.markdown)
     deadline = time.monotonic() + args.budget if args.budget else None
     for config in configs:  # the record is rewritten after each run: a machine taken back keeps what was done
         timeout = args.timeout if deadline is None else min(args.timeout, deadline - time.monotonic())

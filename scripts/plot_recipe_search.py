@@ -34,7 +34,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tested", nargs="*", type=existing_file,
                    help="test-evaluated records (default: records/recipes_best*.json)")  # fmt: skip
     p.add_argument("--out", type=output_file, default="assets/recipe_search.png", help="PNG file to write")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.search = args.search if args.search is not None else sorted(glob.glob("records/recipe_search*.json"))
+    args.tested = args.tested if args.tested is not None else sorted(glob.glob("records/recipes_best*.json"))
+    try:  # a file of another kind is one line, not a KeyError's traceback; no run at all, not an empty plot
+        if not any(load_runs(args.search).values()):
+            p.error(f"no runs to plot in --search {' '.join(args.search) or '(no records/recipe_search*.json here)'}")
+        load_runs(args.tested)
+    except ValueError as error:
+        p.error(str(error))
+    return args
 
 
 def load_runs(paths: list[str]) -> dict[str, list[dict]]:
@@ -42,8 +51,13 @@ def load_runs(paths: list[str]) -> dict[str, list[dict]]:
     kept an EMA, else `test_accuracy`: the evaluation set's accuracy, i.e. the validation rows in a search)."""
     runs: dict[str, list[dict]] = {}
     for path in paths:
-        for run in json.loads(Path(path).read_text())["runs"]:
-            runs.setdefault(run.get("variant") or run["recipe"], []).append(run)
+        try:
+            record = json.loads(Path(path).read_text())
+            for run in record["runs"]:
+                runs.setdefault(run.get("variant") or run["recipe"], []).append(run)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            what = f"{type(error).__name__}: {error}"
+            raise ValueError(f"{path} is not a record of scripts/compare_recipes.py ({what})") from None
     return runs
 
 
@@ -55,8 +69,7 @@ def kept_curve(run: dict) -> tuple[list[int], list[float]]:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    search = load_runs(args.search if args.search is not None else sorted(glob.glob("records/recipe_search*.json")))
-    tested = load_runs(args.tested if args.tested is not None else sorted(glob.glob("records/recipes_best*.json")))
+    search, tested = load_runs(args.search), load_runs(args.tested)
     # a run's one test evaluation, by its folder (a comparison may name the variant otherwise, e.g. `--as best`)
     test_of = {r["output_dir"]: r["accuracy"] for runs in tested.values() for r in runs if r.get("accuracy")}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120, gridspec_kw={"width_ratios": [1.2, 1]})

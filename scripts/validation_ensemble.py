@@ -34,6 +34,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     missing = [run for run in args.runs if not (Path(run) / "run_record.json").is_file()]
     if missing:
         p.error(f"not a finished run (no run_record.json): {', '.join(missing)}")
+    folders = [Path(run).resolve() for run in args.runs]
+    if len(set(folders)) < len(folders):  # the ensemble would count it twice, the result name it once
+        p.error(f"a run is named twice: {' '.join(args.runs)}")
+    if len({folder.name for folder in folders}) < len(folders):  # results are keyed by the folders' names
+        p.error(f"runs in folders of the same name cannot be told apart in the result: {' '.join(args.runs)}")
+    output = Path(args.output or "").resolve()
+    if args.output and output.exists() and any(folder in output.parents for folder in folders):
+        p.error(f"--output {args.output} is a file of a run compared (an input): write the result elsewhere")
+    for run in args.runs:
+        try:
+            held_out_rows(json.loads((Path(run) / "run_record.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            p.error(f"{run}/run_record.json is not a run record of scripts/train.py ({type(error).__name__}: {error})")
     return args
 
 
