@@ -196,7 +196,7 @@ def test_distillation_run_records_its_teachers_and_refuses_missing_ones(tiny_dir
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_validation_ensemble_and_search_plot(tiny_dir, tmp_path):
+def test_validation_ensemble_and_search_plot(tiny_dir, tmp_path, capsys):
     runs = []
     for seed in (1, 2):
         out = tmp_path / f"run{seed}"
@@ -207,6 +207,14 @@ def test_validation_ensemble_and_search_plot(tiny_dir, tmp_path):
     assert set(result["runs"]) == {"run1", "run2"} and result["validation"]["val_size"] == 100
     assert 0 <= result["errors_in_every_run"] <= min(result["errors_per_run"].values())
     assert json.loads((tmp_path / "ens.json").read_text())["ensemble_accuracy"] == result["ensemble_accuracy"]
+    record = Path(runs[0]) / "run_record.json"  # refused: a run named twice, an --output over an input's record,
+    before = record.read_bytes()  # a record of another kind (an ensemble of 1, the input overwritten, a KeyError)
+    assert "named twice" in _usage_error(validation_ensemble.main, [runs[0], runs[0]], capsys)
+    assert "an input" in _usage_error(validation_ensemble.main, [*runs, "--output", str(record)], capsys)
+    assert record.read_bytes() == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "run_record.json").write_text(json.dumps({"accuracy": 0.5}))
+    assert "is not a run record" in _usage_error(validation_ensemble.main, [runs[0], str(tmp_path / "other")], capsys)
     with pytest.raises(SystemExit):  # a run that held nothing out cannot be compared on validation rows
         train.main(["--recipe", "plus", "--smoke", "--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "p"),
                     "--no-progress"])  # fmt: skip
@@ -217,6 +225,25 @@ def test_validation_ensemble_and_search_plot(tiny_dir, tmp_path):
         pytest.skip("no recipe search records committed")
     out = plot_recipe_search.main(["--search", *search, "--tested", *tested, "--out", str(tmp_path / "search.png")])
     assert out.is_file() and out.stat().st_size > 10_000
+
+
+def _usage_error(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2, argv
+    return capsys.readouterr().err
+
+
+def test_plot_recipe_search_refuses_no_runs_and_records_of_another_kind(tmp_path, capsys):
+    """No records, or records without runs, wrote an empty PNG; a record of another kind was a KeyError traceback."""
+    (tmp_path / "empty.json").write_text('{"runs": []}')
+    (tmp_path / "other.json").write_text('{"epochs": []}')
+    out = ["--out", str(tmp_path / "o.png")]
+    for argv in (["--search", str(tmp_path / "empty.json"), "--tested"], ["--search", "--tested"]):
+        assert "no runs to plot" in _usage_error(plot_recipe_search.main, [*argv, *out], capsys)
+    assert "is not a record of scripts/compare_recipes.py" in _usage_error(
+        plot_recipe_search.main, ["--search", str(tmp_path / "other.json"), "--tested", *out], capsys)
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_best_recipe_is_the_recipe_of_the_recorded_runs():

@@ -3,6 +3,7 @@ evaluated from this checkout, and its card and records agree."""
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,63 @@ def test_make_release_writes_a_complete_release_and_a_killed_one_changes_nothing
     after = _snapshot(root)
     assert after.keys() == before.keys()
     assert after["model.safetensors"] == before["model.safetensors"]  # same run released again
+
+
+def test_make_release_interrupted_or_failing_while_staging_leaves_no_staging_folder(small_run, tiny_dir, tmp_path,
+                                                                                    monkeypatch):  # fmt: skip
+    from scripts import make_release
+
+    root = tmp_path / "release"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt("SIGTERM while staging")
+
+    monkeypatch.setattr(make_release.make_model_card, "main", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        make_release.main(["--run", str(small_run), "--root", str(root), "--dataset", str(tiny_dir)])
+    assert not (root / make_release.STAGING).exists()
+
+
+def test_make_release_refuses_a_record_of_another_kind_and_a_root_under_a_file(small_run, tiny_dir, tmp_path,
+                                                                               capsys):  # fmt: skip
+    """An eval_model.py result as run_record.json was a KeyError after the evaluation; --root under a file a mkdir
+    traceback."""
+    from scripts import make_release
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    (run / "run_record.json").write_text(json.dumps({"accuracy": 0.99}))
+    with pytest.raises(SystemExit, match="is not a run record of scripts/train.py: no epochs"):
+        make_release.main(["--run", str(run), "--root", str(tmp_path / "release"), "--dataset", str(tiny_dir)])
+    assert not (tmp_path / "release").exists()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        make_release.main(["--run", str(small_run), "--root", str(tmp_path / "f" / "release")])
+    assert exit_info.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("content", "message"), [('{"runs": []}', "not a run record of scripts/train.py: no epochs"),
+                                                  ('{"epochs": [', "not a run record of scripts/train.py: Expecting"),
+                                                  ('{"epochs": []}', "holds no epochs")])  # fmt: skip
+def test_plot_curves_refuses_a_record_of_another_kind(tmp_path, capsys, content, message):
+    from scripts import plot_curves
+
+    (tmp_path / "r.json").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        plot_curves.main(["--record", str(tmp_path / "r.json"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_plot_curves_refuses_a_missing_or_wrong_eval(small_run, tmp_path, capsys):
+    """--eval typo.json silently left the confusion matrix out."""
+    from scripts import plot_curves
+
+    record = small_run / "run_record.json"
+    for path, message in ((tmp_path / "typo.json", "no such file"), (record, "not an evaluation")):
+        with pytest.raises(SystemExit) as exit_info:
+            plot_curves.main(["--record", str(record), "--eval", str(path), "--out", str(tmp_path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_missing_local_paths_say_no_such_folder(tmp_path, tiny_dir, capsys):

@@ -307,6 +307,8 @@ def test_eval_dataset_problems_are_one_line(tmp_path):
         ("plot_recipe_search", ["--out", "README.md/search.png"], "is a file, not a folder"),
         ("gpu_time_to_accuracy", ["--timeout", "-1"], "must be a positive float"),
         ("gpu_time_to_accuracy", ["--markdown", "README.md/g.md"], "is a file, not a folder"),
+        ("gpu_time_to_accuracy", ["--output", "/tmp/g.md"], "give the table a file of its own"),  # table over JSON
+        ("gpu_time_to_accuracy", ["--output", "/tmp/g.json", "--markdown", "/tmp/g.json"], "give the table a file"),
         ("benchmark", ["--int8-min-agreement", "2"], "must be in [0, 1]"),
         ("load_test", ["--clients", "0"], "must be positive"),
         ("load_test", ["--output", "README.md/load.json"], "is a file"),
