@@ -203,9 +203,14 @@ BLOCKS = {
 
 
 def render(text: str) -> str:
+    """`text` with every block regenerated; ValueError naming a block whose markers are missing (it was skipped, and
+    --check passed on a README that no longer showed the records)."""
     for name, make in BLOCKS.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n)(?:.*?\n)?(<!-- END {name} -->)", re.S)
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+        text, found = pattern.subn(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+        if found != 1:
+            raise ValueError(f"README.md holds {found} '<!-- BEGIN {name} -->' ... '<!-- END {name} -->' blocks, "
+                             "not one: put the markers back where the block belongs")  # fmt: skip
     return text
 
 
@@ -215,7 +220,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     readme = ROOT / "README.md"
     text = readme.read_text()
-    new = render(text)
+    try:
+        new = render(text)
+    except ValueError as err:
+        p.error(str(err))
     if args.check:
         if new != text:
             print("README.md is out of date with records/: run `python -m scripts.update_readme`")

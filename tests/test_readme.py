@@ -42,6 +42,15 @@ def test_readme_numbers_come_from_the_records():
     assert update_readme.main(["--check"]) == 0, "run `python -m scripts.update_readme`"
 
 
+@pytest.mark.parametrize("name", list(update_readme.BLOCKS))
+def test_a_block_whose_markers_are_gone_is_an_error_not_skipped(name):
+    """A README without a block's markers was rendered without it, and --check passed on numbers no longer shown."""
+    without = re.sub(rf"<!-- BEGIN {name} -->\n.*?<!-- END {name} -->\n", "", README, flags=re.S)
+    assert without != README
+    with pytest.raises(ValueError, match=f"0 '<!-- BEGIN {name} -->'"):
+        update_readme.render(without)
+
+
 def test_recipes_source_names_the_merge_that_wrote_the_merged_record(monkeypatch):
     """A merged records/recipes.json keeps its parts' training commands; the README's source line must also give the
     `--merge` that turns their outputs into recipes.json, or the commands it shows never write the file it cites."""
