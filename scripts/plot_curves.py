@@ -33,9 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.eval is None and Path(DEFAULT_EVAL).is_file():
         args.eval = DEFAULT_EVAL
     try:  # a file of another kind is one line, not a KeyError's traceback after some plots are written
-        read_json(args.record, "a run record of scripts/train.py", RECORD_KEYS)
-        if args.eval:
-            read_json(args.eval, "an evaluation of scripts/eval_model.py", EVAL_KEYS)
+        args.record_data = read_json(args.record, "a run record of scripts/train.py", RECORD_KEYS)
+        args.eval_data = args.eval and read_json(args.eval, "an evaluation of scripts/eval_model.py", EVAL_KEYS)
     except ValueError as error:
         p.error(str(error))
     return args
@@ -126,10 +125,8 @@ def plot_all(record: dict, result: dict | None, out: Path) -> list[Path]:
 
 
 def main(argv=None) -> list[Path]:
-    args = parse_args(argv)
-    record = read_json(args.record, "a run record", RECORD_KEYS)
-    result = read_json(args.eval, "an evaluation", EVAL_KEYS) if args.eval else None
-    paths = plot_all(record, result, Path(args.out))
+    args = parse_args(argv)  # it read and checked the record and the evaluation
+    paths = plot_all(args.record_data, args.eval_data, Path(args.out))
     for path in paths:
         print(f"wrote {path}")
     return paths

@@ -38,11 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.search = args.search if args.search is not None else sorted(glob.glob("records/recipe_search*.json"))
     args.tested = args.tested if args.tested is not None else sorted(glob.glob("records/recipes_best*.json"))
     try:  # a file of another kind is one line, not a KeyError's traceback; no run at all, not an empty plot
-        if not any(load_runs(args.search).values()):
-            p.error(f"no runs to plot in --search {' '.join(args.search) or '(no records/recipe_search*.json here)'}")
-        load_runs(args.tested)
+        args.search_runs, args.tested_runs = load_runs(args.search), load_runs(args.tested)
     except ValueError as error:
         p.error(str(error))
+    if not any(args.search_runs.values()):
+        p.error(f"no runs to plot in --search {' '.join(args.search) or '(no records/recipe_search*.json here)'}")
     return args
 
 
@@ -68,8 +68,8 @@ def kept_curve(run: dict) -> tuple[list[int], list[float]]:
 
 
 def main(argv=None) -> Path:
-    args = parse_args(argv)
-    search, tested = load_runs(args.search), load_runs(args.tested)
+    args = parse_args(argv)  # it read and checked the records
+    search, tested = args.search_runs, args.tested_runs
     # a run's one test evaluation, by its folder (a comparison may name the variant otherwise, e.g. `--as best`)
     test_of = {r["output_dir"]: r["accuracy"] for runs in tested.values() for r in runs if r.get("accuracy")}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120, gridspec_kw={"width_ratios": [1.2, 1]})

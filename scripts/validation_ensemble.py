@@ -42,9 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     output = Path(args.output or "").resolve()
     if args.output and output.exists() and any(folder in output.parents for folder in folders):
         p.error(f"--output {args.output} is a file of a run compared (an input): write the result elsewhere")
+    args.records = []
     for run in args.runs:
         try:
-            held_out_rows(json.loads((Path(run) / "run_record.json").read_text()))
+            args.records.append(json.loads((Path(run) / "run_record.json").read_text()))
+            held_out_rows(args.records[-1])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             p.error(f"{run}/run_record.json is not a run record of scripts/train.py ({type(error).__name__}: {error})")
     return args
@@ -56,9 +58,8 @@ def held_out_rows(record: dict) -> tuple[int, int]:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    runs = [Path(r) for r in args.runs]
-    records = [json.loads((run / "run_record.json").read_text()) for run in runs]
+    args = parse_args(argv)  # it read and checked the runs' records
+    runs, records = [Path(r) for r in args.runs], args.records
     splits = {held_out_rows(record) for record in records}
     if len(splits) != 1 or 0 in {size for size, _ in splits}:
         raise SystemExit(f"the runs must hold out the same validation rows, found (val_size, val_seed) {splits}")
