@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from . import onnx_utils
 from .configuration_minivision import MiniVisionConfig
-from .fast.capabilities import ARM_RECORDED_FEATURES, X86_MACHINES, Capabilities
+from .fast.capabilities import X86_MACHINES, Capabilities
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"train_speedup": 5.0, "inference_speedup": 4.0, "time_to_accuracy_speedup": 10.0}
@@ -61,7 +61,7 @@ def isa_label(caps: Capabilities, have: list[str]) -> str:
     none of them its ISA level (e.g. "x86-64-v2"); off x86 the machine and its features that matter to int8 and bf16
     kernels (ARM: dot products, int8 matmul, bf16, SVE)."""
     if caps.machine not in X86_MACHINES:
-        return " ".join([caps.machine, *sorted(caps.cpu_features & ARM_RECORDED_FEATURES)])
+        return " ".join([caps.machine, *caps.recorded_features()])
     return " ".join(have) or f"{caps.isa_level} (none of {', '.join(onnx_utils.CPU_FEATURES)})"
 
 

@@ -312,12 +312,14 @@ def _alpha_background(gray: torch.Tensor, alpha: torch.Tensor) -> float:
     # A sheet's outline is its paper, and strokes alone are outlined by their ink; strokes anti-aliased against a matte
     # (a GIF, a PNG with one transparent colour) are outlined by their fringe, which contrasts with the ink as paper
     # does: the transparent pixels take the fringe's side, the matte's. A layer that nearly fills its bounding box is a
-    # sheet whatever its edge (a dark frame, a window's border, a shadow): the rule below decides
-    padded = F.pad(shown[None, None].float(), (1, 1, 1, 1))[0, 0].bool()
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    outline = float(gray[shown & ~inner].median())
-    if fill < FRAMED_SHEET_FILL and abs(outline - level) > 0.3:
-        return 1.0 if outline > level else 0.0
+    # sheet whatever its edge (a dark frame, a window's border, a shadow): the rule below decides, and its outline is
+    # not looked at
+    if fill < FRAMED_SHEET_FILL:
+        padded = F.pad(shown[None, None].float(), (1, 1, 1, 1))[0, 0].bool()
+        inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        outline = float(gray[shown & ~inner].median())
+        if abs(outline - level) > 0.3:
+            return 1.0 if outline > level else 0.0
     if contrasting > PAPER_AND_INK or (fill >= SHEET_FILL and contrasting > STRAY):
         return level  # paper and ink (a sheet, however little is written on it): the margin continues the paper
     return 1.0 if level < 0.5 else 0.0  # ink alone: the background is its opposite

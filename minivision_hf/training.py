@@ -599,7 +599,7 @@ def kept_epoch(record: dict) -> dict:
 
 
 def git_commit(root: Path | None = None) -> dict:
-    root = root or Path(__file__).resolve().parent.parent
+    root = root or REPO_ROOT
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,

@@ -410,7 +410,8 @@ def render_variant(name: str, records: Path, repo_id: str) -> str:
     searches = [(_load(f), f"records/{f.name}") for f in sorted(records.glob("recipe_search*.json"))]
     config = mv.MiniVisionConfig()
     extra = [("ece", "Test ECE (15 bins)", result["ece"])]
-    if result.get("ece_temperature") is not None:
+    has_temperature = result.get("ece_temperature") is not None  # else made with --no-temperature: no T stored
+    if has_temperature:
         extra.append(("ece", f"Test ECE (15 bins), temperature {result['temperature']}", result["ece_temperature"]))
     recipe_summary = next((c["recipes"][recipe] for c, _ in comparisons if recipe in c["recipes"]), None)
     if recipe_summary is not None and not any(  # the shipped run must be one of the recipe's recorded runs
@@ -464,10 +465,10 @@ def render_variant(name: str, records: Path, repo_id: str) -> str:
             f"| Test loss after temperature scaling | {result['loss_temperature']:.4f} | - |"
         )
     logits = 'model(**processor(images, return_tensors="pt")).logits'
-    probs_line = (f"probs = ({logits} / model.config.calibration_temperature).softmax(-1)"
-                  if result.get("ece_temperature") is not None else f"probs = {logits}.softmax(-1)")  # fmt: skip
+    probs_line = (f"probs = ({logits} / model.config.calibration_temperature).softmax(-1)" if has_temperature
+                  else f"probs = {logits}.softmax(-1)")  # fmt: skip
     smoothing = record["recipe_values"].get("label_smoothing")
-    if result.get("ece_temperature") is None:  # made with --no-temperature: no T stored
+    if not has_temperature:
         calibration_note = (f"Test ECE {result['ece']:.4f} for the raw softmax scores"
                             + (" (label smoothing makes them underconfident)" if smoothing else "")
                             + "; no temperature is stored\n  for this model.")  # fmt: skip

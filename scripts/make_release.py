@@ -149,9 +149,11 @@ def main(argv=None) -> None:
     staging = root / STAGING
     staging.mkdir()
     try:
-        paths = list(RELEASE_FILES) if args.init else stage_release(run, root, staging, args.dataset)
         if args.init:
             write_init_release(staging)
+            paths = list(RELEASE_FILES)
+        else:
+            paths = stage_release(run, root, staging, args.dataset)
     except BaseException:  # failed or interrupted (Ctrl-C, SIGTERM) while staging: the release in place is untouched
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -105,13 +105,18 @@ class Capabilities:
             return self.cuda and self.cuda_bf16
         return self.cpu_bf16_native if kind == "cpu" else False
 
+    def recorded_features(self) -> list[str]:
+        """The CPU features worth recording next to a figure, sorted: x86's or ARM's (RECORDED_FEATURES,
+        ARM_RECORDED_FEATURES)."""
+        wanted = RECORDED_FEATURES if self.machine in X86_MACHINES else ARM_RECORDED_FEATURES
+        return sorted(self.cpu_features & wanted)
+
     def as_record(self) -> dict:
         """The capabilities as a run record stores them (only the features that matter to these kernels)."""
         return {
             "machine": self.machine,
             "isa_level": self.isa_level,
-            "cpu_features": sorted(self.cpu_features & (RECORDED_FEATURES if self.machine in X86_MACHINES
-                                                        else ARM_RECORDED_FEATURES)),  # fmt: skip
+            "cpu_features": self.recorded_features(),
             "cpu_source": self.cpu_source,
             "cpu_bf16_native": self.cpu_bf16_native,
             "cpu_int8_dot_products": self.cpu_int8_dot_products,
