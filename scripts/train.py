@@ -13,7 +13,7 @@ time, hardware).
 
 Data paths: "fast" (default) decodes MNIST once into a uint8 tensor and augments whole batches with one affine
 grid_sample, in bf16 autocast (AVX512-BF16 / AMX CPUs, CUDA) with channels_last, runs the blocks' conv/max-pool/ReLU as
-fused C kernels (minivision_hf/fast/; the second conv as Winograd F(2x2,3x3); equal to bf16 rounding) and
+fused C kernels (minivision_hf/fast/; the second conv as Winograd F(2x2,3x3) in bf16, F(4x4,3x3) in fp32) and
 keeps freed memory in the heap (glibc mallopt); "plain" is the seed's recipe written the obvious way (per-sample PIL
 torchvision transforms, fp32). Both use the same augmentation distributions.
 """
@@ -121,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fast-kernels", action=argparse.BooleanOptionalAction, default=None,
                    help="fused conv/max-pool/ReLU C kernels and fast dropout; default: with the fast path")  # fmt: skip
     p.add_argument("--winograd", action=argparse.BooleanOptionalAction, default=True,
-                   help="--fast-kernels: the 32->64 conv as Winograd F(2x2,3x3), 2.25x fewer products")  # fmt: skip
+                   help="--fast-kernels: the 32->64 conv as Winograd (F(2x2,3x3) in bf16, F(4x4,3x3) in fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off only on long runs)")
     # run
     p.add_argument("--output-dir", default="outputs/seed")

@@ -546,7 +546,7 @@ def test_avx2_only_cpu_trains_in_fp32_with_the_fp32_kernels():
     swapped = fast.swap.swap_blocks(fused, plan)
     assert [m.path for m in swapped.values()] == [fast.KernelPath.C_ONE_PASS, fast.KernelPath.C_BMM]
     assert "path=c-one-pass, conv=direct, precision=fp32" in repr(fused)
-    assert "path=c+bmm, conv=winograd, precision=fp32" in repr(fused)
+    assert "path=c+bmm, conv=winograd, precision=fp32, winograd_tile=F(4x4, 3x3)" in repr(fused)
     x, labels = _digits(32), torch.randint(0, 10, (32,))
     results = []
     for model in (plain, fused):
@@ -560,14 +560,19 @@ def test_avx2_only_cpu_trains_in_fp32_with_the_fp32_kernels():
         assert (results[1][1][name] - grad).abs().max() <= 1e-3 * scale, name
 
 
-def test_fp32_kernels_match_a_float64_reference():
-    """The fp32 first-block and Winograd kernels, forward and backward, against PyTorch in float64: equal to fp32
-    rounding (relative 1e-5 of the largest value), including an odd batch and a chunk that does not divide it."""
+@pytest.mark.parametrize("tile", [2, 4], ids=["F2x2", "F4x4"])
+def test_fp32_kernels_match_a_float64_reference(tile):
+    """The fp32 first-block and Winograd kernels (F(2x2, 3x3) and F(4x4, 3x3)), forward and backward, against PyTorch
+    in float64: equal to fp32 rounding (relative 1e-5 of the largest value; 3e-5 for F(4x4), whose transforms scale by
+    up to 8 and 1/24), including an odd batch, a chunk that does not divide it, and maps whose F(4x4) tiles run past
+    the edge (14 x 14, 6 x 10: the outputs past it are dropped, their windows never pooled)."""
     torch.manual_seed(0)
-    for c_in, c_out, size, batch in ((1, 32, 28, 5), (32, 64, 14, 5), (16, 16, 6, 3)):
+    for c_in, c_out, (height, width), batch in ((1, 32, (28, 28), 5), (32, 64, (14, 14), 5), (16, 16, (6, 10), 3)):
+        if c_in == 1 and tile == 4:
+            continue  # the first block has its own direct kernel
         conv = torch.nn.Conv2d(c_in, c_out, 3, 1, 1).double()
         first = c_in == 1
-        x = torch.randn(batch, c_in, size, size, dtype=torch.float64, requires_grad=not first)
+        x = torch.randn(batch, c_in, height, width, dtype=torch.float64, requires_grad=not first)
         reference = fast.conv_pool_relu_reference(x, conv)
         grad = torch.randn_like(reference)
         reference.backward(grad)
@@ -577,13 +582,35 @@ def test_fp32_kernels_match_a_float64_reference():
         if first:
             y = fast.Conv1PoolReLU.apply(x32, conv32.weight, conv32.bias, LIB, False)
         else:
-            y = fast.WinogradConvPoolReLU.apply(x32, conv32.weight, conv32.bias, LIB, False, 2, False)
+            y = fast.WinogradConvPoolReLU.apply(x32, conv32.weight, conv32.bias, LIB, False, 2, False, tile)
         assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
         y.backward(grad.float().contiguous(memory_format=torch.channels_last))
         pairs = [(y, reference), (conv32.weight.grad, conv.weight.grad), (conv32.bias.grad, conv.bias.grad)]
         pairs += [] if first else [(x32.grad, x.grad)]
         for got, want in pairs:
-            assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max(), (c_in, c_out, got.shape)
+            tolerance = 3e-5 if tile == 4 else 1e-5
+            assert (got.double() - want).abs().max() <= tolerance * want.abs().max(), (c_in, c_out, got.shape)
+
+
+@needs_kernels
+def test_winograd_4x4_arrays_end_in_a_zero_spare_tile():
+    """F(4x4)'s Winograd-domain arrays are (36, T + 1, C): the transforms that feed torch.bmm (V and dM) write zeros
+    into each row's spare last tile whatever the buffer held, so the products over whole arrays stay exact (a NaN
+    left there would reach dU = V^T dM)."""
+    n, h, w, c = 2, 6, 10, 16
+    t = n * ((h + 3) // 4) * ((w + 3) // 4)
+    x = _channels_last(n, c, h, w)
+    v = torch.full((36, t + 1, c), float("nan"))
+    LIB.call("mv_winograd4x4_input_transform_f32", x=x, v=v, images=n, height=h, width=w, channels=c)
+    assert torch.equal(v[:, t], torch.zeros(36, c)) and not v[:, :t].isnan().any()
+    grad = _channels_last(n, c, h // 2, w // 2)
+    code = torch.randint(0, 5, (n, h // 2, w // 2, c), dtype=torch.int16)
+    grad_m, grad_bias = torch.full((36, t + 1, c), float("nan")), torch.zeros(c)
+    LIB.call("mv_winograd4x4_output_pool_relu_backward_f32", grad_y=grad, code=code, grad_m=grad_m,
+             grad_bias=grad_bias, images=n, height=h, width=w, channels=c)  # fmt: skip
+    assert torch.equal(grad_m[:, t], torch.zeros(36, c)) and not grad_m[:, :t].isnan().any()
+    passed = grad.permute(0, 2, 3, 1) * (code < 4)
+    torch.testing.assert_close(grad_bias, passed.sum((0, 1, 2)))
 
 
 @pytest.mark.skipif(not {"avx2", "fma"} <= CAPS.cpu_features, reason="needs a CPU with AVX2 (x86-64-v3)")
@@ -618,8 +645,10 @@ def test_x86_64_v3_build_runs_the_avx2_choices(tmp_path):
         "assert (first.float() - first_ref.float()).abs().max() <= 1e-2 * first_ref.float().abs().max()\n"
         "first32 = fast.Conv1PoolReLU.apply(img, conv1.weight, conv1.bias, lib, False)\n"
         "second32 = fast.WinogradConvPoolReLU.apply(x, conv2.weight, conv2.bias, lib, False, 3, False)\n"
+        "second32_4x4 = fast.WinogradConvPoolReLU.apply(x, conv2.weight, conv2.bias, lib, False, 3, False, 4)\n"
         "torch.testing.assert_close(first32, fast.conv_pool_relu_reference(img, conv1), rtol=1e-5, atol=1e-5)\n"
         "torch.testing.assert_close(second32, fast.conv_pool_relu_reference(x, conv2), rtol=1e-4, atol=1e-4)\n"
+        "torch.testing.assert_close(second32_4x4, fast.conv_pool_relu_reference(x, conv2), rtol=1e-4, atol=1e-4)\n"
         "err = (second.float() - second_ref.float()).abs().max() / second_ref.float().abs().max()\n"
         "assert err < 3e-2, err\n"
         "print('ok')\n"

@@ -110,6 +110,22 @@ SIGNATURES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ("grad_v", "const float *"), ("grad_x", "float *"),
         ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
     ]),
+    "mv_winograd4x4_input_transform_f32": ("int", [
+        ("x", "const float *"), ("v", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd4x4_output_pool_relu_f32": ("int", [
+        ("m", "const float *"), ("bias", "const float *"), ("y", "float *"), ("code", "int16_t *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd4x4_output_pool_relu_backward_f32": ("int", [
+        ("grad_y", "const float *"), ("code", "const int16_t *"), ("grad_m", "float *"), ("grad_bias", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
+    "mv_winograd4x4_input_transform_backward_f32": ("int", [
+        ("grad_v", "const float *"), ("grad_x", "float *"),
+        ("images", "long"), ("height", "long"), ("width", "long"), ("channels", "long"), ("threads", "int"),
+    ]),
     "mv_winograd_one_pass_built": ("int", []),
     "mv_winograd_one_pass_forward": ("int", [
         ("x", "const uint16_t *"), ("weight_pairs", "const uint32_t *"), ("bias", "const float *"),

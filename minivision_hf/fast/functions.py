@@ -13,7 +13,8 @@ expressions each one equals (the references the tests compare against and the mo
   outputs instead of 36), the max-pool and ReLU in its output transform (a 2x2 output tile is one pooling window).
   Two implementations, chosen by the caller: one pass per image with the library's own AVX-512 BF16 products
   (`one_pass=True`), or C transforms around torch.bmm over chunks of images. bf16 numerics, equal to an exact
-  (fp64) reference to bf16 rounding; or fp32 throughout (transforms in C, products in fp32 torch.bmm) for CPUs without
+  (fp64) reference to bf16 rounding; or fp32 throughout (transforms in C, products in fp32 torch.bmm; as F(4x4, 3x3)
+  with `tile=4`, 36 products per 4x4 outputs) for CPUs without
   native bf16, equal to the fp64 reference to fp32 rounding.
 
 Every Function takes the `KernelLibrary` to call as an argument: which kernels run is decided by the module that
@@ -28,8 +29,14 @@ from .build import KernelLibrary
 # pool_relu.c's codes (0..4) in the data's own type, which vectorises best: uint16 bits in an int16 tensor, or fp32
 POOL_CODE_DTYPES = {torch.bfloat16: torch.int16, torch.float32: torch.float32}
 WINOGRAD_CHUNK = 32  # images per c+bmm pass: the chunk's Winograd-domain arrays (~5 MB at 64 channels) stay in cache
-# Winograd F(2x2, 3x3): U = G w G^T (weights), V = B^T d B (input tiles), y = A^T (U . V) A (output tiles).
-WINOGRAD_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+# Winograd F(m x m, 3x3) by output tile size m: U = G w G^T (weights), V = B^T d B (input tiles), y = A^T (U . V) A
+# (output tiles); the C kernels hold B and A. F(2x2, 3x3): 16 products per 2x2 outputs (bf16 or fp32); F(4x4, 3x3)
+# (interpolation points 0, +-1, +-2, infinity): 36 per 4x4 outputs, fp32 only (winograd4x4_transforms.c).
+WINOGRAD_G = {
+    2: torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]]),
+    4: torch.tensor([[1 / 4, 0.0, 0.0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                     [1 / 24, -1 / 12, 1 / 6], [0.0, 0.0, 1.0]]),  # fmt: skip
+}
 
 
 def pool_relu_reference(x: torch.Tensor) -> torch.Tensor:
@@ -116,11 +123,20 @@ class Conv1PoolReLU(torch.autograd.Function):
         return None, grad_weight, grad_bias.to(ctx.weight_dtype), None, None
 
 
-def winograd_weights(weight: torch.Tensor) -> torch.Tensor:
-    """U = G w G^T for (C_out, C_in, 3, 3) fp32 weights, as (16, C_in, C_out) fp32 (autocast off: exact fp32)."""
+def winograd_weights(weight: torch.Tensor, tile: int = 2) -> torch.Tensor:
+    """U = G w G^T for (C_out, C_in, 3, 3) fp32 weights, as ((tile + 2)^2, C_in, C_out) fp32 (autocast off: exact
+    fp32); `tile`: the output tile size m of F(m x m, 3x3), 2 or 4."""
+    g = WINOGRAD_G[tile]
     with torch.autocast("cpu", enabled=False):
-        u = torch.einsum("xa,oiab,yb->xyio", WINOGRAD_G, weight, WINOGRAD_G)
-    return u.reshape(16, weight.shape[1], weight.shape[0])
+        u = torch.einsum("xa,oiab,yb->xyio", g, weight, g)
+    return u.reshape((tile + 2) ** 2, weight.shape[1], weight.shape[0])
+
+
+def winograd_weight_grad(du: torch.Tensor, tile: int = 2) -> torch.Tensor:
+    """The weight gradient G^T dU G for dU ((tile + 2)^2, C_in, C_out) fp32: (C_out, C_in, 3, 3) fp32."""
+    g = WINOGRAD_G[tile]
+    with torch.autocast("cpu", enabled=False):  # fp32 transforms, as in the forward
+        return torch.einsum("xa,yb,xyio->oiab", g, g, du.unflatten(0, (tile + 2, tile + 2)))
 
 
 def _bf16_pairs(u: torch.Tensor) -> torch.Tensor:
@@ -128,18 +144,37 @@ def _bf16_pairs(u: torch.Tensor) -> torch.Tensor:
     return u.unflatten(1, (-1, 2)).transpose(2, 3).contiguous()
 
 
-def _chunk_buffer(images: int, h: int, w: int, channels: int, dtype: torch.dtype = torch.bfloat16):
-    """One buffer for a chunk's Winograd-domain array; returns k -> its (16, k * H/2 * W/2, channels) view."""
-    flat = torch.empty(16 * images * (h // 2) * (w // 2) * channels, dtype=dtype)
-    return lambda k: flat[: 16 * k * (h // 2) * (w // 2) * channels].view(16, -1, channels)
+def _tiles(h: int, w: int, tile: int) -> int:
+    """Output tiles per image of F(tile x tile, 3x3) on an h x w map (the last row and column of tiles may run past
+    its end: F(4x4) on 14 x 14 covers 16 x 16)."""
+    return -(-h // tile) * -(-w // tile)
+
+
+def _chunk_buffer(images: int, h: int, w: int, channels: int, dtype: torch.dtype = torch.bfloat16, tile: int = 2):
+    """One buffer for a chunk's Winograd-domain array; returns k -> its ((tile + 2)^2, k * tiles, channels) view, for
+    F(4x4) ((tile + 2)^2, k * tiles + 1, channels): its rows end in a spare tile (winograd4x4_transforms.c)."""
+    rows, tiles, spare = (tile + 2) ** 2, _tiles(h, w, tile), int(tile == 4)
+    flat = torch.empty(rows * (images * tiles + spare) * channels, dtype=dtype)
+    return lambda k: flat[: rows * (k * tiles + spare) * channels].view(rows, -1, channels)
+
+
+def _winograd_kernel(name: str, dtype: torch.dtype, tile: int) -> str:
+    """The C function of a Winograd transform: mv_winograd_<name> for F(2x2) (bf16, or _f32), mv_winograd4x4_<name>_f32
+    for F(4x4) (fp32 only)."""
+    if tile == 4:
+        if dtype != torch.float32:
+            raise ValueError("the F(4x4, 3x3) Winograd kernels are fp32 only")
+        return f"mv_winograd4x4_{name}_f32"
+    return _kernel_name(f"mv_winograd_{name}", dtype)
 
 
 def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, one_pass: bool,
-                     chunk: int = WINOGRAD_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The Winograd block's forward: channels_last x (N, C_in, H, W), Winograd weights u (16, C_in, C_out) of the same
-    type (bf16, or fp32), fp32 bias -> the pooled map (N, C_out, H/2, W/2) of x's type and its codes (which window
-    input won, 4 where ReLU closed). `one_pass` (bf16 only): the library's own AVX-512 BF16 products; else C
-    transforms around torch.bmm, `chunk` images a pass."""
+                     chunk: int = WINOGRAD_CHUNK, tile: int = 2) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The Winograd block's forward: channels_last x (N, C_in, H, W), Winograd weights u ((tile + 2)^2, C_in, C_out)
+    of the same type (bf16, or fp32), fp32 bias -> the pooled map (N, C_out, H/2, W/2) of x's type and its codes
+    (which window input won, 4 where ReLU closed). `one_pass` (bf16, F(2x2) only): the library's own AVX-512 BF16
+    products; else C transforms around torch.bmm, `chunk` images a pass; `tile`: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3)
+    (fp32)."""
     n, c_in, h, w = xb.shape
     c_out, dtype = u.shape[2], xb.dtype
     y = _channels_last_empty((n, c_out, h // 2, w // 2), dtype)
@@ -149,9 +184,9 @@ def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, 
                      images=n, height=h, width=w, in_channels=c_in, out_channels=c_out)  # fmt: skip
         return y, code
     chunk = min(n, chunk)
-    v, m = _chunk_buffer(chunk, h, w, c_in, dtype), _chunk_buffer(chunk, h, w, c_out, dtype)
-    input_transform = _kernel_name("mv_winograd_input_transform", dtype)
-    output_transform = _kernel_name("mv_winograd_output_pool_relu", dtype)
+    v, m = _chunk_buffer(chunk, h, w, c_in, dtype, tile), _chunk_buffer(chunk, h, w, c_out, dtype, tile)
+    input_transform = _winograd_kernel("input_transform", dtype, tile)
+    output_transform = _winograd_kernel("output_pool_relu", dtype, tile)
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
         vk, mk = v(k), m(k)
@@ -163,13 +198,14 @@ def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, 
 
 
 def winograd_backward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, code: torch.Tensor,
-                      grad: torch.Tensor, want_x: bool, one_pass: bool, chunk: int = WINOGRAD_CHUNK):  # fmt: skip
-    """The Winograd block's backward -> (grad x (x's type, channels_last) or None, dU (16, C_in, C_out) fp32, grad
-    bias fp32); the input transform is recomputed rather than kept from the forward."""
+                      grad: torch.Tensor, want_x: bool, one_pass: bool, chunk: int = WINOGRAD_CHUNK,
+                      tile: int = 2):  # fmt: skip
+    """The Winograd block's backward -> (grad x (x's type, channels_last) or None, dU ((tile + 2)^2, C_in, C_out)
+    fp32, grad bias fp32); the input transform is recomputed rather than kept from the forward."""
     n, c_in, h, w = xb.shape
     c_out, dtype = u.shape[2], xb.dtype
     grad_bias = torch.zeros(c_out)
-    du = torch.zeros(16, c_in, c_out)  # fp32 sums
+    du = torch.zeros(u.shape[0], c_in, c_out)  # fp32 sums
     grad_x = _channels_last_empty(xb.shape, dtype) if want_x else None
     if one_pass:
         kernels.call("mv_winograd_one_pass_backward", x=xb, weight_pairs_t=_bf16_pairs(u.transpose(1, 2)),
@@ -177,10 +213,10 @@ def winograd_backward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor,
                      width=w, in_channels=c_in, out_channels=c_out)  # fmt: skip
         return grad_x, du, grad_bias
     chunk = min(n, chunk)
-    v, dm, dv = (_chunk_buffer(chunk, h, w, c, dtype) for c in (c_in, c_out, c_in))
-    du_part = torch.empty(16, c_in, c_out, dtype=dtype)
+    v, dm, dv = (_chunk_buffer(chunk, h, w, c, dtype, tile) for c in (c_in, c_out, c_in))
+    du_part = torch.empty(u.shape[0], c_in, c_out, dtype=dtype)
     u_t = u.transpose(1, 2).contiguous()
-    name = {f: _kernel_name(f"mv_winograd_{f}", dtype)
+    name = {f: _winograd_kernel(f, dtype, tile)
             for f in ("input_transform", "output_pool_relu_backward", "input_transform_backward")}  # fmt: skip
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
@@ -198,22 +234,24 @@ def winograd_backward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor,
 
 class WinogradConvPoolReLU(torch.autograd.Function):
     """relu(max_pool2d(conv2d(x, w, b, padding=1), 2)) for a 3x3 convolution with C_in, C_out multiples of 16:
-    Winograd F(2x2, 3x3), the pooling and ReLU fused into the output transform. In bf16 numerics (`bf16`), the 16
-    Winograd-domain channel products are bf16 matrix products with fp32 sums: the library's own (`one_pass`, the
-    "c-one-pass" path), or torch.bmm over chunks of `chunk` images (the "c+bmm" path); in fp32, fp32 torch.bmm."""
+    Winograd F(2x2, 3x3) (or F(4x4, 3x3): `tile` 4, fp32 only), the pooling and ReLU fused into the output transform.
+    In bf16 numerics (`bf16`), the 16 Winograd-domain channel products are bf16 matrix products with fp32 sums: the
+    library's own (`one_pass`, the "c-one-pass" path), or torch.bmm over chunks of `chunk` images (the "c+bmm" path);
+    in fp32, fp32 torch.bmm."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernels: KernelLibrary,
-                one_pass: bool, chunk: int = WINOGRAD_CHUNK, bf16: bool = True) -> torch.Tensor:  # fmt: skip
+                one_pass: bool, chunk: int = WINOGRAD_CHUNK, bf16: bool = True,
+                tile: int = 2) -> torch.Tensor:  # fmt: skip
         dtype = torch.bfloat16 if bf16 else torch.float32
         xb = x.to(dtype).contiguous(memory_format=torch.channels_last)  # autocast's casts (bf16), or fp32 as it is
-        u = winograd_weights(weight.detach().to(dtype).float()).to(dtype)
+        u = winograd_weights(weight.detach().to(dtype).float(), tile).to(dtype)
         bias_b = bias.detach().to(dtype).float().contiguous()
-        one_pass = one_pass and bf16  # the one-pass products are bf16 only
-        y, code = winograd_forward(kernels, xb, u, bias_b, one_pass, chunk)
+        one_pass = one_pass and bf16 and tile == 2  # the one-pass products are bf16 F(2x2) only
+        y, code = winograd_forward(kernels, xb, u, bias_b, one_pass, chunk, tile)
         ctx.save_for_backward(xb, u, code)
         ctx.mark_non_differentiable(code)
-        ctx.kernels, ctx.one_pass, ctx.chunk = kernels, one_pass, chunk
+        ctx.kernels, ctx.one_pass, ctx.chunk, ctx.tile = kernels, one_pass, chunk, tile
         ctx.input_dtype, ctx.weight_dtype = x.dtype, weight.dtype
         return y
 
@@ -222,9 +260,8 @@ class WinogradConvPoolReLU(torch.autograd.Function):
         xb, u, code = ctx.saved_tensors
         grad = grad.to(xb.dtype).contiguous(memory_format=torch.channels_last)
         grad_x, du, grad_bias = winograd_backward(ctx.kernels, xb, u, code, grad, ctx.needs_input_grad[0],
-                                                  ctx.one_pass, ctx.chunk)  # fmt: skip
-        with torch.autocast("cpu", enabled=False):  # fp32 transforms, as in the forward
-            grad_weight = torch.einsum("xa,yb,xyio->oiab", WINOGRAD_G, WINOGRAD_G, du.unflatten(0, (4, 4)))
+                                                  ctx.one_pass, ctx.chunk, ctx.tile)  # fmt: skip
+        grad_weight = winograd_weight_grad(du, ctx.tile)
         grad_x = None if grad_x is None else grad_x.to(ctx.input_dtype)
         return (grad_x, grad_weight.to(ctx.weight_dtype).contiguous(), grad_bias.to(ctx.weight_dtype), None, None,
-                None, None)  # fmt: skip
+                None, None, None)  # fmt: skip

@@ -106,7 +106,9 @@ class FusedConvPoolReLUBlock(nn.Module):
 
     - C_ONE_PASS: a 1-channel conv as one direct kernel (`Conv1PoolReLU`), a 16k-channel one as Winograd F(2x2, 3x3)
       with the library's own AVX-512 BF16 products (`WinogradConvPoolReLU`, one_pass=True; bf16 only);
-    - C_BMM: the Winograd conv with its channel products in torch.bmm (`chunk` images a pass);
+    - C_BMM: the Winograd conv with its channel products in torch.bmm (`chunk` images a pass): F(2x2, 3x3) in bf16,
+      F(4x4, 3x3) in fp32 (27% fewer products on a 14x14 map; its transforms' rounding stays ~1e-5 relative in fp32,
+      too coarse for bf16 storage);
     - TORCH_CONV_C_POOL: PyTorch's conv, then the C max-pool + ReLU; TORCH: PyTorch's ops.
 
     `precision` is the one the plan trains in: "bf16" kernels (C_ONE_PASS, C_BMM) run inside bf16 autocast on the
@@ -128,6 +130,7 @@ class FusedConvPoolReLUBlock(nn.Module):
         self.path, self.kernels, self.chunk, self.precision = KernelPath(path), kernels, chunk, precision
         fused = self.path in (KernelPath.C_ONE_PASS, KernelPath.C_BMM)
         self.winograd = fused and winograd_conv(self.conv)
+        self.winograd_tile = 4 if self.winograd and precision == "fp32" else 2  # F(m x m, 3x3)'s output tile m
         self.direct = self.path is KernelPath.C_ONE_PASS and direct_conv(self.conv, precision)
         if self.path is KernelPath.C_ONE_PASS and self.winograd and precision == "fp32":
             raise ValueError("the one-pass Winograd kernel is bf16 only: give fp32 Winograd blocks the c+bmm path")
@@ -142,7 +145,8 @@ class FusedConvPoolReLUBlock(nn.Module):
         elif self.winograd and applies:
             # (a model unpickled on a CPU without AVX-512 BF16 holds that CPU's library: the same block as c+bmm)
             one_pass = self.path is KernelPath.C_ONE_PASS and self.kernels.one_pass_winograd
-            pooled = WinogradConvPoolReLU.apply(x, conv.weight, conv.bias, self.kernels, one_pass, self.chunk, bf16)
+            pooled = WinogradConvPoolReLU.apply(x, conv.weight, conv.bias, self.kernels, one_pass, self.chunk, bf16,
+                                                self.winograd_tile)  # fmt: skip
         else:
             pooled = self.act(self.pool(conv(x)))
         return self.norm(pooled)
@@ -150,7 +154,8 @@ class FusedConvPoolReLUBlock(nn.Module):
     def describe(self) -> dict:
         """How this block runs, as the run record shows it: the path and the convolution algorithm."""
         conv = "winograd" if self.winograd else "direct" if self.direct else "torch"
-        return {"path": str(self.path), "conv": conv, "precision": self.precision}
+        tile = {"winograd_tile": f"F({self.winograd_tile}x{self.winograd_tile}, 3x3)"} if self.winograd else {}
+        return {"path": str(self.path), "conv": conv, "precision": self.precision, **tile}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value}" for key, value in self.describe().items())

@@ -6,8 +6,8 @@
 - kernels: the C library built for the CPU's ISA level (build.py); none on a GPU (PyTorch's ops run there);
 - per conv block: the first block's 1-channel conv as one C pass (bf16 or fp32); the 16k-channel conv as Winograd:
   in bf16, in one C pass where the library has the AVX-512 BF16 products, else C transforms + torch.bmm (bf16
-  products); in fp32 (AVX2-only CPUs, or bf16 turned off), C transforms + fp32 torch.bmm; otherwise PyTorch's conv and
-  the C max-pool + ReLU (any precision).
+  products); in fp32 (AVX2-only CPUs, or bf16 turned off), F(4x4, 3x3) C transforms + fp32 torch.bmm; otherwise
+  PyTorch's conv and the C max-pool + ReLU (any precision).
 """
 
 import warnings

@@ -67,6 +67,22 @@ int mv_winograd_output_pool_relu_backward_f32(const float *grad_y, const int16_t
 int mv_winograd_input_transform_backward_f32(const float *grad_v, float *grad_x, long images, long height,
                                              long width, long channels, int threads);
 
+/* ---- winograd4x4_transforms.c: the fp32 Winograd block with 4x4 output tiles, F(4x4, 3x3) (36 products per 4x4
+ * outputs: on a 14x14 map 27% fewer than F(2x2, 3x3)), the max-pool + ReLU in its output transform; the products run
+ * outside (fp32 torch.bmm). Winograd-domain arrays are (36, T + 1, C) fp32 with T = N * ceil(H/4) * ceil(W/4)
+ * tiles and a spare last tile in each row (against cache-set aliasing), which the input transform (v) and the output
+ * backward (grad_m) set to zero; channels a multiple of 16; H and W even. */
+int mv_winograd4x4_input_transform_f32(const float *x, float *v, long images, long height, long width,
+                                       long channels, int threads);
+int mv_winograd4x4_output_pool_relu_f32(const float *m, const float *bias, float *y, int16_t *code, long images,
+                                        long height, long width, long channels, int threads);
+/* grad_m: (36, T + 1, C) fp32, overwritten; grad_bias: (C) fp32, added to. */
+int mv_winograd4x4_output_pool_relu_backward_f32(const float *grad_y, const int16_t *code, float *grad_m,
+                                                 float *grad_bias, long images, long height, long width,
+                                                 long channels, int threads);
+int mv_winograd4x4_input_transform_backward_f32(const float *grad_v, float *grad_x, long images, long height,
+                                                long width, long channels, int threads);
+
 /* ---- winograd_avx512bf16.c: the same Winograd block in one pass per image with its own AVX-512 BF16 products (fp32
  * sums kept until the output transform). Built only at an ISA level with AVX-512 BF16; elsewhere the functions
  * return -1 and mv_winograd_one_pass_built() returns 0. */
