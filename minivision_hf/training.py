@@ -174,6 +174,7 @@ class MiniVisionTrainer(Trainer):
             self.model.config.__dict__.pop("use_cache", None)
         self.recipe = recipe
         self.recorder = recorder
+        self._steps_per_epoch: int | None = None  # cached by _get_grad_norm
         self.teachers = list(teachers)  # frozen models in eval mode whose averaged softmax the student is fitted to
         if recipe.distill_weight and not self.teachers:
             raise ValueError("a recipe with distill_weight > 0 needs teachers (--distill-from)")
@@ -196,12 +197,16 @@ class MiniVisionTrainer(Trainer):
                 {"params": decay, "weight_decay": self.recipe.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
             ]
+            # One fused kernel per step where PyTorch has it (CPU, CUDA: ~3x faster than foreach on a CPU, 0.1 ms
+            # against 0.3 a step here); the same update to float rounding.
+            fused = {p.device.type for p in decay + no_decay} <= {"cpu", "cuda"}
+            kind = {"fused": True} if fused else {"foreach": True}
             if self.recipe.optimizer == "adamw":
                 self.optimizer = torch.optim.AdamW(groups, lr=self.recipe.lr, betas=(self.recipe.momentum, 0.999),
-                                                   foreach=True)  # fmt: skip
+                                                   **kind)  # fmt: skip
             elif self.recipe.optimizer == "sgd":
                 self.optimizer = torch.optim.SGD(groups, lr=self.recipe.lr, momentum=self.recipe.momentum,
-                                                 nesterov=self.recipe.nesterov, foreach=True)  # fmt: skip
+                                                 nesterov=self.recipe.nesterov, **kind)  # fmt: skip
             else:
                 raise ValueError(f"unknown optimizer {self.recipe.optimizer!r}; use 'sgd' or 'adamw'")
         return self.optimizer
@@ -209,6 +214,19 @@ class MiniVisionTrainer(Trainer):
     def steps_per_epoch(self) -> int:
         batches = len(self.get_train_dataloader())  # per process, after sharding
         return math.ceil(batches / self.args.gradient_accumulation_steps)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Trainer computes the gradient norm after every optimizer step even when nothing is clipped (max_grad_norm 0,
+        # the recipes' setting), through clip_grad_norm_(inf), which also multiplies every gradient by 1.0: ~0.4 ms
+        # of a ~30 ms fast-path step on a CPU. Logs are written once an epoch (with the norm of the epoch's last
+        # step), so it is computed only for an epoch's last step and for the run's last.
+        if grad_norm is None and self.args.max_grad_norm <= 0:
+            if self._steps_per_epoch is None:
+                self._steps_per_epoch = self.steps_per_epoch()
+            step = self.state.global_step + 1  # this optimizer step's number (global_step counts it after this)
+            if step % self._steps_per_epoch and step < self.state.max_steps:
+                return None
+        return super()._get_grad_norm(model, grad_norm)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:

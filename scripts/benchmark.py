@@ -14,7 +14,8 @@ The measurements are functions of `minivision_hf.benchmarking`:
     alternating for --train-rounds rounds; `train_speedup` = fast / plain of the medians. Then the second conv block
     alone, both ways (what bounds a fast step).
 (b) Seconds of training to --target-accuracy (99%) test accuracy, plain and fast, same machine
-    (`scripts.train --target-accuracy`); `time_to_accuracy_speedup` = plain / fast. Full run only.
+    (`scripts.train --target-accuracy`), alternating for --target-rounds rounds; `time_to_accuracy_speedup` = plain /
+    fast of the medians. Full run only.
 (c) Inference images/s at batch 1 and 1024 and test accuracy: eager fp32, eager bf16 + channels_last, ONNX Runtime
     fp32 (onnx/model.onnx) and int8 (onnx/model_quantized.onnx). `inference_speedup` = the best batch-1024 rate
     among variants within 0.1 points of eager fp32's accuracy, over eager fp32's; and whether int8 keeps accuracy
@@ -80,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-accuracy", type=float, default=0.99, help="test accuracy for the seconds-to-accuracy runs")
     p.add_argument("--target-max-epochs", type=positive(int), default=10,
                    help="epochs at most in a seconds-to-accuracy run")  # fmt: skip
+    p.add_argument("--target-rounds", type=positive(int), default=3,
+                   help="plain/fast seconds-to-accuracy runs alternated this many times, medians compared")  # fmt: skip
     p.add_argument("--no-time-to-accuracy", action="store_true", help="skip the seconds-to-accuracy runs")
     p.add_argument("--plain-args", default="--recipe seed",
                    help="train.py arguments of the plain seconds-to-accuracy run (the seed card's recipe)")  # fmt: skip
@@ -166,7 +169,8 @@ def main(argv=None) -> dict:
     if plan["time_to_accuracy"] and not args.no_time_to_accuracy:
         path_args = {"plain": shlex.split(args.plain_args), "fast": shlex.split(args.fast_args)}
         time_to_accuracy = bench.time_to_accuracy(dataset, args.target_accuracy, args.target_max_epochs,
-                                                  args.train_batch_size, path_args=path_args)  # fmt: skip
+                                                  args.train_batch_size, path_args=path_args,
+                                                  rounds=args.target_rounds)  # fmt: skip
 
     # ---- (c) inference variants ----
     digest = onnx_utils.weights_digest(model)

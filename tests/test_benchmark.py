@@ -225,8 +225,11 @@ def test_seconds_to_a_target_accuracy_for_both_paths(tiny_dir):
     fast_args = ["--recipe", "plus", "--epochs", "2", "--warmup-epochs", "0.2"]
     result = benchmarking.time_to_accuracy(str(tiny_dir), 0.05, 2, 64, ["--max-train-samples", "256",
                                                                        "--max-eval-samples", "64"],
-                                           path_args={"fast": fast_args})  # fmt: skip
+                                           path_args={"fast": fast_args}, rounds=3)  # fmt: skip
     assert result["fast"]["recipe"] == "plus" and result["fast"]["train_args"] == fast_args
+    for path in ("plain", "fast"):  # three alternating rounds, each path's median run reported
+        rounds = result[path]["rounds_train_s"]
+        assert len(rounds) == 3 and result[path]["train_s"] == sorted(rounds)[1]
     assert result["plain"]["recipe"] == "seed" and result["plain"]["train_args"] == []
     for path in ("plain", "fast"):
         run = result[path]
