@@ -1223,3 +1223,24 @@ def test_an_unpickled_model_holds_kernels_this_cpu_can_run(tmp_path, monkeypatch
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         got, want = unpickled(pixel_values=x).logits.float(), model(pixel_values=x).logits.float()
     assert (got - want).abs().max() <= 3e-2 * want.abs().max()
+
+
+@needs_kernels
+@pytest.mark.parametrize("tile", [2, 4], ids=["F2x2", "F4x4"])
+def test_winograd_backward_reuses_the_forwards_input_transforms(tile):
+    """The c+bmm forward keeps each chunk's input transform V for the backward (its dU products) instead of recomputing
+    it there: the same gradients, bit for bit, as the recomputing backward (a last chunk shorter than the others)."""
+    torch.manual_seed(0)
+    x = _channels_last(5, 16, 6, 10)
+    conv = torch.nn.Conv2d(16, 32, 3, 1, 1)
+    u = fast.winograd_weights(conv.weight.detach(), tile)
+    bias = conv.bias.detach()
+    kept = []
+    y, code = fast.functions.winograd_forward(LIB, x, u, bias, False, 2, tile, kept)
+    tiles = -(-6 // tile) * -(-10 // tile)  # per image; F(4x4) rows end in a spare tile
+    assert [v.shape[1] for v in kept] == [n * tiles + (tile == 4) for n in (2, 2, 1)]
+    grad = _channels_last(5, 32, 3, 5, seed=1)
+    again = fast.functions.winograd_backward(LIB, x, u, code, grad, True, False, 2, tile)
+    reused = fast.functions.winograd_backward(LIB, x, u, code, grad, True, False, 2, tile, kept)
+    for a, b in zip(again, reused, strict=True):
+        assert torch.equal(a, b)

@@ -169,12 +169,13 @@ def _winograd_kernel(name: str, dtype: torch.dtype, tile: int) -> str:
 
 
 def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, bias: torch.Tensor, one_pass: bool,
-                     chunk: int = WINOGRAD_CHUNK, tile: int = 2) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                     chunk: int = WINOGRAD_CHUNK, tile: int = 2,
+                     keep: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The Winograd block's forward: channels_last x (N, C_in, H, W), Winograd weights u ((tile + 2)^2, C_in, C_out)
     of the same type (bf16, or fp32), fp32 bias -> the pooled map (N, C_out, H/2, W/2) of x's type and its codes
     (which window input won, 4 where ReLU closed). `one_pass` (bf16, F(2x2) only): the library's own AVX-512 BF16
     products; else C transforms around torch.bmm, `chunk` images a pass; `tile`: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3)
-    (fp32)."""
+    (fp32). `keep` (c+bmm): a list that receives each chunk's input transform V, for `winograd_backward` to reuse."""
     n, c_in, h, w = xb.shape
     c_out, dtype = u.shape[2], xb.dtype
     y = _channels_last_empty((n, c_out, h // 2, w // 2), dtype)
@@ -189,8 +190,10 @@ def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, 
     output_transform = _winograd_kernel("output_pool_relu", dtype, tile)
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
-        vk, mk = v(k), m(k)
+        vk, mk = v(k) if keep is None else _chunk_buffer(k, h, w, c_in, dtype, tile)(k), m(k)
         kernels.call(input_transform, x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
+        if keep is not None:
+            keep.append(vk)
         torch.bmm(vk, u, out=mk)
         kernels.call(output_transform, m=mk, bias=bias, y=y[i : i + k], code=code[i : i + k],
                      images=k, height=h, width=w, channels=c_out)  # fmt: skip
@@ -199,9 +202,9 @@ def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, 
 
 def winograd_backward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, code: torch.Tensor,
                       grad: torch.Tensor, want_x: bool, one_pass: bool, chunk: int = WINOGRAD_CHUNK,
-                      tile: int = 2):  # fmt: skip
+                      tile: int = 2, kept: list | None = None):  # fmt: skip
     """The Winograd block's backward -> (grad x (x's type, channels_last) or None, dU ((tile + 2)^2, C_in, C_out)
-    fp32, grad bias fp32); the input transform is recomputed rather than kept from the forward."""
+    fp32, grad bias fp32); the chunks' input transforms are those the forward `kept` (c+bmm), else recomputed."""
     n, c_in, h, w = xb.shape
     c_out, dtype = u.shape[2], xb.dtype
     grad_bias = torch.zeros(c_out)
@@ -218,16 +221,17 @@ def winograd_backward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor,
     u_t = u.transpose(1, 2).contiguous()
     name = {f: _winograd_kernel(f, dtype, tile)
             for f in ("input_transform", "output_pool_relu_backward", "input_transform_backward")}  # fmt: skip
-    for i in range(0, n, chunk):
+    for index, i in enumerate(range(0, n, chunk)):
         k = min(chunk, n - i)
-        vk, dmk, dvk = v(k), dm(k), dv(k)
+        vk, dmk, dvk = v(k) if kept is None else kept[index], dm(k), dv(k)
         kernels.call(name["output_pool_relu_backward"], grad_y=grad[i : i + k], code=code[i : i + k], grad_m=dmk,
                      grad_bias=grad_bias, images=k, height=h, width=w, channels=c_out)  # fmt: skip
         if grad_x is not None:
             torch.bmm(dmk, u_t, out=dvk)
             kernels.call(name["input_transform_backward"], grad_v=dvk, grad_x=grad_x[i : i + k], images=k, height=h,
                          width=w, channels=c_in)  # fmt: skip
-        kernels.call(name["input_transform"], x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
+        if kept is None:
+            kernels.call(name["input_transform"], x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
         du += torch.bmm(vk.transpose(1, 2), dmk, out=du_part)
     return grad_x, du, grad_bias
 
@@ -248,8 +252,10 @@ class WinogradConvPoolReLU(torch.autograd.Function):
         u = winograd_weights(weight.detach().to(dtype).float(), tile).to(dtype)
         bias_b = bias.detach().to(dtype).float().contiguous()
         one_pass = one_pass and bf16 and tile == 2  # the one-pass products are bf16 F(2x2) only
-        y, code = winograd_forward(kernels, xb, u, bias_b, one_pass, chunk, tile)
-        ctx.save_for_backward(xb, u, code)
+        # c+bmm: each chunk's input transform V is kept for the backward (its dU products) rather than recomputed
+        kept = None if one_pass else []
+        y, code = winograd_forward(kernels, xb, u, bias_b, one_pass, chunk, tile, kept)
+        ctx.save_for_backward(xb, u, code, *(kept or []))
         ctx.mark_non_differentiable(code)
         ctx.kernels, ctx.one_pass, ctx.chunk, ctx.tile = kernels, one_pass, chunk, tile
         ctx.input_dtype, ctx.weight_dtype = x.dtype, weight.dtype
@@ -257,10 +263,10 @@ class WinogradConvPoolReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        xb, u, code = ctx.saved_tensors
+        xb, u, code, *kept = ctx.saved_tensors
         grad = grad.to(xb.dtype).contiguous(memory_format=torch.channels_last)
         grad_x, du, grad_bias = winograd_backward(ctx.kernels, xb, u, code, grad, ctx.needs_input_grad[0],
-                                                  ctx.one_pass, ctx.chunk, ctx.tile)  # fmt: skip
+                                                  ctx.one_pass, ctx.chunk, ctx.tile, kept or None)  # fmt: skip
         grad_weight = winograd_weight_grad(du, ctx.tile)
         grad_x = None if grad_x is None else grad_x.to(ctx.input_dtype)
         return (grad_x, grad_weight.to(ctx.weight_dtype).contiguous(), grad_bias.to(ctx.weight_dtype), None, None,
