@@ -155,6 +155,33 @@ def test_resume_continues_step_and_schedule(tiny_dir, tmp_path):
     assert state["global_step"] == 32
     logged = [e for e in state["log_history"] if "learning_rate" in e]
     assert logged[-1]["learning_rate"] == pytest.approx(0.01 * 0.5 ** ((32 - 1) // 24))
+    assert all(e["grad_norm"] > 0 for e in logged)  # every epoch's log has its last step's gradient norm
+
+
+def test_the_unclipped_gradient_norm_is_computed_only_for_logged_steps(tmp_path, monkeypatch):
+    """max_grad_norm 0 (the recipes'): Trainer would take the gradient norm after every optimizer step; it is logged
+    once an epoch, so MiniVisionTrainer computes it for an epoch's last step and the run's last only."""
+    from transformers import TrainingArguments
+
+    from minivision_hf import MiniVisionConfig, MiniVisionForImageClassification
+    from minivision_hf.training import MiniVisionTrainer, Recipe
+
+    model = MiniVisionForImageClassification(MiniVisionConfig())
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_grad_norm=0.0)
+    trainer = MiniVisionTrainer(model=model, args=args, recipe=Recipe())
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    computed = []
+    norm = trainer.accelerator.clip_grad_norm_
+    monkeypatch.setattr(trainer.accelerator, "clip_grad_norm_", lambda *a, **k: computed.append(1) or norm(*a, **k))
+    trainer._steps_per_epoch, trainer.state.max_steps = 4, 10
+    norms = []
+    for step in range(10):
+        trainer.state.global_step = step  # steps done before this one
+        norms.append(trainer._get_grad_norm(model))
+    assert [i for i, n in enumerate(norms) if n is not None] == [3, 7, 9] and len(computed) == 3
+    expected = math.sqrt(sum(p.numel() for p in model.parameters()))
+    assert float(norms[3]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_new_run_refuses_a_folder_holding_an_earlier_runs_checkpoints(smoke_run, tiny_dir, tmp_path, capsys):
