@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 
 class Terminated(KeyboardInterrupt):
@@ -47,6 +48,26 @@ def script_name() -> str:
     if sys.argv[:1] == ["-m"] and "-m" in sys.orig_argv[:-1]:
         return sys.orig_argv[sys.orig_argv.index("-m") + 1].rpartition(".")[2]
     return Path(sys.argv[0]).stem or "script"
+
+
+class UsageError(SystemExit):
+    """A usage error found after argument parsing (a dataset or model that cannot be loaded, a --resume that does not
+    fit): exit status 2, as argparse's own errors, with the message as the exception's text."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    """Print "<prog>: error: <message>" on stderr (argparse's form; prog "train.py") and exit with status 2
+    (`UsageError`)."""
+    text = f"{prog}: error: {message}"
+    print(text, file=sys.stderr)
+    raise UsageError(text)
 
 
 def running_a_script() -> bool:

@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     try:
         test = load_mnist(args.dataset, "test")
     except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST
-        sys.exit(f"app_drawn_accuracy.py: error: {err}")
+        scripts.usage_error("app_drawn_accuracy.py", str(err))
     app = load_app()
     rng = np.random.default_rng(0)  # the app test's drawings, in its order: one rng for the indices and the drawing
     indices = rng.choice(len(test), size=N_DRAWN, replace=False)

@@ -248,7 +248,7 @@ def main(argv=None) -> dict:
     try:
         test_set = load_mnist(args.dataset, "test") if args.test else None
     except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST, no such split
-        sys.exit(f"compare_recipes.py: error: {err}")
+        scripts.usage_error("compare_recipes.py", str(err))
     groups: dict[str, list[dict]] = {}
     for name, recipe, path, extra, prefix in plan:
         for seed in args.seeds:

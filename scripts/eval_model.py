@@ -184,11 +184,11 @@ def main(argv=None) -> dict:
         model = AutoModelForImageClassification.from_pretrained(args.model, **kwargs)
         processor = load_processor(args.model, **kwargs)
     except OSError as err:  # a Hub id that cannot be reached (offline), no such repo or revision
-        sys.exit(f"eval_model.py: error: --model {args.model}: {err}")
+        scripts.usage_error("eval_model.py", f"--model {args.model}: {err}")
     try:
         dataset = load_mnist(args.dataset, args.split, args.max_samples)
     except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST, no such split
-        sys.exit(f"eval_model.py: error: {err}")
+        scripts.usage_error("eval_model.py", str(err))
     start = time.perf_counter()
     result = evaluate_model(model, processor, dataset, args.batch_size, progress=not args.no_progress, tta=args.tta)
     result = {

@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
         data = onnx_utils.load_export_data(model, processor, args.calibration_dataset, args.calibration_samples,
                                            args.eval_samples)  # fmt: skip
     except (FileNotFoundError, ConnectionError, ValueError) as err:  # missing, offline, not MNIST, no such split
-        sys.exit(f"export_onnx.py: error: --calibration-dataset: {err}")
+        scripts.usage_error("export_onnx.py", f"--calibration-dataset: {err}")
 
     def write(staging: Path) -> None:  # a failed export leaves no staging folder behind (--output's old files stay)
         report.update(export(args, model, data, staging))

@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
     try:  # the machine's capabilities, read once (a bad MINIVISION_ISA_LEVEL is a usage error)
         native_bf16 = bf16_supported()
     except ValueError as err:
-        sys.exit(f"train.py: error: {err}")
+        scripts.usage_error("train.py", str(err))
     use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and args.data_path == "fast" and native_bf16)
     if args.bf16 == "on" and not native_bf16:
         print("note: --bf16 on: this machine has no bf16 hardware (CPU: no AVX512-BF16 or AMX; GPU: pre-Ampere), so "
@@ -177,15 +177,15 @@ def main(argv=None) -> dict:
     if args.resume:  # continuing with other values would mix two runs in one model and one record
         recorded, differences = resume_mismatches(output_dir, run_identity(args, recipe, world))
         if differences:  # refused before anything is removed
-            sys.exit(f"train.py: error: --resume: {recorded} belongs to a run with other values ("
-                     f"{'; '.join(differences)}): resume with its arguments, or use a new --output-dir")  # fmt: skip
+            scripts.usage_error("train.py", f"--resume: {recorded} belongs to a run with other values ("
+                                f"{'; '.join(differences)}): resume with its arguments, or use a new --output-dir")
     checkpoint = last_complete_checkpoint(output_dir, world, remove_incomplete=rank == 0) if args.resume else None
     if args.resume and checkpoint is None:
         print(f"--resume: no complete checkpoint in {output_dir}, starting from scratch")
     try:
         data = build_data(args, recipe, rank)
     except (FileNotFoundError, ConnectionError, ValueError) as err:  # the dataset: missing, offline, wrong schema
-        sys.exit(f"train.py: error: {err}")
+        scripts.usage_error("train.py", str(err))
     model, fast_kernels = build_model(args, use_bf16)
     processor = mv.MiniVisionImageProcessor()
     trainer = build_trainer(args, recipe, model, processor, data, world, use_bf16)
@@ -193,8 +193,8 @@ def main(argv=None) -> dict:
         done = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
         planned = args.max_steps if args.max_steps > 0 else math.ceil(args.epochs * trainer.steps_per_epoch())
         if done > planned:
-            sys.exit(f"train.py: error: --resume: {checkpoint} is at step {done}, past this run's {planned} steps "
-                     "(--max-steps): resume without it, or use a new --output-dir")  # fmt: skip
+            scripts.usage_error("train.py", f"--resume: {checkpoint} is at step {done}, past this run's {planned} "
+                                "steps (--max-steps): resume without it, or use a new --output-dir")  # fmt: skip
         finished = output_dir / "run_record.json"
         saved = json.loads(finished.read_text()) if finished.exists() else None
         target = (saved or {}).get("target_accuracy") or {}  # stopped early at this --target-accuracy: finished too

@@ -52,3 +52,15 @@ def test_no_script_takes_the_name_of_an_installed_or_standard_module():
                          timeout=120, check=True)  # fmt: skip
     taken = [name for name, exists in json.loads(run.stdout).items() if exists]
     assert not taken, f"scripts named like importable modules: {taken}"
+
+
+def test_a_usage_error_found_after_parsing_exits_2_with_one_line(tmp_path):
+    """Errors found once the arguments are parsed (here a dataset folder that does not exist) end as argparse's own:
+    one "train.py: error: ..." line on stderr, no traceback, exit status 2; nothing is written."""
+    run = subprocess.run([sys.executable, "-m", "scripts.train", "--dataset", str(tmp_path / "nowhere"), "--smoke",
+                          "--output-dir", str(tmp_path / "out")], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("train.py: error: ") and "does not exist" in errors[0]
+    assert "Traceback" not in run.stderr and not (tmp_path / "out").exists()

@@ -203,8 +203,10 @@ def test_resume_refuses_other_values_than_the_checkpointed_run(tiny_dir, tmp_pat
     changes = [(["--batch-size", "32"], "batch_size 64 there, 32 now"), (["--recipe", "plus"], "recipe"),
                (["--val-size", "100"], "val_size 0 there, 100 now"), (["--seed", "7"], "seed")]  # fmt: skip
     for changed, named in changes:
-        with pytest.raises(SystemExit, match=f"--resume: .*checkpoint-8 belongs to a run with other values .*{named}"):
+        refused = f"--resume: .*checkpoint-8 belongs to a run with other values .*{named}"
+        with pytest.raises(SystemExit, match=refused) as exit_info:
             train.main([*common, "--resume", *changed])
+        assert exit_info.value.code == 2
         assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert train.main([*common, "--resume", "--bf16", "off"])["global_step"] == 32  # speed settings may change
 
@@ -379,8 +381,9 @@ def test_train_script_reports_bad_dataset(tmp_path):
         (tmp_path / "other", [], "expected an 'image' column"),
         (FIXTURES / "mnist_tiny", ["--eval-split", "validation"], "has no split 'validation'"),
     ]:
-        with pytest.raises(SystemExit, match=f"train.py: error: .*{match}"):
+        with pytest.raises(SystemExit, match=f"train.py: error: .*{match}") as refused:
             train.main(["--dataset", str(dataset), "--output-dir", str(tmp_path / "o"), "--smoke", *extra])
+        assert refused.value.code == 2  # a usage error, as argparse's own: status 2
         assert not (tmp_path / "o").exists()
 
 
