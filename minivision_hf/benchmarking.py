@@ -527,11 +527,11 @@ def format_markdown(r: dict) -> str:
     tta = r.get("time_to_accuracy")
     lines += ["", f"### Seconds of training to {r['args']['target_accuracy']:.1%} test accuracy {isa}", ""]
     if tta:
+        cell = lambda v, f: format(v, f) if v is not None else "n/a"  # noqa: E731
         lines += ["| path | train.py arguments | reached | epoch | training s | wall s (with evaluations) |",
                   "|---|---|---|---:|---:|---:|"]  # fmt: skip
         for name in ("plain", "fast"):
             t = tta[name]
-            cell = lambda v, f: format(v, f) if v is not None else "n/a"  # noqa: E731
             used = " ".join(t.get("train_args") or ["--recipe", str(t.get("recipe"))])
             lines.append(f"| {name} | `{used}` | {'yes' if t['reached'] else 'no'} | "
                          f"{cell(t['epoch'], '.0f')} | {cell(t['train_s'], '.1f')} | {cell(t['wall_s'], '.1f')} |")

@@ -174,7 +174,7 @@ class MiniVisionTrainer(Trainer):
             self.model.config.__dict__.pop("use_cache", None)
         self.recipe = recipe
         self.recorder = recorder
-        self._steps_per_epoch: int | None = None  # cached by _get_grad_norm
+        self._steps_per_epoch: int | None = None  # steps_per_epoch(), counted once
         self.teachers = list(teachers)  # frozen models in eval mode whose averaged softmax the student is fitted to
         if recipe.distill_weight and not self.teachers:
             raise ValueError("a recipe with distill_weight > 0 needs teachers (--distill-from)")
@@ -212,8 +212,11 @@ class MiniVisionTrainer(Trainer):
         return self.optimizer
 
     def steps_per_epoch(self) -> int:
-        batches = len(self.get_train_dataloader())  # per process, after sharding
-        return math.ceil(batches / self.args.gradient_accumulation_steps)
+        """Optimizer steps per epoch (per process, after sharding), counted once: it builds a train dataloader."""
+        if self._steps_per_epoch is None:
+            batches = len(self.get_train_dataloader())
+            self._steps_per_epoch = math.ceil(batches / self.args.gradient_accumulation_steps)
+        return self._steps_per_epoch
 
     def _get_grad_norm(self, model, grad_norm=None):
         # Trainer computes the gradient norm after every optimizer step even when nothing is clipped (max_grad_norm 0,
@@ -221,10 +224,8 @@ class MiniVisionTrainer(Trainer):
         # of a ~30 ms fast-path step on a CPU. Logs are written once an epoch (with the norm of the epoch's last
         # step), so it is computed only for an epoch's last step and for the run's last.
         if grad_norm is None and self.args.max_grad_norm <= 0:
-            if self._steps_per_epoch is None:
-                self._steps_per_epoch = self.steps_per_epoch()
             step = self.state.global_step + 1  # this optimizer step's number (global_step counts it after this)
-            if step % self._steps_per_epoch and step < self.state.max_steps:
+            if step % self.steps_per_epoch() and step < self.state.max_steps:
                 return None
         return super()._get_grad_norm(model, grad_norm)
 

@@ -185,12 +185,13 @@ def winograd_forward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor, 
                      images=n, height=h, width=w, in_channels=c_in, out_channels=c_out)  # fmt: skip
         return y, code
     chunk = min(n, chunk)
-    v, m = _chunk_buffer(chunk, h, w, c_in, dtype, tile), _chunk_buffer(chunk, h, w, c_out, dtype, tile)
+    m = _chunk_buffer(chunk, h, w, c_out, dtype, tile)
+    v = _chunk_buffer(chunk, h, w, c_in, dtype, tile) if keep is None else None  # kept: a buffer per chunk instead
     input_transform = _winograd_kernel("input_transform", dtype, tile)
     output_transform = _winograd_kernel("output_pool_relu", dtype, tile)
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
-        vk, mk = v(k) if keep is None else _chunk_buffer(k, h, w, c_in, dtype, tile)(k), m(k)
+        vk, mk = (v or _chunk_buffer(k, h, w, c_in, dtype, tile))(k), m(k)
         kernels.call(input_transform, x=xb[i : i + k], v=vk, images=k, height=h, width=w, channels=c_in)
         if keep is not None:
             keep.append(vk)
@@ -216,14 +217,15 @@ def winograd_backward(kernels: KernelLibrary, xb: torch.Tensor, u: torch.Tensor,
                      width=w, in_channels=c_in, out_channels=c_out)  # fmt: skip
         return grad_x, du, grad_bias
     chunk = min(n, chunk)
-    v, dm, dv = (_chunk_buffer(chunk, h, w, c, dtype, tile) for c in (c_in, c_out, c_in))
+    dm, dv = (_chunk_buffer(chunk, h, w, c, dtype, tile) for c in (c_out, c_in))
+    v = _chunk_buffer(chunk, h, w, c_in, dtype, tile) if kept is None else None  # recomputed here, or kept
     du_part = torch.empty(u.shape[0], c_in, c_out, dtype=dtype)
     u_t = u.transpose(1, 2).contiguous()
     name = {f: _winograd_kernel(f, dtype, tile)
             for f in ("input_transform", "output_pool_relu_backward", "input_transform_backward")}  # fmt: skip
     for index, i in enumerate(range(0, n, chunk)):
         k = min(chunk, n - i)
-        vk, dmk, dvk = v(k) if kept is None else kept[index], dm(k), dv(k)
+        vk, dmk, dvk = kept[index] if v is None else v(k), dm(k), dv(k)
         kernels.call(name["output_pool_relu_backward"], grad_y=grad[i : i + k], code=code[i : i + k], grad_m=dmk,
                      grad_bias=grad_bias, images=k, height=h, width=w, channels=c_out)  # fmt: skip
         if grad_x is not None:

@@ -69,6 +69,21 @@ static inline void tile_origin(long t, long TH, long TW, long *n, long *oy, long
     *ox = 4 * (t % TW);
 }
 
+/* A tile's four 2x2 pooling windows q = 0..3, in the order (0,0) (0,1) (1,0) (1,1): window q's top-left output in
+ * the tile's 4x4 outputs (row-major), and its four outputs at that + WINDOW_INPUT[0..3], in pooling order. */
+static const int WINDOW_CORNER[4] = {0, 2, 8, 10}, WINDOW_INPUT[4] = {0, 1, 4, 5};
+
+/* Where tile t's windows pool to, in elements of an (N, H/2, W/2, C) map; -1 for a window past the map's end. */
+static inline void tile_windows(long t, long TH, long TW, long H, long W, long C, long pooled[4]) {
+    const long H2 = H / 2, W2 = W / 2;
+    long n, oy, ox;
+    tile_origin(t, TH, TW, &n, &oy, &ox);
+    for (int q = 0; q < 4; ++q) {
+        const long py = oy / 2 + q / 2, px = ox / 2 + q % 2;
+        pooled[q] = py < H2 && px < W2 ? ((n * H2 + py) * W2 + px) * C : -1;
+    }
+}
+
 /* V = B^T d B for tiles t0..t1: x (N, H, W, C) fp32 -> V (36, T, C) fp32; the tile's 6x6 input window starts one row
  * and one column above and left of its outputs (zeros outside the image: the padding, and past the map's end). */
 static void input4(const float *x, float *V, long t0, long t1, long T, long H, long W, long C) {
@@ -101,10 +116,10 @@ static void input4(const float *x, float *V, long t0, long t1, long T, long H, l
  * (N, H/2, W/2, C)); windows past the map's end are dropped. */
 static void output4_pool_relu(const float *M, const float *bias, float *y, int16_t *code, long t0, long t1, long T,
                               long H, long W, long C) {
-    const long TH = (H + 3) / 4, TW = (W + 3) / 4, H2 = H / 2, W2 = W / 2;
+    const long TH = (H + 3) / 4, TW = (W + 3) / 4;
     for (long t = t0; t < t1; ++t) {
-        long n, oy, ox;
-        tile_origin(t, TH, TW, &n, &oy, &ox);
+        long pooled[4];
+        tile_windows(t, TH, TW, H, W, C, pooled);
         for (long k = 0; k < C; k += VL) {
             vf m[36], s[24], o[16];
             for (int e = 0; e < 36; ++e) m[e] = load_f32_v(M + (e * (T + 1) + t) * C + k);
@@ -119,15 +134,12 @@ static void output4_pool_relu(const float *M, const float *bias, float *y, int16
                 at6(s + 6 * i, 1, out);
                 for (int j = 0; j < 4; ++j) o[4 * i + j] = out[j] + b;
             }
-            for (int wi = 0; wi < 2; ++wi)
-                for (int wj = 0; wj < 2; ++wj) {
-                    const long py = oy / 2 + wi, px = ox / 2 + wj;
-                    if (py >= H2 || px >= W2) continue;
-                    const int at = 8 * wi + 2 * wj; /* the window's top-left output in o */
-                    const vf window[4] = {o[at], o[at + 1], o[at + 4], o[at + 5]};
-                    const long to = ((n * H2 + py) * W2 + px) * C + k;
-                    pool_relu_v_f32(window, y + to, code + to);
-                }
+            for (int q = 0; q < 4; ++q) {
+                if (pooled[q] < 0) continue;
+                vf window[4];
+                for (int i = 0; i < 4; ++i) window[i] = o[WINDOW_CORNER[q] + WINDOW_INPUT[i]];
+                pool_relu_v_f32(window, y + pooled[q] + k, code + pooled[q] + k);
+            }
         }
     }
 }
@@ -137,26 +149,21 @@ static void output4_pool_relu(const float *M, const float *bias, float *y, int16
  * map); dbias (C) += the gradients that pass. */
 static void output4_backward(const float *grad, const int16_t *code, float *dM, float *dbias, long t0, long t1,
                              long T, long H, long W, long C) {
-    const long TH = (H + 3) / 4, TW = (W + 3) / 4, H2 = H / 2, W2 = W / 2;
+    const long TH = (H + 3) / 4, TW = (W + 3) / 4;
     for (long t = t0; t < t1; ++t) {
-        long n, oy, ox;
-        tile_origin(t, TH, TW, &n, &oy, &ox);
+        long pooled[4];
+        tile_windows(t, TH, TW, H, W, C, pooled);
         for (long k = 0; k < C; k += VL) {
             vf g[16], h[24], out[6];
             vf passed = {0};
             for (int e = 0; e < 16; ++e) g[e] = (vf){0};
-            for (int wi = 0; wi < 2; ++wi)
-                for (int wj = 0; wj < 2; ++wj) {
-                    const long py = oy / 2 + wi, px = ox / 2 + wj;
-                    if (py >= H2 || px >= W2) continue;
-                    const long from = ((n * H2 + py) * W2 + px) * C + k;
-                    const vf gw = load_f32_v(grad + from);
-                    const vi which = load_codes_v(code + from);
-                    const int at = 8 * wi + 2 * wj;
-                    const int position[4] = {at, at + 1, at + 4, at + 5};
-                    for (int q = 0; q < 4; ++q) g[position[q]] = (vf)((vi)gw & (which == q));
-                    passed += (vf)((vi)gw & (which < 4));
-                }
+            for (int q = 0; q < 4; ++q) {
+                if (pooled[q] < 0) continue;
+                const vf gw = load_f32_v(grad + pooled[q] + k);
+                const vi which = load_codes_v(code + pooled[q] + k);
+                for (int i = 0; i < 4; ++i) g[WINDOW_CORNER[q] + WINDOW_INPUT[i]] = (vf)((vi)gw & (which == i));
+                passed += (vf)((vi)gw & (which < 4));
+            }
             store_f32_v(dbias + k, load_f32_v(dbias + k) + passed);
             for (int j = 0; j < 4; ++j) { /* A g: along each column j; h[4e + j] */
                 a4(g + j, 4, out);
