@@ -22,6 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 import minivision_hf as mv
 from minivision_hf.training import kept_epoch, output_file, write_text
+from scripts.push_to_hub import VARIANTS_SECTION
 from scripts.update_readme import made_by, threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,7 +296,7 @@ def variants_section(variants: dict[str, dict] | None, repo_id: str, result: dic
         rows.append(f"| `{name}` | {result['accuracy']:.2%} | {result['loss']:.4f} | {result['ece']:.4f} | "
                     f'`from_pretrained("{repo_id}", revision="{name}")` |')  # fmt: skip
     return f"""
-## Other revisions of this repository
+## {VARIANTS_SECTION}
 
 This branch (`main`) is the **seed recipe's** release: the original Mini-Vision-V2 card's recipe reproduced, kept as
 published. The same architecture trained with a stronger recipe lives on its own branch, with its own card and

@@ -10,7 +10,8 @@ What goes up (staged in a temporary folder, never the repo root itself):
   events), onnx/ (model.onnx, model_quantized.onnx, export_report.json: the names Transformers.js and Optimum use).
 - variants: every folder `variants/<name>/` of the release holding a config.json (a complete save_pretrained folder
   with its own model_card.md and records/, made by scripts/make_variant.py) goes to the branch <name> of the same
-  model repo, staged and checked like the root (`from_pretrained(NS/NAME, revision="best")`); --no-variants skips.
+  model repo, staged and checked like the root (`from_pretrained(NS/NAME, revision="best")`); --no-variants skips
+  them, and the root card's section pointing to them.
 - Space NS/NAME-demo (Gradio): spaces_app/ minus caches, plus model_source.json
   {"model": "NS/NAME", "revision": "<sha of the model commit just made>", "variants": {"best": {"model": "NS/NAME",
   "revision": "<sha of the best branch's commit>"}}, "default": "best"} so the demo loads exactly those commits and
@@ -57,6 +58,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
 ONNX_FILES = ("model.onnx", "model_quantized.onnx", "export_report.json")  # what scripts/export_onnx.py writes
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".txt", ".md", ".yaml", ".yml"}
 MODEL_SOURCE_FILE = "model_source.json"  # read by spaces_app/app.py when MINIVISION_MODEL is not set
+VARIANTS_SECTION = "Other revisions of this repository"  # the root card's pointer to the variant branches
 LOAD_CHECK_TIMEOUT_S = 300  # a fresh interpreter importing torch + transformers takes ~5 s here
 CARD_REPO_ID = "minivision/mini-vision-v2"  # the id in the committed cards' snippets (make_model_card's default)
 
@@ -135,9 +137,10 @@ def name_repo(readme: Path, repo_id: str | None, space_id: str | None = None) ->
 
 
 def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_DIR,
-                     repo_id: str | None = None) -> Path:  # fmt: skip
+                     repo_id: str | None = None, with_variants: bool = True) -> Path:  # fmt: skip
     """Write the model repo's files from `release_dir` into `out_dir` (new or empty) and return it; with `repo_id`,
-    the card's snippets name that repo."""
+    the card's snippets name that repo; without `with_variants` (nothing published on the variant branches), the
+    card's section pointing to them is left out."""
     release_dir, code_dir = Path(release_dir), Path(code_dir)
     if not release_dir.is_dir():
         raise ReleaseError(f"release folder {release_dir} does not exist")
@@ -155,6 +158,8 @@ def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_
         shutil.copy2(release_dir / name, out_dir / name)
     shutil.copy2(card, out_dir / "README.md")
     name_repo(out_dir / "README.md", repo_id)
+    if not with_variants:
+        drop_card_section(out_dir / "README.md", VARIANTS_SECTION)
 
     modules = _auto_map_modules(release_dir / "config.json") | _auto_map_modules(
         release_dir / "preprocessor_config.json"
@@ -213,6 +218,16 @@ def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | N
     metadata_save(out_dir / "README.md", {**settings, "models": [model_id]})  # the Hub links the Space to the model
     write_model_source(out_dir, model_id, revision)
     return out_dir
+
+
+def drop_card_section(card: Path, heading: str) -> None:
+    """Remove the `## heading` section (up to the next `## ` heading) from the card, where it has one."""
+    text = card.read_text()
+    start = text.find(f"\n## {heading}\n")
+    if start < 0:
+        return
+    end = text.find("\n## ", start + 1)
+    card.write_text(text[:start] + (text[end:] if end >= 0 else "\n"))
 
 
 def find_variants(release_dir: Path) -> dict[str, Path]:
@@ -523,7 +538,8 @@ def stage_check_and_push(args: argparse.Namespace, out: Path, space_id: str) -> 
     them into OUT_DIR). Returns the exit status."""
     token = None
     try:
-        model_dir = stage_model_repo(Path(args.release), out / "model", repo_id=args.repo_id)
+        model_dir = stage_model_repo(Path(args.release), out / "model", repo_id=args.repo_id,
+                                     with_variants=not args.no_variants)  # fmt: skip
         space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None, space_id)
         numbers = check_card_numbers(model_dir)
         print(f"model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, loss {numbers['loss']}")
@@ -533,6 +549,8 @@ def stage_check_and_push(args: argparse.Namespace, out: Path, space_id: str) -> 
             numbers = check_card_numbers(variant_dirs[name])
             print(f"variant {name}: model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, "
                   f"loss {numbers['loss']}")  # fmt: skip
+        # the Space's pins as the push will write them, each revision filled in once its commit exists
+        write_model_source(space_dir, args.repo_id, None, {name: None for name in variant_dirs})
         if not args.dry_run:
             from huggingface_hub import constants, get_token
 
@@ -580,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         help="stage into a new or empty OUT_DIR (model/, space/, variants/<name>/), check, send nothing",
     )
     parser.add_argument("--no-variants", action="store_true",
-                        help="publish the root release only, not the release's variants/<name>/ branches")  # fmt: skip
+                        help="publish the root release only, not the release's variants/<name>/ branches (its "
+                             "card then leaves out its section pointing to them)")  # fmt: skip
     args = parser.parse_args(argv)
     space_id = args.space_id or f"{args.repo_id}-demo"
     from huggingface_hub.utils import HFValidationError, validate_repo_id

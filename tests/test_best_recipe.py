@@ -328,11 +328,9 @@ def test_variant_reproduces_its_recorded_test_accuracy(mnist_dir):
 # -- publishing --------------------------------------------------------------------------------------------------
 
 
-def test_push_publishes_variants_as_branches(tmp_path):
-    """A release with variants/best: the model repo's main branch is the root release, branch `best` the variant,
-    and the Space's model_source.json pins both and defaults to best."""
-    from tests.hub_server import HubServer
-    from tests.test_push_to_hub import REPO_ID, SPACE_ID, TOKEN, _write_card, client_env
+def _release_with_a_variant(tmp_path: Path) -> tuple[Path, Path]:
+    """A release folder (random weights) with variants/best, and a copy of the Space: (release, space source)."""
+    from tests.test_push_to_hub import _write_card
 
     release = tmp_path / "release"
     for folder, accuracy in ((release, 0.9921), (release / "variants" / "best", 0.9966)):
@@ -349,6 +347,16 @@ def test_push_publishes_variants_as_branches(tmp_path):
     space_src = tmp_path / "spaces_app"
     shutil.copytree(REPO_ROOT / "spaces_app", space_src, ignore=shutil.ignore_patterns("__pycache__",
                                                                                        "model_source.json"))
+    return release, space_src
+
+
+def test_push_publishes_variants_as_branches(tmp_path):
+    """A release with variants/best: the model repo's main branch is the root release, branch `best` the variant,
+    and the Space's model_source.json pins both and defaults to best."""
+    from tests.hub_server import HubServer
+    from tests.test_push_to_hub import REPO_ID, SPACE_ID, TOKEN, client_env
+
+    release, space_src = _release_with_a_variant(tmp_path)
     with HubServer(token=TOKEN) as hub:
         argv = ["--repo-id", REPO_ID, "--release", str(release), "--space-src", str(space_src)]
         result = subprocess.run([sys.executable, "-m", "scripts.push_to_hub", *argv], cwd=REPO_ROOT,
@@ -376,6 +384,32 @@ print(json.dumps({{"t": model.config.calibration_temperature}}))
                               text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"t": 0.5}
+
+
+def test_a_dry_run_stages_the_variants_pins_and_no_variants_leaves_them_out(tmp_path):
+    """A dry run's model_source.json names the variant branches the push would publish (revisions filled in at push
+    time); with --no-variants it names none, and the root card drops its section pointing to them."""
+    from scripts.push_to_hub import VARIANTS_SECTION
+    from tests.hub_server import HubServer
+    from tests.test_push_to_hub import REPO_ID, TOKEN, client_env
+
+    release, space_src = _release_with_a_variant(tmp_path)
+    card = release / "model_card.md"
+    card.write_text(card.read_text() + f"\n## {VARIANTS_SECTION}\n\nBranch `best`.\n\n## Usage\n\nLoad it.\n")
+    for extra, variants in (([], {"best": {"model": REPO_ID, "revision": None}}), (["--no-variants"], None)):
+        out = tmp_path / f"out{len(extra)}"
+        argv = ["--repo-id", REPO_ID, "--release", str(release), "--space-src", str(space_src), "--dry-run", str(out)]
+        with HubServer(token=TOKEN) as hub:  # never called: a dry run sends nothing
+            result = subprocess.run([sys.executable, "-m", "scripts.push_to_hub", *argv, *extra], cwd=REPO_ROOT,
+                                    env=client_env(hub, tmp_path / "home", token=None), capture_output=True,
+                                    text=True, timeout=600)  # fmt: skip
+            assert hub.requests == []
+        assert result.returncode == 0, result.stderr[-3000:]
+        source = json.loads((out / "space" / "model_source.json").read_text())
+        assert source.get("variants") == variants and source["revision"] is None
+        staged_card = (out / "model" / "README.md").read_text()
+        assert (f"## {VARIANTS_SECTION}" in staged_card) == (variants is not None)
+        assert "## Usage\n\nLoad it." in staged_card and (out / "variants" / "best").is_dir() == (variants is not None)
 
 
 @needs_variant
