@@ -257,6 +257,28 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path, kept):
     assert built.stat().st_size > len(whole) * kept
 
 
+@needs_kernels
+def test_a_library_copied_under_another_builds_name_is_rebuilt(tmp_path, monkeypatch):
+    """The key in a cached library's file name is checked against the key it was built under: this CPU's library
+    copied by hand under the name of another build (here: the same level without OpenMP; as well another CPU's level
+    in a shared cache folder) does not load, and that build is compiled afresh in its place."""
+    monkeypatch.setenv("MINIVISION_CACHE", str(tmp_path))
+    assert LIB.build_key() == fast_build.file_key(LIB.path) != ""
+    identity = fast_build.compiler_identity(fast_build.find_compiler())
+    other = next(t for t in fast_build.build_targets(CAPS) if t != BUILD.target)
+    path = fast_build.library_path(other, identity, CAPS.machine)
+    path.parent.mkdir(parents=True)
+    shutil.copy(LIB.path, path)
+    with pytest.raises(OSError, match="was built under key"):
+        fast_build.KernelLibrary(path, other)
+    assert fast_build._load_cached(path, other) is None
+    monkeypatch.setattr(fast_build, "_load_library", functools.cache(fast_build.KernelLibrary))
+    monkeypatch.setattr(fast_build, "build_targets", lambda capabilities: [other])
+    result = fast_build.load_kernels.__wrapped__(CAPS)
+    assert result.target == other and result.library.path == path, result
+    assert result.library.build_key() == fast_build.file_key(path)
+
+
 def test_a_library_cut_inside_its_elf_header_counts_as_cut_short(tmp_path):
     """A cache file of the ELF magic alone (4 or 5 bytes) raised IndexError out of load_kernels instead of a rebuild."""
     from minivision_hf.fast.build import _cut_short

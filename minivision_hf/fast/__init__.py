@@ -19,7 +19,8 @@ The C kernels by family (csrc/): pool_relu.c (max-pool + ReLU), first_block.c (1
 bf16 and fp32), winograd_transforms.c (Winograd F(2x2, 3x3) transforms for the c+bmm path, bf16 and fp32),
 winograd4x4_transforms.c (Winograd F(4x4, 3x3) transforms for the fp32 c+bmm path: AVX2-only CPUs),
 winograd_avx512bf16.c (the one-pass Winograd block with its own AVX-512 BF16 products); vec.h (vectors at the ISA
-level's native width) and winograd_tiles.h hold what they share.
+level's native width) and winograd_tiles.h hold what they share; build_key.c tells the loader which build a
+library file is.
 """
 
 from .build import BuildResult, KernelLibrary, load_kernels

@@ -19,6 +19,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -139,6 +140,7 @@ SIGNATURES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ("images", "long"), ("height", "long"), ("width", "long"), ("in_channels", "long"), ("out_channels", "long"),
         ("threads", "int"),
     ]),
+    "mv_build_key": ("int", [("key", "char *"), ("size", "long")]),
 }  # fmt: skip
 CTYPES = {"int": ctypes.c_int, "long": ctypes.c_long}  # every pointer is passed as c_void_p (a tensor's data_ptr())
 STATUS = {1: "out of memory", 2: "unsupported shape", -1: "not built at this ISA level"}  # the header's return codes
@@ -257,6 +259,12 @@ def cache_key(target: BuildTarget, compiler_id: str, machine: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def file_key(path: Path) -> str:
+    """The cache key in a library file's name (minivision_kernels-<level>-<key>.so), "" for another name."""
+    match = re.fullmatch(r"minivision_kernels-.+-([0-9a-f]{16})", Path(path).stem)
+    return match.group(1) if match else ""
+
+
 def library_path(target: BuildTarget, compiler_id: str, machine: str) -> Path:
     """The cache file for `target`: minivision_kernels-<level>-<key>.so (the level in the name is for readers)."""
     return cache_dir() / f"minivision_kernels-{target.level}-{cache_key(target, compiler_id, machine)}.so"
@@ -273,14 +281,28 @@ class KernelLibrary:
         if _cut_short(path):  # dlopen would map it and the process die of SIGBUS at the first page past its end
             raise OSError(f"{path.name} is cut short (a killed copy, a full disk)")
         self._cdll = ctypes.CDLL(str(path))
-        for name, (restype, params) in SIGNATURES.items():
-            try:
-                function = getattr(self._cdll, name)
-            except AttributeError as err:  # built without exports (hidden visibility; clang for MSVC: no dllexport)
-                raise OSError(f"{path.name} does not export {name}: {err}") from err
-            function.restype = CTYPES[restype]
-            function.argtypes = [CTYPES.get(ctype, ctypes.c_void_p) for _, ctype in params]
+        try:
+            for name, (restype, params) in SIGNATURES.items():
+                try:
+                    function = getattr(self._cdll, name)
+                except AttributeError as err:  # built without exports (hidden visibility; clang for MSVC: none)
+                    raise OSError(f"{path.name} does not export {name}: {err}") from err
+                function.restype = CTYPES[restype]
+                function.argtypes = [CTYPES.get(ctype, ctypes.c_void_p) for _, ctype in params]
+            built, expected = self.build_key(), file_key(path)
+            if built != expected:  # a copy of another build (another CPU's level, another compiler's) under this name
+                raise OSError(f"{path.name} was built under key {built or '(none)'}, not {expected or '(none)'}")
+        except OSError:
+            _unload(self._cdll)  # else the rebuilt file at this path would be handed the same stale handle
+            raise
         self.one_pass_winograd = bool(self._cdll.mv_winograd_one_pass_built())
+
+    def build_key(self) -> str:
+        """The cache key the library was built under (`file_key` of the name build.py gave it)."""
+        key = ctypes.create_string_buffer(64)
+        if self._cdll.mv_build_key(ctypes.addressof(key), len(key)):
+            raise OSError(f"{self.path.name}: its build key does not fit {len(key)} bytes")
+        return key.value.decode("ascii", "replace")
 
     def call(self, name: str, **arguments) -> None:
         """Run the C function `name`; raises RuntimeError with the header's meaning of a nonzero status."""
@@ -302,6 +324,16 @@ class KernelLibrary:
 
     def __reduce__(self):
         return _unpickle_library, (self.path, self.target)
+
+
+def _unload(cdll: ctypes.CDLL) -> None:
+    """Close a library this process will not use: the loader hands a later load of the same path the library it
+    already holds, not the file now there."""
+    import _ctypes
+
+    close = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary", None)
+    if close is not None:
+        close(cdll._handle)
 
 
 def _cut_short(path: Path) -> bool:
@@ -384,8 +416,8 @@ def _compile(compiler: str, target: BuildTarget, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         out = Path(tmp) / path.name
-        command = [*compiler_command(compiler), *target.flags, "-shared", "-fPIC", f"-I{CSRC}", *map(str, sources()),
-                   "-o", str(out)]  # fmt: skip
+        command = [*compiler_command(compiler), *target.flags, "-shared", "-fPIC", f"-I{CSRC}",
+                   f"-DMINIVISION_BUILD_KEY={file_key(path)}", *map(str, sources()), "-o", str(out)]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True, text=True)
         os.replace(out, path)  # atomic: concurrent builders (torchrun ranks) each write a whole file
 

@@ -98,4 +98,8 @@ int mv_winograd_one_pass_backward(const uint16_t *x, const uint32_t *weight_pair
                                   long images, long height, long width, long in_channels, long out_channels,
                                   int threads);
 
+/* ---- build_key.c: the cache key the library was built under, NUL-terminated into key[size] (2 if it does not fit);
+ * the loader checks it against the key in the library's file name. */
+int mv_build_key(char *key, long size);
+
 #endif
