@@ -192,9 +192,10 @@ def stage_model_repo(release_dir: Path, out_dir: Path, code_dir: Path = PACKAGE_
 
 
 def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | None,
-                space_id: str | None = None) -> Path:  # fmt: skip
-    """Write the Space's files from `space_src` into `out_dir` (new or empty), pinned to model_id@revision; with
-    `space_id`, its README's snippets name that Space."""
+                space_id: str | None = None, variants: dict[str, str | None] | None = None) -> Path:  # fmt: skip
+    """Write the Space's files from `space_src` into `out_dir` (new or empty), pinned to model_id@revision and to
+    each variant branch's revision in `variants` (model_source.json); with `space_id`, its README's snippets name
+    that Space."""
     from huggingface_hub.repocard import metadata_load, metadata_save
 
     space_src = Path(space_src)
@@ -216,7 +217,7 @@ def stage_space(space_src: Path, out_dir: Path, model_id: str, revision: str | N
     _copy_tree(space_src, out_dir)
     name_repo(out_dir / "README.md", model_id, space_id)
     metadata_save(out_dir / "README.md", {**settings, "models": [model_id]})  # the Hub links the Space to the model
-    write_model_source(out_dir, model_id, revision)
+    write_model_source(out_dir, model_id, revision, variants)
     return out_dir
 
 
@@ -540,7 +541,6 @@ def stage_check_and_push(args: argparse.Namespace, out: Path, space_id: str) -> 
     try:
         model_dir = stage_model_repo(Path(args.release), out / "model", repo_id=args.repo_id,
                                      with_variants=not args.no_variants)  # fmt: skip
-        space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None, space_id)
         numbers = check_card_numbers(model_dir)
         print(f"model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, loss {numbers['loss']}")
         variant_dirs = {}
@@ -549,8 +549,9 @@ def stage_check_and_push(args: argparse.Namespace, out: Path, space_id: str) -> 
             numbers = check_card_numbers(variant_dirs[name])
             print(f"variant {name}: model card matches {EVAL_RECORD}: accuracy {numbers['accuracy']}, "
                   f"loss {numbers['loss']}")  # fmt: skip
-        # the Space's pins as the push will write them, each revision filled in once its commit exists
-        write_model_source(space_dir, args.repo_id, None, {name: None for name in variant_dirs})
+        # pinned as the push will pin it, each revision filled in once its commit exists
+        space_dir = stage_space(Path(args.space_src), out / "space", args.repo_id, None, space_id,
+                                {name: None for name in variant_dirs})  # fmt: skip
         if not args.dry_run:
             from huggingface_hub import constants, get_token
 
