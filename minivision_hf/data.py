@@ -255,6 +255,7 @@ class BatchCollator:
         self.augment_below, self.max_shift, self.max_degrees, self.scale = augment_below, max_shift, max_degrees, scale
         self.shear, self.interpolation, self.elastic = shear, interpolation, elastic
         self.channels_last = channels_last
+        self.augment = True  # False: the training rows pass unaugmented too (a recipe's clean last epochs)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def to(self, device: str | torch.device) -> "BatchCollator":
@@ -265,7 +266,7 @@ class BatchCollator:
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         pixels = self.images[index].float().div_(255.0)
-        if int(indices[0]) < self.augment_below:
+        if self.augment and int(indices[0]) < self.augment_below:
             pixels = random_shift_rotate(pixels, self.max_shift, self.max_degrees, self.scale, self.generator,
                                          mode=self.interpolation, shear=self.shear, elastic=self.elastic)  # fmt: skip
         pixels = to_pixel_values(pixels)

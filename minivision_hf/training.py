@@ -62,6 +62,8 @@ class Recipe:
     sam_rho: float = 0.0  # sharpness-aware minimisation radius (Foret et al. 2021; 0 = none): two passes per step
     distill_weight: float = 0.0  # weight of the distillation term (Hinton et al. 2015; teachers: --distill-from)
     distill_temperature: float = 4.0  # its softmax temperature (the term is scaled by T^2)
+    clean_epochs: int = 0  # the last N epochs train on the rows without augmentation (0 = augmented throughout)
+    poly_epsilon: float = 0.0  # Poly-1 loss (Leng et al. 2022): cross-entropy + epsilon x (1 - p_label); 0 = plain
     val_size: int = 0  # rows held out of the training split as the evaluation (validation) set; 0 = evaluate on test
     notes: str = field(default="", compare=False)
 
@@ -256,12 +258,19 @@ class MiniVisionTrainer(Trainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Trainer's loss (cross-entropy on the labels); with teachers, while training, (1 - w) x that + w x the
-        distillation term (Hinton et al. 2015): T^2 x KL(teachers' mean softmax at T || the student's softmax at T),
-        on the same augmented batch."""
-        if not self.teachers or not model.training:
+        """Trainer's loss (cross-entropy on the labels); while training, with recipe.poly_epsilon, + epsilon x the
+        batch mean of (1 - the label's softmax probability) (Poly-1, Leng et al. 2022); with teachers, (1 - w) x that
+        + w x the distillation term (Hinton et al. 2015): T^2 x KL(teachers' mean softmax at T || the student's
+        softmax at T), on the same augmented batch."""
+        if not (self.teachers or self.recipe.poly_epsilon) or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if self.recipe.poly_epsilon:
+            p_label = torch.softmax(outputs.logits.float(), dim=-1).gather(1, labels[:, None])
+            loss = loss + self.recipe.poly_epsilon * (1.0 - p_label).mean()
+        if not self.teachers:
+            return (loss, outputs) if return_outputs else loss
         weight, temperature = self.recipe.distill_weight, self.recipe.distill_temperature
         with torch.no_grad():
             pixels = inputs["pixel_values"]
@@ -452,6 +461,20 @@ def rotate_checkpoints(output_dir: Path, limit: int | None, best: str | None = N
     for folder in done:
         if folder not in keep:
             discard_folder(folder)
+
+
+class CleanFinish(TrainerCallback):
+    """recipe.clean_epochs: the fast path's collator stops augmenting for the run's last `clean_epochs` epochs, so the
+    weights end fitted to images as the test split has them (the augmentation's shifted, turned and zoomed digits
+    before). Set at each epoch's start from the optimizer step reached, so a resumed run agrees."""
+
+    def __init__(self, trainer: MiniVisionTrainer, collator: BatchCollator, recipe: Recipe):
+        self.trainer, self.collator = trainer, collator
+        self.first_clean_epoch = math.ceil(recipe.epochs) - recipe.clean_epochs
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = state.global_step // self.trainer.steps_per_epoch()
+        self.collator.augment = epoch < self.first_clean_epoch
 
 
 class EpochRecorder(TrainerCallback):
@@ -844,6 +867,8 @@ def check_arguments(args, world: int = 1) -> list[str]:
     number("sam-rho", 0)
     number("distill-weight", 0, 1)
     number("distill-temperature", 0, low_open=True)
+    number("clean-epochs", 0)
+    number("poly-epsilon", 0)
     number("seed", 0, 2**32 - 1)  # numpy's seed range (transformers.set_seed seeds numpy too)
     teachers = getattr(args, "distill_from", None) or []
     if (getattr(args, "distill_weight", 0) or 0) > 0 and not teachers:
@@ -922,7 +947,7 @@ def unwritable_caches() -> list[str]:
 
 # The plain path's per-sample transforms: the seed's shift and rotation only; other recipe values need the fast path.
 PLAIN_AUGMENTATION = {"scale_min": 1.0, "scale_max": 1.0, "shear": 0.0, "elastic_alpha": 0.0,
-                      "interpolation": "nearest"}  # fmt: skip
+                      "interpolation": "nearest", "clean_epochs": 0}  # fmt: skip
 
 
 def beyond_plain_augmentation(values) -> list[str]:
@@ -983,8 +1008,8 @@ def build_data(args, recipe: Recipe, rank: int = 0) -> TrainingData:
         eval_ds = load_mnist(args.dataset, args.eval_split, args.max_eval_samples)
     if args.data_path == "plain":
         if beyond_plain_augmentation(recipe):
-            raise ValueError("--data-path plain implements the seed's augmentation only (no zoom, shear, elastic or "
-                             "interpolation)")  # fmt: skip
+            raise ValueError("--data-path plain implements the seed's augmentation only (no zoom, shear, elastic, "
+                             "interpolation or clean epochs)")  # fmt: skip
         train = train_ds.with_transform(plain_transform(True, recipe.max_shift, recipe.max_degrees))
         return TrainingData(train, eval_ds.with_transform(plain_transform(False)), None, eval_name)
     train_x, train_y = decode_to_uint8(train_ds)
@@ -1131,6 +1156,8 @@ def build_trainer(args, recipe: Recipe, model, processor, data: TrainingData, wo
     batches = getattr(data.collator, "collator", None)
     if isinstance(batches, BatchCollator):
         batches.to(trainer.args.device)
+        if recipe.clean_epochs:
+            trainer.add_callback(CleanFinish(trainer, batches, recipe))
     return trainer
 
 

@@ -106,6 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="weight of the distillation term against the labels' cross-entropy (0 = none)")  # fmt: skip
     p.add_argument("--distill-temperature", type=float, default=recipe.distill_temperature,
                    help="softmax temperature of the distillation term")  # fmt: skip
+    p.add_argument("--clean-epochs", type=int, default=recipe.clean_epochs,
+                   help="train the last N epochs on the rows without augmentation (fast path; 0 = augment throughout)")
+    p.add_argument("--poly-epsilon", type=float, default=recipe.poly_epsilon,
+                   help="Poly-1 loss: cross-entropy + epsilon x (1 - the label's probability) (0 = cross-entropy)")
     p.add_argument("--val-size", type=int, default=recipe.val_size,
                    help="hold out this many training rows as the evaluation set (0 = evaluate on --eval-split)")
     p.add_argument("--val-seed", type=int, default=0, help="seed of the held-out rows (data.validation_split)")
