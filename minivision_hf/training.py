@@ -882,6 +882,9 @@ def check_arguments(args, world: int = 1) -> list[str]:
     number("shear", 0, 90, high_open=True)
     number("elastic-alpha", 0)
     number("elastic-sigma", 0, low_open=True)
+    clean, epochs = getattr(args, "clean_epochs", 0) or 0, getattr(args, "epochs", 1)
+    if clean > 0 and math.isfinite(epochs) and epochs > 0 and clean > math.ceil(epochs):
+        problems.append(f"--clean-epochs {clean} is more than the run's {math.ceil(epochs)} epochs (--epochs {epochs})")
     if getattr(args, "scale_min", 1.0) > getattr(args, "scale_max", 1.0):
         problems.append(f"--scale-min {args.scale_min} is above --scale-max {args.scale_max}")
     max_steps = getattr(args, "max_steps", -1)

@@ -196,6 +196,55 @@ def test_distillation_run_records_its_teachers_and_refuses_missing_ones(tiny_dir
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_poly_loss_adds_epsilon_times_one_minus_the_labels_probability(tmp_path):
+    """--poly-epsilon e: while training, loss = CE + e x mean(1 - softmax(logits)[label]) (Poly-1); evaluation keeps
+    the plain cross-entropy."""
+    from transformers import TrainingArguments
+
+    from minivision_hf.training import MiniVisionTrainer, Recipe
+
+    torch.manual_seed(0)
+    model = mv.MiniVisionForImageClassification(mv.MiniVisionConfig(dropout=0.0)).train()
+    batch = {"pixel_values": torch.randn(8, 1, 28, 28), "labels": torch.randint(0, 10, (8,))}
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = MiniVisionTrainer(model=model, args=args, recipe=Recipe(poly_epsilon=2.0))
+    logits = model(pixel_values=batch["pixel_values"]).logits
+    ce = torch.nn.functional.cross_entropy(logits, batch["labels"])
+    p_label = logits.softmax(-1)[torch.arange(8), batch["labels"]]
+    torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), ce + 2.0 * (1 - p_label).mean())
+    model.eval()  # BatchNorm's running statistics now: the plain cross-entropy of the eval-mode logits
+    plain = torch.nn.functional.cross_entropy(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
+    torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), plain)
+
+
+def test_clean_epochs_train_the_last_epochs_on_unaugmented_rows(tiny_dir, tmp_path, monkeypatch, capsys):
+    """--clean-epochs N: the collator augments the training rows in every epoch but the last N (counted from the
+    optimizer step, so a resumed run agrees); the plain path refuses it."""
+    import minivision_hf.data as data
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return random_shift_rotate(*args, **kwargs)
+
+    monkeypatch.setattr(data, "random_shift_rotate", counting)
+    augmented = {}
+    for clean in (0, 1, 2):
+        calls.clear()
+        out = str(tmp_path / f"clean{clean}")
+        record = train.main(["--recipe", "best", "--smoke", "--dataset", str(tiny_dir), "--output-dir", out,
+                             "--no-progress", "--clean-epochs", str(clean)])  # fmt: skip
+        assert record["recipe_values"]["clean_epochs"] == clean and len(record["epochs"]) == 2
+        augmented[clean] = sum(calls)
+    rows = 512 - 100  # the smoke run's training rows (its 100 validation rows are never augmented)
+    assert augmented == {0: 2 * rows, 1: rows, 2: 0}
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--recipe", "seed", "--smoke", "--dataset", str(tiny_dir), "--output-dir", str(tmp_path / "p"),
+                    "--data-path", "plain", "--clean-epochs", "1"])  # fmt: skip
+    assert exit_info.value.code == 2 and "--clean-epochs 1" in capsys.readouterr().err
+
+
 def test_validation_ensemble_and_search_plot(tiny_dir, tmp_path, capsys):
     runs = []
     for seed in (1, 2):
