@@ -29,6 +29,7 @@ evaluated once at the end of the run unless --no-test (a search that must not lo
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -288,6 +289,10 @@ def main(argv=None) -> dict:
                 "output_dir": str(out),
                 "train_wall_s": record["train_wall_s"],
                 "wall_s": round(time.perf_counter() - start, 1),
+                # where it ran: the same seed and code follow another trajectory on another thread count (the
+                # reductions' order), so reruns are compared on the threads they used
+                "hardware": record.get("hardware"),
+                "git": record.get("git"),
             }
             groups.setdefault(name, []).append(run)
             shown = {k: run[k] for k in ("accuracy", "loss", "val_accuracy", "val_accuracy_live") if run[k]}
@@ -302,7 +307,7 @@ def main(argv=None) -> dict:
                 "dataset": str(args.dataset),
                 "recipes": {name: summarize(runs) for name, runs in groups.items()},
                 "runs": [run for runs in groups.values() for run in runs],
-                "command": "python -m scripts.compare_recipes "
+                "command": thread_settings() + "python -m scripts.compare_recipes "
                 + shlex.join(argv if argv is not None else sys.argv[1:]),
             }
             write_json(Path(args.output), summary)  # after every run: an interrupted comparison keeps its runs
@@ -311,6 +316,12 @@ def main(argv=None) -> dict:
             if f"{key}_mean" in s:
                 print(f"{name:>24}: {key} {s[f'{key}_mean']:.4%} ± {s[f'{key}_std']:.4%} over {len(s['seeds'])} seeds")
     return summary
+
+
+def thread_settings() -> str:
+    """The thread-count variables a comparison ran under, as a command prefix ("OMP_NUM_THREADS=1 "; "" when unset):
+    the same seed follows another trajectory on another number of threads, so a rerun needs them too."""
+    return "".join(f"{name}={shlex.quote(os.environ[name])} " for name in ("OMP_NUM_THREADS",) if name in os.environ)
 
 
 if __name__ == "__main__":

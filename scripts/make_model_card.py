@@ -130,6 +130,16 @@ def architecture_table(config: mv.MiniVisionConfig) -> str:
     return "\n".join(rows)
 
 
+def seed_cell(record: dict) -> str:
+    """The run's seed, with the CPU threads that ran it where recorded: the same seed follows another trajectory on
+    another thread count (the order of its reductions), so a rerun of the run needs both."""
+    hardware = record.get("hardware") or {}
+    if hardware.get("gpu") or not hardware.get("torch_threads"):
+        return str(record["seed"])
+    threads = hardware["torch_threads"]
+    return f"{record['seed']}, trained on {threads} CPU thread{'s' if threads > 1 else ''}"
+
+
 def recipe_table(record: dict) -> str:
     r = record["recipe_values"]
     if r["scheduler"] == "step":
@@ -155,7 +165,7 @@ def recipe_table(record: dict) -> str:
           if r.get("ema_decay") else []),
         *([("Validation", f"{record['dataset']['eval_split']}: every epoch, every choice; trained on "
                           f"{record['dataset']['train']:,} images")] if r.get("val_size") else []),
-        ("Seed", record["seed"]),
+        ("Seed", seed_cell(record)),
         ("Trainer", f"transformers.Trainer, {record['processes']} process(es), bf16 autocast: {record['bf16']}"),
     ]  # fmt: skip
     return "\n".join(["| Setting | Value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])

@@ -146,6 +146,9 @@ def best_variant_block() -> str:
         lines += ["", "![Every variant tried: validation curves, and final validation / test accuracy per seed]"
                       "(assets/recipe_search.png)", "",
                   "(`python -m scripts.plot_recipe_search`, from the records above.)"]  # fmt: skip
+    reruns = records("recipe_rerun*.json")
+    if reruns:
+        lines += ["", reruns_table(reruns)]
     ensemble = _load("validation_ensemble.json")
     if ensemble:
         lines += ["", f"Headroom check on the validation rows: the {len(ensemble['runs'])} runs "
@@ -156,6 +159,28 @@ def best_variant_block() -> str:
                       f"gets wrong are wrong in every run (`records/validation_ensemble.json`, "
                       f"`{ensemble['command']}`)."]  # fmt: skip
     return "\n".join(lines)
+
+
+def reruns_table(reruns: list[tuple[dict, str]]) -> str:
+    """Reruns of a chosen recipe on the held-out rows (records/recipe_rerun*.json, compare_recipes records): one row
+    per variant and CPU thread count, each seed's kept-weights validation accuracy and their mean. Not candidates:
+    they measure how far runs of one recipe and seed spread (the thread count changes a run's trajectory)."""
+    groups: dict[tuple[str, object], list[tuple[dict, str]]] = {}
+    for record, path in reruns:
+        for run in record["runs"]:
+            threads = (run.get("hardware") or {}).get("torch_threads", "?")
+            groups.setdefault((run.get("variant") or run["recipe"], threads), []).append((run, path))
+    rows = ["| Rerun | Recipe + flags | CPU threads | Seeds | Val. acc. per seed, kept weights | Mean | Record |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (name, threads), runs in groups.items():
+        runs.sort(key=lambda item: item[0]["seed"])
+        first, values = runs[0][0], [r["val_accuracy"] for r, _ in runs]
+        paths = ", ".join(f"`{p}`" for p in dict.fromkeys(p for _, p in runs))
+        flags = f" `{first['flags']}`" if first["flags"] else ""
+        rows.append(f"| {name} | `{first['recipe']}`{flags} | {threads} | {', '.join(str(r['seed']) for r, _ in runs)}"
+                    f" | {' / '.join(f'{v:.2%}' for v in values)} | {sum(values) / len(values):.2%} | {paths} |")
+    commands = "; ".join(f"`{path}` (`{rec['command']}`)" for rec, path in reruns)
+    return "\n".join([*rows, "", f"Sources: {commands}."])
 
 
 def data_paths_block() -> str:

@@ -65,3 +65,31 @@ def test_recipes_source_names_the_merge_that_wrote_the_merged_record(monkeypatch
     unmerged = {k: v for k, v in merged.items() if k != "merged_from"}
     monkeypatch.setattr(update_readme, "_load", lambda name: unmerged if name == "recipes.json" else None)
     assert "--merge" not in update_readme.recipes_block()
+
+
+def test_reruns_table_groups_a_recipes_reruns_by_thread_count_and_names_their_settings(monkeypatch):
+    """records/recipe_rerun*.json: one row per variant and CPU thread count, each seed's validation accuracy in seed
+    order and their mean; the source names the comparison's command with the thread variables it ran under."""
+    from scripts import compare_recipes, make_model_card
+
+    def run(seed, threads, val):
+        return {"recipe": "best", "variant": "best-rerun", "flags": "", "seed": seed, "val_accuracy": val,
+                "hardware": {"cpu": "x", "torch_threads": threads}}  # fmt: skip
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = {"runs": [run(2, 1, 0.9956), run(1, 1, 0.996)],
+           "command": compare_recipes.thread_settings() + "python -m scripts.compare_recipes --seeds 2 1"}  # fmt: skip
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    two = {"runs": [run(1, 2, 0.9948), {**run(3, None, 0.995), "hardware": None}],
+           "command": compare_recipes.thread_settings() + "python -m scripts.compare_recipes --seeds 1"}  # fmt: skip
+    table = update_readme.reruns_table([(one, "records/recipe_rerun_a.json"), (two, "records/recipe_rerun_b.json")])
+    assert "| best-rerun | `best` | 1 | 1, 2 | 99.60% / 99.56% | 99.58% | `records/recipe_rerun_a.json` |" in table
+    assert "| best-rerun | `best` | 2 | 1 | 99.48% | 99.48% | `records/recipe_rerun_b.json` |" in table
+    assert "| best-rerun | `best` | ? | 3 | 99.50% | 99.50% |" in table  # a run without hardware is not guessed
+    assert "(`OMP_NUM_THREADS=1 python -m scripts.compare_recipes --seeds 2 1`)" in table
+    assert "(`python -m scripts.compare_recipes --seeds 1`)" in table
+    # the model card's seed row names the thread count a CPU run trained on, and nothing it does not know
+    assert make_model_card.seed_cell({"seed": 1, "hardware": {"torch_threads": 1}}) == "1, trained on 1 CPU thread"
+    assert make_model_card.seed_cell({"seed": 4, "hardware": {"torch_threads": 2}}) == "4, trained on 2 CPU threads"
+    assert make_model_card.seed_cell({"seed": 4, "hardware": {"torch_threads": 8, "gpu": "H200"}}) == "4"
+    assert make_model_card.seed_cell({"seed": 4}) == "4"
