@@ -149,15 +149,13 @@ def best_variant_block() -> str:
     reruns = records("recipe_rerun*.json")
     if reruns:
         lines += ["", reruns_table(reruns)]
-    ensemble = _load("validation_ensemble.json")
-    if ensemble:
+    for ensemble, path in records("validation_ensemble*.json"):
         lines += ["", f"Headroom check on the validation rows: the {len(ensemble['runs'])} runs "
                       f"({', '.join(f'`{name}`' for name in ensemble['runs'])}) score {ensemble['single_mean']:.2%} "
                       f"on average (best {ensemble['single_best']:.2%}); their softmax-averaged ensemble scores "
                       f"{ensemble['ensemble_accuracy']:.2%}, and {ensemble['errors_in_every_run']} of the "
                       f"~{round(sum(ensemble['errors_per_run'].values()) / len(ensemble['runs']))} rows each run "
-                      f"gets wrong are wrong in every run (`records/validation_ensemble.json`, "
-                      f"`{ensemble['command']}`)."]  # fmt: skip
+                      f"gets wrong are wrong in every run (`{path}`, `{ensemble['command']}`)."]  # fmt: skip
     return "\n".join(lines)
 
 
