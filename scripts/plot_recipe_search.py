@@ -10,6 +10,7 @@ evaluated on the test split (`compare_recipes --evaluate-test`), against the 99.
 import argparse
 import glob
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -72,7 +73,11 @@ def main(argv=None) -> Path:
     search, tested = args.search_runs, args.tested_runs
     # a run's one test evaluation, by its folder (a comparison may name the variant otherwise, e.g. `--as best`)
     test_of = {r["output_dir"]: r["accuracy"] for runs in tested.values() for r in runs if r.get("accuracy")}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120, gridspec_kw={"width_ratios": [1.2, 1]})
+    # the curves' legend goes under both panels, 4 columns: one entry per variant (dozens) would cover a panel
+    legend_rows = math.ceil(len(search) / 4)
+    legend_height = 0.25 + 0.17 * legend_rows  # inches
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2 + legend_height), dpi=120,
+                                      gridspec_kw={"width_ratios": [1.2, 1]})  # fmt: skip
     for name, runs in search.items():
         curves = [kept_curve(r) for r in runs]
         length = min(len(xs) for xs, _ in curves)
@@ -81,7 +86,7 @@ def main(argv=None) -> Path:
     left.set(xlabel="epoch", ylabel="validation accuracy, kept weights (%)", ylim=(99.0, 99.75),
              title="Recipe search on 5,000 held-out training rows")  # fmt: skip
     left.grid(alpha=0.3)
-    left.legend(fontsize=7, loc="lower right")
+    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=7, frameon=False)
     names, labelled = list(search), False
     for i, name in enumerate(names):
         val = [r["val_accuracy"] * 100 for r in search[name] if r.get("val_accuracy") is not None]
@@ -93,11 +98,11 @@ def main(argv=None) -> Path:
             labelled = True
             right.hlines(np.mean(test), i - 0.1, i + 0.4, color="tab:red", linewidth=1)
     right.axhline(TARGET * 100, color="gray", linestyle="--", linewidth=1, label="target 99.70% (test mean)")
-    right.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    right.set_xticks(range(len(names)), names, rotation=60, ha="right", rotation_mode="anchor", fontsize=7)
     right.set(ylabel="accuracy (%)", title="Final accuracy per variant")
     right.grid(alpha=0.3, axis="y")
     right.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     out = Path(args.out)
     write_file(out, lambda tmp: fig.savefig(tmp, format="png"))  # atomic: never half a PNG
     print(f"wrote {out}")
