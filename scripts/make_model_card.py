@@ -151,7 +151,8 @@ def recipe_table(record: dict) -> str:
                       f"weight decay {r['weight_decay']})"),
         ("Initial learning rate", r["lr"]),
         ("Scheduler", schedule),
-        ("Loss", "cross-entropy" + (f", label smoothing {r['label_smoothing']}" if r["label_smoothing"] else "")),
+        ("Loss", "cross-entropy" + (f", label smoothing {r['label_smoothing']}" if r["label_smoothing"] else "")
+                 + (f" + {r['poly_epsilon']:g} x (1 - p(label)) (Poly-1)" if r.get("poly_epsilon") else "")),
         ("Batch size", r["batch_size"]),
         ("Epochs", f"{r['epochs']} ({kept_description(record)})"),
         ("Augmentation", f"RandomCrop(28, padding={r['max_shift']}) + RandomRotation({r['max_degrees']:g})"
@@ -160,7 +161,9 @@ def recipe_table(record: dict) -> str:
                          + (f" + elastic (alpha {r['elastic_alpha']:g}, sigma {r['elastic_sigma']:g})"
                             if r.get("elastic_alpha") else "")
                          + (f", {r['interpolation']} resampling" if r.get("interpolation", "nearest") != "nearest"
-                            else "")),
+                            else "")
+                         + (f"; none in the last {r['clean_epochs']} epoch{'s' * (r['clean_epochs'] > 1)}"
+                            if r.get("clean_epochs") else "")),
         *([("Weight EMA", f"decay {r['ema_decay']} per step (warm-up min(d, (1+t)/(10+t))); the EMA is kept")]
           if r.get("ema_decay") else []),
         *([("Validation", f"{record['dataset']['eval_split']}: every epoch, every choice; trained on "

@@ -20,7 +20,7 @@ import minivision_hf as mv
 from minivision_hf.data import elastic_displacement, random_shift_rotate, validation_split
 from minivision_hf.ema import EMA_FILE, WeightEMA
 from minivision_hf.training import RECIPES
-from scripts import eval_model, make_variant, plot_recipe_search, train, validation_ensemble
+from scripts import eval_model, make_model_card, make_variant, plot_recipe_search, train, validation_ensemble
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANT = REPO_ROOT / "variants" / "best"
@@ -237,6 +237,8 @@ def test_clean_epochs_train_the_last_epochs_on_unaugmented_rows(tiny_dir, tmp_pa
                              "--no-progress", "--clean-epochs", str(clean)])  # fmt: skip
         assert record["recipe_values"]["clean_epochs"] == clean and len(record["epochs"]) == 2
         augmented[clean] = sum(calls)
+        card = make_model_card.recipe_table(record)  # a card says which epochs saw no augmentation
+        assert (f"none in the last {clean} epoch" in card) == (clean > 0)
     rows = 512 - 100  # the smoke run's training rows (its 100 validation rows are never augmented)
     assert augmented == {0: 2 * rows, 1: rows, 2: 0}
     with pytest.raises(SystemExit) as exit_info:
