@@ -23,7 +23,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 import minivision_hf as mv
 from minivision_hf.training import kept_epoch, output_file, write_text
 from scripts.push_to_hub import VARIANTS_SECTION
-from scripts.update_readme import made_by, threads
+from scripts.update_readme import made_by, thread_count, threads
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPO_ID = "minivision/mini-vision-v2"
@@ -136,8 +136,7 @@ def seed_cell(record: dict) -> str:
     hardware = record.get("hardware") or {}
     if hardware.get("gpu") or not hardware.get("torch_threads"):
         return str(record["seed"])
-    threads = hardware["torch_threads"]
-    return f"{record['seed']}, trained on {threads} CPU thread{'s' if threads > 1 else ''}"
+    return f"{record['seed']}, trained on {thread_count(hardware['torch_threads'])}"
 
 
 def recipe_table(record: dict) -> str:

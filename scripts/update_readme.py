@@ -51,8 +51,12 @@ def threads(record: dict, inside: bool = False) -> str:
     n = hw.get("torch_threads")
     if not n or n >= (hw.get("cpu_count") or n):
         return ""
-    text = f"{n} PyTorch thread{'s' if n != 1 else ''}"
-    return f", {text}" if inside else f" ({text})"
+    return f", {thread_count(n)}" if inside else f" ({thread_count(n)})"
+
+
+def thread_count(n: int) -> str:
+    """"1 PyTorch thread", "2 PyTorch threads": how README and cards name a run's thread count."""
+    return f"{n} PyTorch thread{'s' if n != 1 else ''}"
 
 
 def made_by(record: dict) -> str:
@@ -166,16 +170,16 @@ def reruns_table(reruns: list[tuple[dict, str]]) -> str:
     groups: dict[tuple[str, object], list[tuple[dict, str]]] = {}
     for record, path in reruns:
         for run in record["runs"]:
-            threads = (run.get("hardware") or {}).get("torch_threads", "?")
-            groups.setdefault((run.get("variant") or run["recipe"], threads), []).append((run, path))
+            count = (run.get("hardware") or {}).get("torch_threads", "?")
+            groups.setdefault((run.get("variant") or run["recipe"], count), []).append((run, path))
     rows = ["| Rerun | Recipe + flags | CPU threads | Seeds | Val. acc. per seed, kept weights | Mean | Record |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (name, threads), runs in groups.items():
+    for (name, count), runs in groups.items():
         runs.sort(key=lambda item: item[0]["seed"])
         first, values = runs[0][0], [r["val_accuracy"] for r, _ in runs]
         paths = ", ".join(f"`{p}`" for p in dict.fromkeys(p for _, p in runs))
         flags = f" `{first['flags']}`" if first["flags"] else ""
-        rows.append(f"| {name} | `{first['recipe']}`{flags} | {threads} | {', '.join(str(r['seed']) for r, _ in runs)}"
+        rows.append(f"| {name} | `{first['recipe']}`{flags} | {count} | {', '.join(str(r['seed']) for r, _ in runs)}"
                     f" | {' / '.join(f'{v:.2%}' for v in values)} | {sum(values) / len(values):.2%} | {paths} |")
     commands = "; ".join(f"`{path}` (`{rec['command']}`)" for rec, path in reruns)
     return "\n".join([*rows, "", f"Sources: {commands}."])

@@ -89,7 +89,7 @@ def test_reruns_table_groups_a_recipes_reruns_by_thread_count_and_names_their_se
     assert "(`OMP_NUM_THREADS=1 python -m scripts.compare_recipes --seeds 2 1`)" in table
     assert "(`python -m scripts.compare_recipes --seeds 1`)" in table
     # the model card's seed row names the thread count a CPU run trained on, and nothing it does not know
-    assert make_model_card.seed_cell({"seed": 1, "hardware": {"torch_threads": 1}}) == "1, trained on 1 CPU thread"
-    assert make_model_card.seed_cell({"seed": 4, "hardware": {"torch_threads": 2}}) == "4, trained on 2 CPU threads"
+    assert make_model_card.seed_cell({"seed": 1, "hardware": {"torch_threads": 1}}) == "1, trained on 1 PyTorch thread"
+    assert make_model_card.seed_cell({"seed": 4, "hardware": {"torch_threads": 2}}) == "4, trained on 2 PyTorch threads"
     assert make_model_card.seed_cell({"seed": 4, "hardware": {"torch_threads": 8, "gpu": "H200"}}) == "4"
     assert make_model_card.seed_cell({"seed": 4}) == "4"
